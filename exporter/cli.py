@@ -1,0 +1,199 @@
+"""Command line: `cronmon serve` and `cronmon check-config`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import ConfigError, load_config
+from .credentials import GENERATED_KEY_FILE
+from .embedded import EmbeddedRedisError
+from .settings import DEFAULT_PORT, Settings
+
+log = logging.getLogger("cronmon")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """HOST:PORT, :PORT (all interfaces) or [IPv6]:PORT."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT (for example :{DEFAULT_PORT} or 127.0.0.1:{DEFAULT_PORT})")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cronmon",
+        description="Prometheus-native monitor for cron jobs, batch jobs and heartbeats.",
+    )
+    parser.add_argument("--version", action="version", version=f"cronmon {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the exporter",
+        description=(
+            "Take pings for the monitors in --config, keep their state in Redis and serve "
+            "it at /metrics. With no Redis URL, an embedded redis-server is started under "
+            "--data-dir and stopped on exit. SIGHUP or POST /-/reload reloads the config."
+        ),
+    )
+    serve.add_argument(
+        "--config", required=True, type=Path, metavar="PATH",
+        help="a YAML file, or a directory whose *.yaml / *.yml files are merged",
+    )
+    serve.add_argument(
+        "--listen", default=f":{DEFAULT_PORT}", type=parse_listen, metavar="HOST:PORT",
+        help=f"address to serve HTTP on (default :{DEFAULT_PORT}, all interfaces)",
+    )
+    serve.add_argument(
+        "--redis-url", default=os.environ.get("CRONMON_REDIS_URL"), metavar="URL",
+        help=(
+            "use this Redis server (redis://, rediss:// or unix://) instead of the embedded "
+            "one; env CRONMON_REDIS_URL"
+        ),
+    )
+    serve.add_argument(
+        "--data-dir", default=Path(os.environ.get("CRONMON_DATA_DIR", "cronmon-data")), type=Path, metavar="DIR",
+        help=(
+            "where the embedded Redis keeps its data and a generated ping key is kept "
+            "(default ./cronmon-data; env CRONMON_DATA_DIR)"
+        ),
+    )
+    serve.add_argument(
+        "--redis-server", default=None, metavar="BINARY",
+        help="redis-server binary for the embedded store (default: the one shipped with cronmon; env CRONMON_REDIS_SERVER)",
+    )
+    serve.add_argument(
+        "--public-url", default=os.environ.get("CRONMON_PUBLIC_URL"), metavar="URL",
+        help="base URL jobs use to reach cronmon, for the ping URLs printed at start-up (env CRONMON_PUBLIC_URL)",
+    )
+    serve.add_argument(
+        "--key-prefix", default="cronmon", metavar="PREFIX",
+        help="prefix of every Redis key, to share one Redis between installations (default cronmon)",
+    )
+    serve.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
+        help="log verbosity (default info)",
+    )
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config and exit",
+        description=(
+            "Validate a config file or directory: exit 0 if valid, 1 with one line per problem "
+            "(file, monitor, field) otherwise. Run it in CI before merging a YAML change. "
+            "Secrets referenced by env or file are not read."
+        ),
+    )
+    check.add_argument("path", type=Path, metavar="PATH", help="a YAML file or a directory of them")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.path)
+    return serve(args)
+
+
+def check_config(path: Path) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"config is invalid: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"config is valid: {len(config.monitors)} monitors in {len(config.files)} file(s)")
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    host, port = args.listen
+    settings = Settings(
+        config_path=args.config,
+        listen_host=host,
+        listen_port=port,
+        redis_url=args.redis_url or None,
+        data_dir=args.data_dir,
+        redis_server_binary=args.redis_server,
+        key_prefix=args.key_prefix,
+        public_url=args.public_url,
+    )
+    from aiohttp import web
+
+    from .web.app import create_app
+    from .web.keys import CORE, RELOADER
+
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print("cronmon: not starting: the config is invalid", file=sys.stderr)
+        return 1
+
+    async def handle_sighup(app: web.Application) -> None:
+        def on_hup() -> None:
+            async def reload() -> None:
+                try:
+                    await app[RELOADER].reload()
+                except ConfigError:
+                    pass  # logged by the reloader; the old config keeps running
+            asyncio.ensure_future(reload())
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
+
+    app.on_startup.append(handle_sighup)
+    print_banner(settings, app[CORE].registry)
+    try:
+        web.run_app(app, host=host, port=port, print=None, access_log=None)
+    except EmbeddedRedisError as exc:
+        print(f"cronmon: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_banner(settings: Settings, registry) -> None:
+    base = settings.base_url
+    store = settings.redis_url and "Redis at the given URL" or f"embedded redis-server, data in {settings.data_dir}/"
+    print(f"cronmon {__version__} on {settings.listen_host}:{settings.listen_port}, store: {store}")
+    print(f"metrics: {base}/metrics")
+    secrets = registry.secrets
+    if secrets is None or not registry.monitors:
+        return
+    generated = secrets.generated_key
+    if generated:
+        print(f"ping key generated and kept in {settings.data_dir / GENERATED_KEY_FILE} (set CRONMON_PING_KEY to choose one)")
+    key_names = [key.name for key in secrets.ping_keys]
+    print("ping URLs (append /start, /fail, /log or /<exit status>):")
+    for monitor in registry.monitors.values():
+        names = [n for n in key_names if monitor.ping_key_names is None or n in monitor.ping_key_names]
+        if monitor.uuid_env or monitor.uuid_file:
+            uuid_url = f"{base}/ping/<uuid from {monitor.uuid_env or monitor.uuid_file}>"
+        elif generated:
+            uuid_url = f"{base}/ping/{secrets.monitor_uuids.get(monitor.id, '<none>')}"
+        else:
+            uuid_url = f"{base}/ping/<uuid>"
+        if generated:
+            slug_url = f"{base}/ping/{generated}/{monitor.id}"
+        else:
+            # Keys from env or files are the operator's secrets: never echo them.
+            slug_url = f"{base}/ping/<ping key {names[0] if names else '?'}>/{monitor.id}"
+        print(f"  {monitor.id}: {slug_url}  or  {uuid_url}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

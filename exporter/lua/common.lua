@@ -1,0 +1,43 @@
+-- Shared helpers, prepended to every cronmon script (see store.py).
+-- All keys of one monitor share its hash tag, so each script touches one
+-- slot except for the global deadline index (see the note in store.py).
+
+local function num(value)
+  if value == false or value == nil or value == '' then return nil end
+  return tonumber(value)
+end
+
+-- Apply `n` outcomes of one kind to the counters and the threshold state.
+-- good: ok, warning; bad: error, missed, timeout.
+local function apply_outcome(state, counters, outcome, n, fthr, rthr)
+  redis.call('HINCRBY', counters, 'o:' .. outcome, n)
+  redis.call('HSET', state, 'last_outcome', outcome)
+  if outcome == 'error' or outcome == 'missed' or outcome == 'timeout' then
+    local bad = redis.call('HINCRBY', state, 'cbad', n)
+    redis.call('HSET', state, 'cgood', 0, 'last_bad', outcome)
+    if bad >= fthr then redis.call('HSET', state, 'alerting', 1) end
+  else
+    local good = redis.call('HINCRBY', state, 'cgood', n)
+    redis.call('HSET', state, 'cbad', 0)
+    if good >= rthr then redis.call('HSET', state, 'alerting', 0) end
+  end
+end
+
+-- Keep the sweeper's deadline index exact: the monitor is due at the
+-- earlier of its next deadline and its first pending run timeout.
+local function update_due(state, tmo, due, monitor, grace)
+  local at = nil
+  local upcoming = num(redis.call('HGET', state, 'next'))
+  if upcoming then at = upcoming + grace end
+  local first = redis.call('ZRANGE', tmo, 0, 0, 'WITHSCORES')
+  if first[2] then
+    local t = tonumber(first[2])
+    if at == nil or t < at then at = t end
+  end
+  if at then redis.call('ZADD', due, at, monitor) else redis.call('ZREM', due, monitor) end
+end
+
+local function push_history(history, entry, cap)
+  redis.call('LPUSH', history, cjson.encode(entry))
+  redis.call('LTRIM', history, 0, cap - 1)
+end

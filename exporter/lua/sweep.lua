@@ -1,0 +1,35 @@
+-- Apply one sweep plan if the monitor is still at the version it was read
+-- at (compare-and-set: two sweepers never record the same slot twice).
+-- KEYS: 1 state, 2 runs, 3 tmo, 4 counters, 5 history, 6 due
+-- ARGV: 1 monitor, 2 now, 3 expected_version, 4 missed, 5 acc, 6 next,
+--       7 timed_out (json array of run ids), 8 grace, 9 failure_threshold,
+--       10 recovery_threshold, 11 history_cap
+-- Returns {'ok', version} | {'conflict'}
+local state, runs, tmo, counters, history, due = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local monitor, now = ARGV[1], tonumber(ARGV[2])
+local version = tonumber(redis.call('HGET', state, 'v') or '0')
+if version ~= tonumber(ARGV[3]) then return {'conflict'} end
+local missed, grace = tonumber(ARGV[4]), tonumber(ARGV[8])
+local fthr, rthr, cap = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+
+version = redis.call('HINCRBY', state, 'v', 1)
+if ARGV[5] ~= '' then redis.call('HSET', state, 'acc', ARGV[5], 'next', ARGV[6]) end
+if missed > 0 then
+  apply_outcome(state, counters, 'missed', missed, fthr, rthr)
+  push_history(history, {t = now, kind = 'missed', outcome = 'missed', slots = missed, through = tonumber(ARGV[5])}, cap)
+end
+for _, rid in ipairs(cjson.decode(ARGV[7])) do
+  local raw = redis.call('HGET', runs, rid)
+  if raw then
+    local run = cjson.decode(raw)
+    if run.t ~= 1 then
+      run.t = 1
+      redis.call('HSET', runs, rid, cjson.encode(run))
+      redis.call('ZREM', tmo, rid)
+      apply_outcome(state, counters, 'timeout', 1, fthr, rthr)
+      push_history(history, {t = now, kind = 'timeout', outcome = 'timeout', run = rid, started = run.s}, cap)
+    end
+  end
+end
+update_due(state, tmo, due, monitor, grace)
+return {'ok', version}

@@ -1,0 +1,217 @@
+"""The internal model: immutable values passed between modules.
+
+Adapters build `CheckIn`s, config builds `Monitor`s, the store returns
+`Facts`, and `evaluate` turns (monitor, facts, now) into an `Evaluation`.
+Nothing here does I/O. All timestamps are float seconds since the Unix epoch
+(UTC); all durations are float seconds.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Mapping
+from zoneinfo import ZoneInfo
+
+
+class Kind(enum.StrEnum):
+    """What a check-in says about a run."""
+
+    START = "start"
+    SUCCESS = "success"
+    FAIL = "fail"
+    WARNING = "warning"
+    LOG = "log"
+
+    @property
+    def completes(self) -> bool:
+        return self in (Kind.SUCCESS, Kind.FAIL, Kind.WARNING)
+
+
+class Outcome(enum.StrEnum):
+    """How a run (or an expected slot) ended."""
+
+    OK = "ok"
+    WARNING = "warning"
+    ERROR = "error"
+    MISSED = "missed"
+    TIMEOUT = "timeout"
+
+    @property
+    def bad(self) -> bool:
+        return self in BAD_OUTCOMES
+
+
+BAD_OUTCOMES = frozenset({Outcome.ERROR, Outcome.MISSED, Outcome.TIMEOUT})
+
+
+class Status(enum.StrEnum):
+    """Monitor status, in priority order (see DESIGN.md, Runs and status)."""
+
+    PAUSED = "paused"
+    NEW = "new"
+    STUCK = "stuck"
+    FAILED = "failed"
+    DOWN = "down"
+    LATE = "late"
+    RUNNING = "running"
+    UP = "up"
+
+
+@dataclass(frozen=True)
+class IntervalSchedule:
+    """Expect an arrival every `seconds` after the previous one."""
+
+    seconds: float
+
+    def describe(self) -> str:
+        return f"every {format_duration(self.seconds)}"
+
+
+@dataclass(frozen=True)
+class CronSchedule:
+    """Expect an arrival at each tick of a 5-field cron expression, evaluated
+    on the wall clock of `timezone`."""
+
+    expression: str
+    timezone: str = "UTC"
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def describe(self) -> str:
+        return f"cron {self.expression}"
+
+
+Schedule = IntervalSchedule | CronSchedule
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """A monitor as the core uses it, whatever declared it (YAML or API).
+
+    `ping_key_names` restricts which ping keys may address this monitor by
+    slug (None: any configured key). `uuid_sha256` is the SHA-256 of the
+    monitor's ping UUID (lower-case text form); the UUID itself is a secret
+    and is never kept on the model.
+    """
+
+    id: str
+    schedule: Schedule
+    name: str = ""
+    description: str = ""
+    grace: float = 300.0
+    max_runtime: float | None = None
+    failure_threshold: int = 1
+    recovery_threshold: int = 1
+    labels: tuple[tuple[str, str], ...] = ()
+    group: str = ""
+    paused: bool = False
+    source: str = "api"
+    ping_key_names: tuple[str, ...] | None = None
+    uuid_env: str | None = None
+    uuid_file: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id
+
+    def schedule_fingerprint(self) -> str:
+        """What, when changed, invalidates the stored slot accounting."""
+        return repr((self.schedule, self.grace, self.max_runtime, self.paused))
+
+
+@dataclass(frozen=True)
+class CheckIn:
+    """The one canonical event every ingest API produces.
+
+    `received_at` always comes from this server's clock, never the client's.
+    `log` is already cut to the store's limit by the adapter that read it,
+    with `log_truncated` set when it was.
+    """
+
+    monitor_id: str
+    kind: Kind
+    received_at: float
+    run_id: str | None = None
+    exit_code: int | None = None
+    duration: float | None = None
+    message: str | None = None
+    log: str | None = None
+    log_truncated: bool = False
+    meta: Mapping[str, float] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    release: str | None = None
+    environment: str | None = None
+    source_ip: str | None = None
+    user_agent: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class OpenRun:
+    run_id: str
+    started: float
+    anonymous: bool = False
+    timed_out: bool = False
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything the store knows about one monitor, read atomically.
+
+    `accounted_through` is the latest expected slot already accounted for
+    (by an arrival or by recording it missed); `next_slot` is the first slot
+    after it, cached because cron iteration is too slow to redo for every
+    monitor on every scrape. Both are None until the first arrival.
+    """
+
+    version: int = 0
+    first_checkin: float | None = None
+    last_checkin: float | None = None
+    last_start: float | None = None
+    last_success: float | None = None
+    last_failure: float | None = None
+    last_duration: float | None = None
+    last_exit_code: int | None = None
+    last_outcome: Outcome | None = None
+    last_bad_outcome: Outcome | None = None
+    accounted_through: float | None = None
+    next_slot: float | None = None
+    consecutive_bad: int = 0
+    consecutive_good: int = 0
+    alerting: bool = False
+    fingerprint: str | None = None
+    open_runs: tuple[OpenRun, ...] = ()
+    checkins: Mapping[str, int] = field(default_factory=dict)
+    outcomes: Mapping[str, int] = field(default_factory=dict)
+    duration_buckets: tuple[int, ...] = ()
+    duration_sum: float = 0.0
+    duration_count: int = 0
+    meta: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The derived state of a monitor at one instant."""
+
+    status: Status
+    next_expected: float | None
+    deadline: float | None
+    consecutive_failures: int
+    running_runs: int
+    pending_missed: int
+
+
+def format_duration(seconds: float) -> str:
+    """1h30m style, the inverse of config.parse_duration for whole seconds."""
+    total = int(seconds)
+    if total != seconds or total == 0:
+        return f"{seconds:g}s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, total = divmod(total, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)

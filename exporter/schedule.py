@@ -1,0 +1,155 @@
+"""Pure schedule math: which slot an arrival accounts for, when the next one is.
+
+Every function takes the instants it needs as arguments (float epoch
+seconds, UTC) and does no I/O, so DST and edge cases are tested exhaustively
+without clocks or sleeps.
+
+Cron and DST. A cron expression describes wall-clock times in the
+monitor's zone, so we iterate it on *naive local* times (croniter never
+sees a time zone) and convert each tick to an instant ourselves:
+
+* A wall-clock time that happens twice (autumn fall-back) fires once, at its
+  first occurrence (fold=0). This is what cron daemons do for fixed-time
+  jobs, and expecting fewer slots never causes a false "down".
+* A wall-clock time that does not exist (spring-forward gap) fires at the
+  first instant after the gap, which is when cronie/vixie cron run jobs whose
+  time was skipped. Several ticks inside one gap collapse into that instant.
+
+With that mapping, instants are a non-decreasing function of naive local
+times, which is what makes the forward and backward searches below correct.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+from .model import CronSchedule, IntervalSchedule, Schedule
+
+# Enough ticks to cross any DST gap or fold for an every-minute expression
+# many times over; only an expression that can never fire exhausts it, and
+# config validation rejects those.
+_MAX_TICKS = 10_000
+
+_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+
+
+class ScheduleError(ValueError):
+    """A schedule that cannot be used (bad expression, no next tick)."""
+
+
+def validate_cron(expression: str, timezone: str, now: float) -> None:
+    """Raise ScheduleError unless `expression` is a 5-field cron expression
+    (or @macro) that fires at least once after `now` in `timezone`."""
+    expr = expression.strip()
+    if expr.lower() not in _MACROS and len(expr.split()) != 5:
+        raise ScheduleError(
+            f"cron expression {expression!r} must have 5 fields "
+            "(minute hour day-of-month month day-of-week) or be an @macro such as @daily"
+        )
+    if not croniter.is_valid(expr):
+        raise ScheduleError(f"cron expression {expression!r} is not valid")
+    try:
+        next_slot(CronSchedule(expr, timezone), now)
+    except ScheduleError:
+        raise
+    except Exception as exc:  # croniter raises its own errors for e.g. "0 0 30 2 *"
+        raise ScheduleError(f"cron expression {expression!r} never fires") from exc
+
+
+def next_slot(schedule: Schedule, after: float) -> float:
+    """The first expected slot strictly after `after`.
+
+    For an interval schedule `after` is the last accounted slot (an arrival
+    or a missed slot), so the next one is one interval later.
+    """
+    if isinstance(schedule, IntervalSchedule):
+        return after + schedule.seconds
+    zone = schedule.zone
+    after_dt = datetime.fromtimestamp(after, UTC)
+    start_local = after_dt.astimezone(zone).replace(tzinfo=None)
+    # A naive tick later than the local time of `after` maps to an instant >=
+    # `after` (the mapping is monotonic), except inside a fold where `after`
+    # is the second occurrence: those ticks map to their first occurrence,
+    # which is earlier, and are skipped by the comparison below.
+    ticks = croniter(schedule.expression, start_local)
+    for _ in range(_MAX_TICKS):
+        instant = _local_to_instant(ticks.get_next(datetime), zone)
+        if instant > after:
+            return instant
+    raise ScheduleError(f"cron expression {schedule.expression!r} never fires")
+
+
+def slot_for_arrival(schedule: Schedule, grace: float, arrival: float) -> float:
+    """The slot an arrival at `arrival` accounts for.
+
+    Interval schedules are anchored on arrivals, so the arrival is its own
+    slot. For cron, it is the latest tick at or before `arrival + grace`: an
+    arrival up to `grace` early counts for the coming slot (clocks drift,
+    jobs start a few seconds early); a late one counts for the slot it is
+    late for.
+    """
+    if isinstance(schedule, IntervalSchedule):
+        return arrival
+    return latest_slot_at_or_before(schedule, arrival + grace)
+
+
+def latest_slot_at_or_before(schedule: CronSchedule, instant: float) -> float:
+    zone = schedule.zone
+    at = datetime.fromtimestamp(instant, UTC).astimezone(zone)
+    upper_local = at.replace(tzinfo=None)
+    if at.fold:
+        # `instant` is in the second pass of a repeated hour: ticks up to one
+        # fold length later on the naive clock map to first-pass instants that
+        # are still before `instant`, so start the backward search above them.
+        first_pass = at.replace(fold=0)
+        upper_local += first_pass.utcoffset() - at.utcoffset()
+    ticks = croniter(schedule.expression, upper_local + timedelta(seconds=1))
+    for _ in range(_MAX_TICKS):
+        found = _local_to_instant(ticks.get_prev(datetime), zone)
+        if found <= instant:
+            return found
+    raise ScheduleError(f"cron expression {schedule.expression!r} never fires")
+
+
+def missed_slots(
+    schedule: Schedule, grace: float, accounted_through: float, now: float, limit: int
+) -> tuple[int, float, float]:
+    """Slots after `accounted_through` whose deadline (slot + grace) is at or
+    before `now`: returns (how many, the last of them, the slot after it).
+
+    At most `limit` slots are walked; a caller that gets `limit` back calls
+    again from the returned slot (the sweeper does, so work per call stays
+    bounded even after a long outage).
+    """
+    count = 0
+    last = accounted_through
+    upcoming = next_slot(schedule, last)
+    while count < limit and upcoming + grace <= now:
+        count += 1
+        last = upcoming
+        upcoming = next_slot(schedule, last)
+    return count, last, upcoming
+
+
+def _local_to_instant(naive: datetime, zone: ZoneInfo) -> float:
+    """Map a naive wall-clock time in `zone` to an instant (see module doc)."""
+    first = naive.replace(tzinfo=zone, fold=0)
+    if first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == naive:
+        return first.timestamp()
+    # `naive` falls in a gap. fold=0 reads it with the offset from before the
+    # gap and fold=1 with the offset after it; the transition lies between
+    # the two readings. Bisect to the exact second.
+    low = naive.replace(tzinfo=zone, fold=1).timestamp()
+    high = first.timestamp()
+    low, high = min(low, high), max(low, high)
+    before = datetime.fromtimestamp(low, zone).utcoffset()
+    while high - low > 1:
+        mid = (low + high) // 2
+        if datetime.fromtimestamp(mid, zone).utcoffset() == before:
+            low = mid
+        else:
+            high = mid
+    return float(high)

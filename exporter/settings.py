@@ -1,0 +1,39 @@
+"""Process settings: everything that is not a monitor (flags and environment)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .store import StoreLimits
+
+# Not in the Prometheus default port allocations we know of (node 9100,
+# pushgateway 9091, blackbox 9115, ...); see README.
+DEFAULT_PORT = 9879
+
+
+@dataclass(frozen=True)
+class Settings:
+    config_path: Path
+    listen_host: str = "0.0.0.0"
+    listen_port: int = DEFAULT_PORT
+    # None: start the embedded redis-server under data_dir.
+    redis_url: str | None = None
+    data_dir: Path = Path("cronmon-data")
+    redis_server_binary: str | None = None
+    key_prefix: str = "cronmon"
+    # Base of the URLs printed at start-up; defaults to the listen address.
+    public_url: str | None = None
+    # Hard limit on request bodies (413 above it) and how much of a ping
+    # body is kept as the run's log (the rest is cut and flagged).
+    max_body_bytes: int = 100_000
+    log_limit_bytes: int = 10_000
+    sweep_interval: float = 1.0
+    limits: StoreLimits = field(default_factory=StoreLimits)
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "localhost" if self.listen_host in ("", "0.0.0.0", "::") else self.listen_host
+        return f"http://{host}:{self.listen_port}"

@@ -1,0 +1,343 @@
+"""The store: the only module that speaks Redis.
+
+Key layout (prefix configurable, default ``cronmon``). Every key of one
+monitor carries the monitor id as its hash tag, so a Lua script can update
+all of them atomically::
+
+    cronmon:{<id>}:state     hash: timestamps, accounting, thresholds, version
+    cronmon:{<id>}:runs      hash: open run id -> {"s": start, "a": anonymous, "t": timed out}
+    cronmon:{<id>}:tmo       zset: open run id -> instant it passes max_runtime
+    cronmon:{<id>}:closed    zset: recently closed run ids (dedupes retried completions)
+    cronmon:{<id>}:counters  hash: check-ins by kind, outcomes, duration histogram
+    cronmon:{<id>}:history   list: newest-first events, capped
+    cronmon:{<id>}:logs      hash: event seq -> log body, capped via :logids
+    cronmon:{<id>}:meta      hash: last numeric meta values, capped in count
+    cronmon:due              zset: monitor id -> when the sweeper must look at it
+
+Every check-in is one round trip (record.lua). The deadline index is
+updated inside the same script, which keeps it exact and race-free on a
+single Redis server or a Sentinel-managed primary. (On Redis Cluster the
+index lives in another slot; supporting Cluster means moving that update
+out of the script and relying on the sweeper's compare-and-set alone; not
+done yet.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Iterable
+
+import redis.asyncio as redis
+from redis import exceptions as redis_errors
+
+from .evaluate import ArrivalPlan, SweepPlan
+from .model import CheckIn, Facts, Monitor, OpenRun, Outcome
+
+log = logging.getLogger(__name__)
+
+# Run duration histogram buckets (seconds): cron jobs run from seconds to a
+# day, so the buckets span 1s .. 24h roughly logarithmically.
+DURATION_BUCKETS: tuple[float, ...] = (
+    1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 43200, 86400,
+)
+
+
+class StoreUnavailable(Exception):
+    """Redis cannot be reached or refuses writes; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class StoreLimits:
+    history: int = 500
+    logs: int = 100
+    meta_keys: int = 32
+    open_runs: int = 50
+    closed_runs: int = 200
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    status: str  # "ok" | "duplicate" | "sweep"
+    seq: int | None = None
+    run_id: str | None = None
+    duration: float | None = None
+
+
+_UNAVAILABLE = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,
+    OSError,
+)
+
+
+def _unavailable_message(exc: Exception) -> str:
+    return f"store unavailable: {type(exc).__name__}: {exc}"
+
+
+def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, _UNAVAILABLE):
+        return StoreUnavailable(_unavailable_message(exc))
+    if isinstance(exc, redis_errors.ResponseError) and str(exc).startswith("MISCONF"):
+        # Redis refuses writes because it cannot persist: nothing was written.
+        return StoreUnavailable(_unavailable_message(exc))
+    return exc
+
+
+def _script(name: str) -> str:
+    common = resources.files("exporter").joinpath("lua/common.lua").read_text()
+    return common + "\n" + resources.files("exporter").joinpath(f"lua/{name}.lua").read_text()
+
+
+class Store:
+    def __init__(self, client: redis.Redis, prefix: str = "cronmon", limits: StoreLimits = StoreLimits()):
+        self.client = client
+        self.prefix = prefix
+        self.limits = limits
+        self._record = client.register_script(_script("record"))
+        self._sweep = client.register_script(_script("sweep"))
+        self._resync = client.register_script(_script("resync"))
+        self._due_key = f"{prefix}:due"
+
+    def key(self, monitor_id: str, part: str) -> str:
+        return f"{self.prefix}:{{{monitor_id}}}:{part}"
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def ping(self) -> None:
+        try:
+            await self.client.ping()
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+    async def record(
+        self, monitor: Monitor, checkin: CheckIn, plan: ArrivalPlan, generated_run_id: str
+    ) -> RecordResult:
+        k = self.key
+        m = monitor.id
+        extra = {
+            name: value
+            for name, value in (
+                ("ip", checkin.source_ip),
+                ("ua", checkin.user_agent),
+                ("release", checkin.release),
+                ("environment", checkin.environment),
+            )
+            if value
+        }
+        if checkin.metadata:
+            extra["metadata"] = dict(checkin.metadata)
+        try:
+            reply = await self._record(
+                keys=[
+                    k(m, "state"), k(m, "runs"), k(m, "tmo"), k(m, "closed"), k(m, "counters"),
+                    k(m, "history"), k(m, "logs"), k(m, "logids"), k(m, "meta"), self._due_key,
+                ],
+                args=[
+                    m,
+                    repr(checkin.received_at),
+                    checkin.kind.value,
+                    checkin.run_id or "",
+                    "" if checkin.exit_code is None else checkin.exit_code,
+                    "" if checkin.duration is None else repr(float(checkin.duration)),
+                    checkin.message or "",
+                    checkin.log or "",
+                    "1" if checkin.log_truncated else "0",
+                    json.dumps(dict(checkin.meta)) if checkin.meta else "{}",
+                    json.dumps(extra) if extra else "{}",
+                    repr(plan.slot),
+                    repr(plan.next_slot),
+                    repr(monitor.grace),
+                    "" if monitor.max_runtime is None else repr(monitor.max_runtime),
+                    monitor.failure_threshold,
+                    monitor.recovery_threshold,
+                    self.limits.history,
+                    self.limits.logs,
+                    json.dumps(DURATION_BUCKETS),
+                    generated_run_id,
+                    self.limits.meta_keys,
+                    self.limits.open_runs,
+                    self.limits.closed_runs,
+                ],
+            )
+        except Exception as exc:
+            raise _translate(exc) from exc
+        status = reply[0]
+        if status == "ok":
+            return RecordResult("ok", int(reply[1]), reply[2] or None, float(reply[3]) if reply[3] else None)
+        if status == "duplicate":
+            return RecordResult("duplicate", run_id=reply[1])
+        return RecordResult("sweep")
+
+    async def facts(self, monitor_id: str) -> Facts:
+        """One monitor's facts, read atomically (MULTI/EXEC)."""
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                self._queue_facts(pipe, monitor_id)
+                replies = await pipe.execute()
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return _parse_facts(*replies)
+
+    async def snapshot(self, monitor_ids: Iterable[str]) -> dict[str, Facts]:
+        """Facts of many monitors in one round trip (for /metrics).
+
+        Not one transaction: each monitor's reads are consecutive, and a
+        scrape that straddles a check-in shows it either way.
+        """
+        ids = list(monitor_ids)
+        if not ids:
+            return {}
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for monitor_id in ids:
+                    self._queue_facts(pipe, monitor_id)
+                replies = await pipe.execute()
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return {monitor_id: _parse_facts(*replies[i * 4 : i * 4 + 4]) for i, monitor_id in enumerate(ids)}
+
+    def _queue_facts(self, pipe: Any, monitor_id: str) -> None:
+        for part in ("state", "runs", "counters", "meta"):
+            pipe.hgetall(self.key(monitor_id, part))
+
+    async def apply_sweep(self, monitor: Monitor, plan: SweepPlan, now: float) -> bool:
+        """Apply `plan`; False if the monitor changed since it was read."""
+        k, m = self.key, monitor.id
+        try:
+            reply = await self._sweep(
+                keys=[k(m, "state"), k(m, "runs"), k(m, "tmo"), k(m, "counters"), k(m, "history"), self._due_key],
+                args=[
+                    m,
+                    repr(now),
+                    plan.expected_version,
+                    plan.missed,
+                    "" if plan.accounted_through is None else repr(plan.accounted_through),
+                    "" if plan.next_slot is None else repr(plan.next_slot),
+                    json.dumps(list(plan.timed_out_runs)),
+                    repr(monitor.grace),
+                    monitor.failure_threshold,
+                    monitor.recovery_threshold,
+                    self.limits.history,
+                ],
+            )
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return reply[0] == "ok"
+
+    async def resync(
+        self, monitor: Monitor, expected_version: int, accounted_through: float | None, next_slot: float | None
+    ) -> bool:
+        k, m = self.key, monitor.id
+        try:
+            reply = await self._resync(
+                keys=[k(m, "state"), k(m, "runs"), k(m, "tmo"), self._due_key],
+                args=[
+                    m,
+                    expected_version,
+                    "" if accounted_through is None else repr(accounted_through),
+                    "" if next_slot is None else repr(next_slot),
+                    repr(monitor.grace),
+                    "" if monitor.max_runtime is None else repr(monitor.max_runtime),
+                    monitor.schedule_fingerprint(),
+                ],
+            )
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return reply[0] == "ok"
+
+    async def due(self, now: float, limit: int) -> list[str]:
+        """Monitors whose next deadline or run timeout is at or before `now`."""
+        try:
+            return await self.client.zrangebyscore(self._due_key, "-inf", repr(now), start=0, num=limit)
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+    async def forget_due(self, monitor_id: str) -> None:
+        """Drop a monitor that is no longer configured from the index (its
+        data stays, so counters continue if it comes back)."""
+        try:
+            await self.client.zrem(self._due_key, monitor_id)
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+    async def history(self, monitor_id: str, offset: int = 0, count: int = 50) -> list[dict]:
+        try:
+            raw = await self.client.lrange(self.key(monitor_id, "history"), offset, offset + count - 1)
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return [json.loads(item) for item in raw]
+
+    async def log(self, monitor_id: str, seq: int) -> str | None:
+        try:
+            return await self.client.hget(self.key(monitor_id, "logs"), str(seq))
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+
+def _float(raw: dict, name: str) -> float | None:
+    value = raw.get(name)
+    return float(value) if value not in (None, "") else None
+
+
+def _parse_facts(state: dict, runs: dict, counters: dict, meta: dict) -> Facts:
+    open_runs = []
+    for run_id, encoded in runs.items():
+        run = json.loads(encoded)
+        open_runs.append(OpenRun(run_id, float(run["s"]), run.get("a") == 1, run.get("t") == 1))
+    open_runs.sort(key=lambda run: run.started)
+    checkins: dict[str, int] = {}
+    outcomes: dict[str, int] = {}
+    buckets = [0] * (len(DURATION_BUCKETS) + 1)
+    for name, value in counters.items():
+        prefix, _, rest = name.partition(":")
+        if prefix == "c":
+            checkins[rest] = int(value)
+        elif prefix == "o":
+            outcomes[rest] = int(value)
+        elif prefix == "b":
+            index = len(DURATION_BUCKETS) if rest == "inf" else int(rest) - 1
+            buckets[index] = int(value)
+    last_outcome = state.get("last_outcome")
+    last_bad = state.get("last_bad")
+    exit_code = state.get("last_exit")
+    return Facts(
+        version=int(state.get("v", 0)),
+        first_checkin=_float(state, "first"),
+        last_checkin=_float(state, "last"),
+        last_start=_float(state, "last_start"),
+        last_success=_float(state, "last_success"),
+        last_failure=_float(state, "last_failure"),
+        last_duration=_float(state, "last_duration"),
+        last_exit_code=int(float(exit_code)) if exit_code not in (None, "") else None,
+        last_outcome=Outcome(last_outcome) if last_outcome else None,
+        last_bad_outcome=Outcome(last_bad) if last_bad else None,
+        accounted_through=_float(state, "acc"),
+        next_slot=_float(state, "next"),
+        consecutive_bad=int(state.get("cbad", 0)),
+        consecutive_good=int(state.get("cgood", 0)),
+        alerting=state.get("alerting") == "1",
+        fingerprint=state.get("fp"),
+        open_runs=tuple(open_runs),
+        checkins=checkins,
+        outcomes=outcomes,
+        duration_buckets=tuple(buckets),
+        duration_sum=float(counters.get("dsum", 0) or 0),
+        duration_count=int(counters.get("dcount", 0) or 0),
+        meta={key: float(value) for key, value in meta.items()},
+    )
+
+
+def connect(url: str) -> redis.Redis:
+    """A client with timeouts, so a dead Redis answers 503 instead of hanging."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=5,
+        socket_connect_timeout=3,
+        health_check_interval=30,
+    )

@@ -1,0 +1,66 @@
+"""The sweeper: records missed slots and over-long runs as their time comes.
+
+It never scans every monitor: the store keeps an index of when each monitor
+next needs a look (its next deadline or first run timeout), and each tick
+reads only the entries that are due. Any number of exporter processes may
+sweep the same Redis; `Core.sweep` makes that safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from .core import Core
+from .store import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class Sweeper:
+    def __init__(
+        self,
+        core: Core,
+        interval: float = 1.0,
+        batch: int = 500,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.core = core
+        self.interval = interval
+        self.batch = batch
+        self.clock = clock
+        self.needs_resync = True  # set again by reload
+
+    async def run_once(self) -> int:
+        """Sweep everything due now; returns how many monitors were looked at."""
+        now = self.clock()
+        if self.needs_resync:
+            await self.core.resync_all(now)
+            self.needs_resync = False
+        due = await self.core.store.due(now, self.batch)
+        registry = self.core.registry
+        for monitor_id in due:
+            monitor = registry.monitors.get(monitor_id)
+            if monitor is None:
+                await self.core.store.forget_due(monitor_id)
+                continue
+            await self.core.sweep(monitor, now)
+        return len(due)
+
+    async def run(self) -> None:
+        backoff = self.interval
+        while True:
+            try:
+                swept = await self.run_once()
+                backoff = self.interval
+                if swept >= self.batch:
+                    continue  # more is due: keep going without sleeping
+            except StoreUnavailable as exc:
+                log.warning("sweeper: %s; retrying in %.0fs", exc, backoff)
+                backoff = min(backoff * 2, 30.0)
+            except Exception:  # a bug must not stop sweeping for good
+                log.exception("sweeper: unexpected error")
+                backoff = min(backoff * 2, 30.0)
+            await asyncio.sleep(backoff)

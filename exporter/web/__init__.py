@@ -1,0 +1,1 @@
+"""HTTP edge: the app factory, middlewares, and one module per API."""

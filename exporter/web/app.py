@@ -1,0 +1,118 @@
+"""The aiohttp application factory.
+
+`create_app(settings)` loads the config (raising ConfigError if it is bad,
+so a bad config never starts), builds the store client, core and sweeper,
+and registers resources in `cleanup_ctx`: the embedded redis-server (if no
+URL is given), the Redis client, the start-up resync and the sweeper task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import AsyncIterator, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+
+from ..core import Core
+from ..embedded import EmbeddedRedis
+from ..reloader import Reloader
+from ..settings import Settings
+from ..store import Store, connect
+from ..sweeper import Sweeper
+from . import healthchecks, ops
+from .keys import CORE, EMBEDDED, RELOADER, SELF_REGISTRY, SETTINGS, SWEEPER
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> web.Application:
+    reloader = Reloader(settings, clock)
+    registry = reloader.load_initial()  # ConfigError propagates: refuse to start
+
+    embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir, settings.redis_server_binary)
+    url = settings.redis_url or embedded.url  # type: ignore[union-attr]
+    store = Store(connect(url), settings.key_prefix, settings.limits)
+    core = Core(store, registry, clock)
+    sweeper = Sweeper(core, interval=settings.sweep_interval, clock=clock)
+
+    def on_swap(new_registry) -> None:
+        core.swap(new_registry)
+        sweeper.needs_resync = True
+
+    reloader.on_swap.append(on_swap)
+
+    self_registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=self_registry)
+    requests_total = Counter(
+        "cronmon_http_requests_total",
+        "HTTP requests handled, by handler and status code.",
+        ["handler", "code"],
+        registry=self_registry,
+    )
+    request_seconds = Histogram(
+        "cronmon_http_request_duration_seconds",
+        "HTTP request latency, by handler.",
+        ["handler"],
+        registry=self_registry,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    )
+
+    @web.middleware
+    async def instrument(request: web.Request, handler):
+        resource = request.match_info.route.resource
+        name = resource.canonical if resource is not None else "unmatched"
+        started = time.perf_counter()
+        code = 500
+        try:
+            response = await handler(request)
+            code = response.status
+            return response
+        except web.HTTPException as exc:
+            code = exc.status
+            raise
+        finally:
+            requests_total.labels(name, str(code)).inc()
+            request_seconds.labels(name).observe(time.perf_counter() - started)
+
+    app = web.Application(middlewares=[instrument], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[CORE] = core
+    app[RELOADER] = reloader
+    app[SWEEPER] = sweeper
+    app[EMBEDDED] = embedded
+    app[SELF_REGISTRY] = self_registry
+
+    app.cleanup_ctx.append(_embedded_redis)
+    app.cleanup_ctx.append(_redis_client)
+    app.cleanup_ctx.append(_sweeper_task)
+    ops.add_routes(app)
+    healthchecks.add_routes(app)
+    return app
+
+
+async def _embedded_redis(app: web.Application) -> AsyncIterator[None]:
+    embedded = app[EMBEDDED]
+    if embedded is not None:
+        await embedded.start()
+    try:
+        yield
+    finally:
+        if embedded is not None:
+            await embedded.stop()
+
+
+async def _redis_client(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[CORE].store.close()
+
+
+async def _sweeper_task(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[SWEEPER].run(), name="cronmon-sweeper")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,163 @@
+"""Healthchecks-compatible ping API.
+
+    /ping/<uuid>[/start|/fail|/log|/<exit status>]
+    /ping/<ping key>/<slug>[/start|/fail|/log|/<exit status>]
+
+GET, HEAD and POST; ``?rid=<uuid>`` pairs a start with its completion. A
+POST body becomes the run's log. Responses follow Healthchecks: 200 "OK";
+400 "invalid url format" (exit status over 255) or "invalid uuid format"
+(a malformed rid); 404 "not found"; plus 413 for a body over the limit and
+503 while the store is unreachable. The slug is the monitor id.
+
+This module only translates: it authenticates, builds a CheckIn and hands
+it to the core.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ..credentials import digest, key_allows, match_ping_key
+from ..model import CheckIn, Kind, Monitor
+from ..store import StoreUnavailable
+from .keys import CORE, SETTINGS
+
+_SUFFIXES = {"start": Kind.START, "fail": Kind.FAIL, "log": Kind.LOG}
+_DIGITS = re.compile(r"^[0-9]+$")
+_HEADERS = {"Access-Control-Allow-Origin": "*"}
+
+
+@dataclass(frozen=True)
+class PingPath:
+    uuid: str | None
+    key: str | None
+    slug: str | None
+    kind: Kind
+    exit_code: int | None
+
+
+class BadPing(Exception):
+    def __init__(self, status: int, text: str):
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+def parse_path(tail: str) -> PingPath:
+    """Split what follows /ping/ into who is pinged and what it says."""
+    parts = tail.split("/")
+    if parts and parts[-1] == "":
+        parts.pop()  # tolerate one trailing slash
+    if not parts or len(parts) > 3 or any(p == "" for p in parts):
+        raise BadPing(404, "not found")
+    first_is_uuid = _is_uuid(parts[0])
+    if len(parts) == 1:
+        if not first_is_uuid:
+            raise BadPing(404, "not found")
+        return PingPath(parts[0].lower(), None, None, Kind.SUCCESS, None)
+    if len(parts) == 2 and first_is_uuid and _is_action(parts[1]):
+        kind, code = _action(parts[1])
+        return PingPath(parts[0].lower(), None, None, kind, code)
+    if len(parts) == 2:
+        return PingPath(None, parts[0], parts[1], Kind.SUCCESS, None)
+    if not _is_action(parts[2]):
+        raise BadPing(404, "not found")
+    kind, code = _action(parts[2])
+    return PingPath(None, parts[0], parts[1], kind, code)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return len(text) == 36
+
+
+def _is_action(text: str) -> bool:
+    return text in _SUFFIXES or bool(_DIGITS.match(text))
+
+
+def _action(text: str) -> tuple[Kind, int | None]:
+    if text in _SUFFIXES:
+        return _SUFFIXES[text], None
+    code = int(text)
+    if code > 255:
+        raise BadPing(400, "invalid url format")
+    return (Kind.SUCCESS if code == 0 else Kind.FAIL), code
+
+
+def _find_monitor(request: web.Request, path: PingPath) -> Monitor:
+    registry = request.app[CORE].registry
+    if path.uuid is not None:
+        monitor = registry.by_uuid_digest(digest(path.uuid))
+    else:
+        assert path.key is not None and path.slug is not None
+        keys = registry.secrets.ping_keys if registry.secrets else ()
+        key_name = match_ping_key(path.key, keys)
+        monitor = registry.monitors.get(path.slug) if key_name else None
+        if monitor is not None and not key_allows(monitor, key_name):  # type: ignore[arg-type]
+            monitor = None
+    if monitor is None:
+        raise BadPing(404, "not found")
+    return monitor
+
+
+def cut_log(body: bytes, limit: int) -> tuple[str, bool]:
+    """The body as text, cut to `limit` bytes on a character boundary."""
+    if len(body) <= limit:
+        return body.decode("utf-8", errors="replace"), False
+    return body[:limit].decode("utf-8", errors="ignore"), True
+
+
+async def ping(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    core = request.app[CORE]
+    received_at = core.clock()
+    try:
+        path = parse_path(request.match_info["tail"])
+        rid = request.query.get("rid")
+        if rid is not None and not _is_uuid(rid):
+            raise BadPing(400, "invalid uuid format")
+        monitor = _find_monitor(request, path)
+        body = b""
+        if request.method == "POST":
+            if request.content_length is not None and request.content_length > settings.max_body_bytes:
+                raise _too_large(settings.max_body_bytes)
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise _too_large(settings.max_body_bytes) from None
+        log_text, truncated = cut_log(body, settings.log_limit_bytes) if body else (None, False)
+        checkin = CheckIn(
+            monitor_id=monitor.id,
+            kind=path.kind,
+            received_at=received_at,
+            run_id=rid.lower() if rid else None,
+            exit_code=path.exit_code,
+            log=log_text,
+            log_truncated=truncated,
+            source_ip=request.remote,
+            user_agent=request.headers.get("User-Agent"),
+        )
+        await core.record(checkin)
+    except BadPing as exc:
+        return web.Response(status=exc.status, text=exc.text, headers=_HEADERS)
+    except StoreUnavailable:
+        return web.Response(
+            status=503, text="store unavailable: the ping was not recorded, retry later", headers=_HEADERS
+        )
+    return web.Response(text="OK", headers=_HEADERS)
+
+
+def _too_large(limit: int) -> BadPing:
+    return BadPing(413, f"request body too large: the limit is {limit} bytes")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/ping/{tail:.+}", ping)  # GET also answers HEAD
+    app.router.add_post("/ping/{tail:.+}", ping)

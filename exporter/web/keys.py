@@ -1,0 +1,20 @@
+"""Typed application state keys, all in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from ..core import Core
+from ..embedded import EmbeddedRedis
+from ..reloader import Reloader
+from ..settings import Settings
+from ..sweeper import Sweeper
+
+SETTINGS = web.AppKey("settings", Settings)
+CORE = web.AppKey("core", Core)
+RELOADER = web.AppKey("reloader", Reloader)
+SWEEPER = web.AppKey("sweeper", Sweeper)
+EMBEDDED = web.AppKey("embedded", EmbeddedRedis | None)
+# Metrics about cronmon's own HTTP handling and process.
+SELF_REGISTRY = web.AppKey("self_registry", CollectorRegistry)

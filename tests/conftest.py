@@ -1,0 +1,161 @@
+"""Shared fixtures: a real redis-server process, a controllable clock, apps.
+
+The suite starts its own redis-server (the same binary cronmon embeds) on a
+free loopback port; every test gets its own key prefix, so tests never see
+each other's data and need no FLUSHALL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import textwrap
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import redis.asyncio as redis
+
+from exporter.core import Core, Registry
+from exporter.config import load_config
+from exporter import credentials
+from exporter.embedded import find_redis_server
+from exporter.settings import Settings
+from exporter.store import Store, StoreLimits, connect
+
+# A fixed, ordinary instant (2026-06-15 12:00:00 UTC) for tests that inject `now`.
+T0 = 1781524800.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RedisServer:
+    url: str
+    port: int
+    process: subprocess.Popen
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> RedisServer:
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [
+            find_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        process.kill()
+        raise RuntimeError("test redis-server did not start")
+    yield RedisServer(f"redis://127.0.0.1:{port}/0", port, process)
+    process.terminate()
+    process.wait(10)
+
+
+class Clock:
+    """A clock the test moves by hand: `now` is always injected, never slept for."""
+
+    def __init__(self, now: float = T0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def store(redis_server, prefix) -> Store:
+    s = Store(connect(redis_server.url), prefix, StoreLimits(history=20, logs=3, meta_keys=4, open_runs=5))
+    yield s
+    await s.close()
+
+
+def write_config(directory: Path, text: str, name: str = "monitors.yaml") -> Path:
+    path = directory / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def registry_from(path: Path, data_dir: Path, env: dict | None = None, now: float = T0) -> Registry:
+    config = load_config(path, now=now)
+    return Registry.build(config, credentials.resolve(config, data_dir, env or {"CRONMON_PING_KEY": "test-ping-key"}))
+
+
+@pytest.fixture
+def make_core(store, clock, tmp_path) -> Callable[[str], Core]:
+    """Core over the test store with monitors from a YAML snippet."""
+
+    def build(yaml_text: str) -> Core:
+        path = write_config(tmp_path, yaml_text)
+        return Core(store, registry_from(path, tmp_path), clock)
+
+    return build
+
+
+@pytest.fixture
+def app_settings(tmp_path, redis_server, prefix) -> Callable[..., Settings]:
+    def build(config_path: Path, **overrides) -> Settings:
+        values = dict(
+            config_path=config_path,
+            redis_url=redis_server.url,
+            data_dir=tmp_path / "data",
+            key_prefix=prefix,
+            sweep_interval=3600.0,  # tests drive sweeps themselves
+        )
+        values.update(overrides)
+        return Settings(**values)
+
+    return build
+
+
+async def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05):
+    """Poll an async or sync predicate until it is truthy (for real processes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def raw_redis(redis_server):
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()

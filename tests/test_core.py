@@ -1,0 +1,349 @@
+"""Core + store against a real redis-server: pairing, accounting, sweeps,
+thresholds, caps, restarts. `now` is injected; nothing sleeps."""
+
+import asyncio
+import random
+
+import pytest
+
+from exporter.core import Core
+from exporter.evaluate import SWEEP_BATCH, evaluate
+from exporter.model import CheckIn, Kind, Outcome, Status
+from exporter.store import Store, StoreLimits, StoreUnavailable, connect
+from exporter.sweeper import Sweeper
+
+from .conftest import T0, free_port
+
+HOURLY = """
+monitors:
+  - id: job
+    schedule: {interval: 1h}
+    grace: 5m
+    max_runtime: 10m
+"""
+
+
+def ci(kind: Kind, at: float, **kw) -> CheckIn:
+    return CheckIn(monitor_id=kw.pop("monitor_id", "job"), kind=kind, received_at=at, **kw)
+
+
+async def status(core: Core, monitor_id: str = "job", now: float | None = None) -> Status:
+    facts = await core.store.facts(monitor_id)
+    return evaluate(core.registry.monitors[monitor_id], facts, core.clock() if now is None else now).status
+
+
+class TestRuns:
+    async def test_start_then_success_pairs_and_measures(self, make_core, clock):
+        core = make_core(HOURLY)
+        await core.record(ci(Kind.START, T0))
+        assert await status(core, now=T0 + 1) is Status.RUNNING
+        result = await core.record(ci(Kind.SUCCESS, T0 + 42.5))
+        assert result.duration == pytest.approx(42.5)
+        facts = await core.store.facts("job")
+        assert facts.open_runs == ()
+        assert facts.last_duration == pytest.approx(42.5)
+        assert facts.last_start == T0 and facts.last_success == T0 + 42.5
+        assert facts.outcomes == {"ok": 1}
+        assert facts.checkins == {"start": 1, "success": 1}
+        assert facts.accounted_through == T0  # the start was the arrival
+        assert facts.next_slot == T0 + 3600
+        assert facts.duration_count == 1 and facts.duration_sum == pytest.approx(42.5)
+        # 42.5s falls in the le=60 bucket (index 4 of DURATION_BUCKETS)
+        assert facts.duration_buckets[4] == 1 and sum(facts.duration_buckets) == 1
+
+    async def test_overlapping_runs_pair_by_run_id(self, make_core):
+        core = make_core(HOURLY)
+        await core.record(ci(Kind.START, T0, run_id="r1"))
+        await core.record(ci(Kind.START, T0 + 10, run_id="r2"))
+        assert len((await core.store.facts("job")).open_runs) == 2
+        r2 = await core.record(ci(Kind.FAIL, T0 + 15, run_id="r2", exit_code=3))
+        assert r2.duration == pytest.approx(5)
+        facts = await core.store.facts("job")
+        assert [run.run_id for run in facts.open_runs] == ["r1"]
+        assert facts.last_exit_code == 3 and facts.last_failure == T0 + 15
+        r1 = await core.record(ci(Kind.SUCCESS, T0 + 100, run_id="r1"))
+        assert r1.duration == pytest.approx(100)
+        assert (await core.store.facts("job")).outcomes == {"error": 1, "ok": 1}
+
+    async def test_completion_without_run_id_closes_newest_open_run(self, make_core):
+        core = make_core(HOURLY)
+        await core.record(ci(Kind.START, T0, run_id="old"))
+        await core.record(ci(Kind.START, T0 + 20, run_id="new"))
+        result = await core.record(ci(Kind.SUCCESS, T0 + 30))
+        assert result.run_id == "new" and result.duration == pytest.approx(10)
+        assert [r.run_id for r in (await core.store.facts("job")).open_runs] == ["old"]
+
+    async def test_completion_without_start_is_an_arrival(self, make_core):
+        core = make_core(HOURLY)
+        result = await core.record(ci(Kind.SUCCESS, T0))
+        facts = await core.store.facts("job")
+        assert result.duration is None and facts.last_duration is None
+        assert facts.accounted_through == T0 and facts.outcomes == {"ok": 1}
+
+    async def test_new_anonymous_start_replaces_the_previous_one(self, make_core):
+        core = make_core(HOURLY)
+        await core.record(ci(Kind.START, T0))
+        await core.record(ci(Kind.START, T0 + 60))
+        facts = await core.store.facts("job")
+        assert len(facts.open_runs) == 1 and facts.open_runs[0].started == T0 + 60
+        result = await core.record(ci(Kind.SUCCESS, T0 + 70))
+        assert result.duration == pytest.approx(10)
+        history = await core.store.history("job")
+        assert "replaced" in history[1]
+
+    async def test_retried_start_and_completion_change_nothing(self, make_core):
+        core = make_core(HOURLY)
+        await core.record(ci(Kind.START, T0, run_id="r"))
+        assert (await core.record(ci(Kind.START, T0 + 1, run_id="r"))).status == "duplicate"
+        await core.record(ci(Kind.SUCCESS, T0 + 5, run_id="r"))
+        before = await core.store.facts("job")
+        assert (await core.record(ci(Kind.SUCCESS, T0 + 6, run_id="r"))).status == "duplicate"
+        after = await core.store.facts("job")
+        assert after == before
+        assert after.outcomes == {"ok": 1} and after.open_runs[0:] == ()
+
+    async def test_log_checkin_keeps_body_and_is_no_arrival(self, make_core):
+        core = make_core(HOURLY)
+        result = await core.record(ci(Kind.LOG, T0, log="step 1 done"))
+        facts = await core.store.facts("job")
+        assert facts.accounted_through is None and facts.checkins == {"log": 1}
+        assert await core.store.log("job", result.seq) == "step 1 done"
+        assert await status(core, now=T0 + 1) is Status.UP  # checked in, nothing expected yet
+
+    async def test_open_runs_are_capped(self, make_core):
+        core = make_core(HOURLY)  # test store caps open runs at 5
+        for i in range(7):
+            await core.record(ci(Kind.START, T0 + i, run_id=f"r{i}"))
+        runs = (await core.store.facts("job")).open_runs
+        assert [r.run_id for r in runs] == ["r2", "r3", "r4", "r5", "r6"]
+
+
+class TestMissedAndThresholds:
+    async def test_missed_slot_recorded_once_and_recovery(self, make_core, clock):
+        core = make_core(HOURLY)
+        await core.record(ci(Kind.SUCCESS, T0))
+        clock.now = T0 + 3600 + 299
+        assert await core.sweep(core.registry.monitors["job"], clock.now) == 0
+        assert await status(core) is Status.LATE
+        clock.now = T0 + 3600 + 300
+        assert await core.sweep(core.registry.monitors["job"], clock.now) == 1
+        assert await core.sweep(core.registry.monitors["job"], clock.now) == 0
+        facts = await core.store.facts("job")
+        assert facts.outcomes["missed"] == 1 and facts.consecutive_bad == 1 and facts.alerting
+        assert await status(core) is Status.DOWN
+        clock.now += 10
+        await core.record(ci(Kind.SUCCESS, clock.now))
+        assert await status(core) is Status.UP
+        facts = await core.store.facts("job")
+        assert facts.consecutive_bad == 0 and not facts.alerting
+        assert facts.next_slot == clock.now + 3600  # interval re-anchors on the arrival
+
+    async def test_failure_and_recovery_thresholds(self, make_core, clock):
+        core = make_core(HOURLY.replace("max_runtime: 10m", "failure_threshold: 3\n    recovery_threshold: 2"))
+        t = T0
+        for i in range(2):
+            await core.record(ci(Kind.FAIL, t + i))
+        assert await status(core, now=t + 5) is Status.UP  # 2 of 3 bad
+        await core.record(ci(Kind.FAIL, t + 3))
+        assert await status(core, now=t + 5) is Status.FAILED
+        await core.record(ci(Kind.SUCCESS, t + 6))
+        assert await status(core, now=t + 7) is Status.FAILED  # 1 of 2 good
+        await core.record(ci(Kind.WARNING, t + 8))
+        assert await status(core, now=t + 9) is Status.UP  # warning is good
+        facts = await core.store.facts("job")
+        assert facts.outcomes == {"error": 3, "ok": 1, "warning": 1}
+
+    async def test_deadline_passed_before_checkin_is_recorded_first(self, make_core, clock):
+        core = make_core(HOURLY)
+        await core.record(ci(Kind.SUCCESS, T0))
+        # No sweeper ran; the job comes back after its deadline passed.
+        late = T0 + 3600 + 400
+        await core.record(ci(Kind.SUCCESS, late))
+        facts = await core.store.facts("job")
+        assert facts.outcomes == {"ok": 2, "missed": 1}
+        history = await core.store.history("job")
+        assert [h["kind"] for h in history[:3]] == ["success", "missed", "success"]
+        assert not facts.alerting  # missed, then recovered by the late success
+
+    async def test_long_outage_counts_every_slot_across_batches(self, make_core, clock):
+        core = make_core("monitors: [{id: job, schedule: {interval: 1s}, grace: 0}]")
+        await core.record(ci(Kind.SUCCESS, T0))
+        outage = 2 * SWEEP_BATCH + 345
+        recorded = await core.sweep(core.registry.monitors["job"], T0 + outage)
+        recorded += await core.sweep(core.registry.monitors["job"], T0 + outage)
+        assert recorded == outage
+        assert (await core.store.facts("job")).outcomes["missed"] == outage
+
+    async def test_stuck_run_times_out_once_then_recovers(self, make_core, clock):
+        core = make_core(HOURLY)
+        job = core.registry.monitors["job"]
+        await core.record(ci(Kind.START, T0, run_id="r"))
+        clock.now = T0 + 600
+        assert await status(core) is Status.STUCK
+        await core.sweep(job, clock.now)
+        await core.sweep(job, clock.now + 1)
+        facts = await core.store.facts("job")
+        assert facts.outcomes == {"timeout": 1}
+        assert facts.open_runs[0].timed_out
+        assert await status(core) is Status.STUCK  # still open: still stuck
+        clock.now = T0 + 900
+        await core.record(ci(Kind.SUCCESS, clock.now, run_id="r"))
+        assert await status(core) is Status.UP
+        facts = await core.store.facts("job")
+        assert facts.outcomes == {"timeout": 1, "ok": 1} and facts.last_duration == pytest.approx(900)
+
+    async def test_hung_run_is_abandoned_when_the_job_runs_again(self, make_core, clock):
+        core = make_core(HOURLY)
+        await core.record(ci(Kind.START, T0, run_id="hung"))
+        await core.sweep(core.registry.monitors["job"], T0 + 601)
+        await core.record(ci(Kind.START, T0 + 3600, run_id="next"))
+        facts = await core.store.facts("job")
+        assert [r.run_id for r in facts.open_runs] == ["next"]
+        assert await status(core, now=T0 + 3601) is Status.FAILED  # the timeout still counts
+        await core.record(ci(Kind.SUCCESS, T0 + 3700, run_id="next"))
+        assert await status(core, now=T0 + 3701) is Status.UP
+
+    async def test_paused_monitor_skips_slots_without_recording(self, make_core, clock):
+        core = make_core(HOURLY.replace("max_runtime: 10m", "paused: true"))
+        await core.record(ci(Kind.SUCCESS, T0))
+        await core.sweep(core.registry.monitors["job"], T0 + 5 * 3600)
+        facts = await core.store.facts("job")
+        assert "missed" not in facts.outcomes
+        assert facts.accounted_through == T0 + 4 * 3600
+        assert await status(core, now=T0 + 5 * 3600) is Status.PAUSED
+
+
+class TestCapsAndMeta:
+    async def test_history_and_log_caps(self, make_core):
+        core = make_core(HOURLY)  # test limits: history 20, logs 3
+        seqs = []
+        for i in range(25):
+            seqs.append((await core.record(ci(Kind.LOG, T0 + i, log=f"line {i}"))).seq)
+        history = await core.store.history("job", 0, 100)
+        assert len(history) == 20 and history[0]["seq"] == seqs[-1]
+        assert [await core.store.log("job", s) for s in seqs[-4:]] == [None, "line 22", "line 23", "line 24"]
+
+    async def test_truncated_log_is_flagged(self, make_core):
+        core = make_core(HOURLY)
+        await core.record(ci(Kind.SUCCESS, T0, log="x" * 10, log_truncated=True))
+        assert (await core.store.history("job"))[0]["log_truncated"] is True
+
+    async def test_meta_values_kept_and_capped(self, make_core):
+        core = make_core(HOURLY)  # meta cap 4
+        await core.record(ci(Kind.SUCCESS, T0, meta={"a": 1, "b": 2.5, "c": 3, "d": 4}))
+        await core.record(ci(Kind.SUCCESS, T0 + 1, meta={"a": 7, "e": 5}))
+        facts = await core.store.facts("job")
+        assert facts.meta == {"a": 7.0, "b": 2.5, "c": 3.0, "d": 4.0}
+        assert (await core.store.history("job"))[0]["meta_dropped"] is True
+
+
+class TestConcurrency:
+    async def test_two_sweepers_record_each_missed_slot_exactly_once(self, make_core, redis_server, prefix, clock):
+        yaml = "monitors:\n" + "".join(
+            f"  - {{id: m{i}, schedule: {{interval: {10 + i}s}}, grace: 1s}}\n" for i in range(30)
+        )
+        core_a = make_core(yaml)
+        store_b = Store(connect(redis_server.url), prefix, core_a.store.limits)
+        core_b = Core(store_b, core_a.registry, clock)
+        for monitor_id in core_a.registry.monitors:
+            await core_a.record(ci(Kind.SUCCESS, T0, monitor_id=monitor_id))
+        sweeper_a, sweeper_b = Sweeper(core_a, clock=clock), Sweeper(core_b, clock=clock)
+        rng = random.Random(7)
+        for _ in range(60):
+            clock.advance(rng.uniform(1, 9))
+            await asyncio.gather(sweeper_a.run_once(), sweeper_b.run_once())
+        end = clock.now
+        for monitor in core_a.registry.monitors.values():
+            interval = monitor.schedule.seconds
+            # slots at T0 + k*interval whose deadline (+1s grace) passed by `end`
+            expected = int((end - 1 - T0) // interval)
+            facts = await core_a.store.facts(monitor.id)
+            assert facts.outcomes.get("missed", 0) == expected, monitor.id
+        await store_b.close()
+
+    async def test_restart_keeps_state_and_counters(self, make_core, redis_server, prefix, clock):
+        core = make_core(HOURLY)
+        await core.record(ci(Kind.START, T0, run_id="r"))
+        await core.record(ci(Kind.FAIL, T0 + 5, run_id="r", exit_code=2))
+        before = await core.store.facts("job")
+        await core.store.close()
+        reopened = Store(connect(redis_server.url), prefix)
+        assert await reopened.facts("job") == before
+        await reopened.close()
+
+
+async def test_store_unavailable_is_reported_and_changes_nothing(make_core, tmp_path):
+    dead = Store(connect(f"redis://127.0.0.1:{free_port()}/0"), "x", StoreLimits())
+    core = make_core(HOURLY)
+    core.store = dead
+    with pytest.raises(StoreUnavailable, match="store unavailable"):
+        await core.record(ci(Kind.SUCCESS, T0))
+    with pytest.raises(StoreUnavailable):
+        await dead.ping()
+    await dead.close()
+
+
+async def test_schedule_change_rebases_without_spurious_misses(store, clock, tmp_path):
+    from .conftest import registry_from, write_config
+
+    old = Core(store, registry_from(write_config(tmp_path, HOURLY), tmp_path), clock)
+    await old.resync_all(T0)
+    await old.record(ci(Kind.SUCCESS, T0))
+    # An hour later the job becomes a 1-minute heartbeat: the minutes that
+    # passed under the old schedule were never expected.
+    new_yaml = HOURLY.replace("interval: 1h", "interval: 1m").replace("grace: 5m", "grace: 10s")
+    new = Core(store, registry_from(write_config(tmp_path, new_yaml), tmp_path), clock)
+    assert await new.resync(new.registry.monitors["job"], T0 + 3000) is True
+    assert await new.resync(new.registry.monitors["job"], T0 + 3000) is False  # already in sync
+    assert await new.sweep(new.registry.monitors["job"], T0 + 3000 + 30) == 0
+    assert await new.sweep(new.registry.monitors["job"], T0 + 3000 + 70) == 1
+
+
+async def test_month_of_slots_with_jitter_never_goes_down(store, clock, tmp_path):
+    """A month (across the EU spring-forward) of a daily Berlin cron job and a
+    15-minute heartbeat, arriving up to half the grace early or late, with
+    sweeps at random moments: never down, never a missed slot."""
+    from exporter.model import CronSchedule
+    from exporter.schedule import next_slot
+
+    from .conftest import registry_from, write_config
+
+    yaml = """
+    monitors:
+      - id: daily
+        schedule: {cron: "0 3 * * *", timezone: Europe/Berlin}
+        grace: 10m
+        max_runtime: 1h
+      - id: beat
+        schedule: {interval: 15m}
+        grace: 2m
+    """
+    core = Core(store, registry_from(write_config(tmp_path, yaml), tmp_path), clock)
+    rng = random.Random(2026)
+    start = 1773576000.0  # 2026-03-15 12:00 UTC; spring-forward is 2026-03-29
+    daily, beat = core.registry.monitors["daily"], core.registry.monitors["beat"]
+    events = []
+    slot = start
+    for _ in range(31):
+        slot = next_slot(CronSchedule("0 3 * * *", "Europe/Berlin"), slot)
+        begin = slot + rng.uniform(-300, 300)
+        events.append((begin, "daily", Kind.START))
+        events.append((begin + rng.uniform(60, 1800), "daily", Kind.SUCCESS))
+    t = start
+    while t < start + 31 * 86400:
+        t += 900 + rng.uniform(-60, 60)  # interval measured from the last arrival
+        events.append((t, "beat", Kind.SUCCESS))
+    events.sort()
+    for at, monitor_id, kind in events:
+        clock.now = at
+        await core.record(ci(kind, at, monitor_id=monitor_id))
+        if rng.random() < 0.3:
+            probe = at + rng.uniform(0, 60)
+            for monitor in (daily, beat):
+                await core.sweep(monitor, probe)
+                facts = await store.facts(monitor.id)
+                assert evaluate(monitor, facts, probe).status not in (Status.DOWN, Status.FAILED, Status.STUCK)
+    for monitor_id in ("daily", "beat"):
+        facts = await store.facts(monitor_id)
+        assert "missed" not in facts.outcomes and "timeout" not in facts.outcomes
+    assert (await store.facts("daily")).outcomes == {"ok": 31}
