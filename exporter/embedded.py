@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import importlib.util
 import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -99,14 +102,31 @@ class EmbeddedRedis:
                     "appendfsync everysec",
                     "save 3600 1 300 100 60 10000",
                     f'logfile "{self.data_dir / "redis.log"}"',
+                    f'pidfile "{self.data_dir / "redis.pid"}"',
                     "daemonize no",
                     "",
                 ]
             )
         )
-        self.process = await asyncio.create_subprocess_exec(
-            binary, str(conf), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-        )
+        # We hold the data-dir lock, so a server still answering on our socket
+        # was orphaned by a cronmon that died without stopping it. Shut it
+        # down (it saves) before starting ours: two servers must never write
+        # the same AOF.
+        await self._shutdown_orphan()
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                binary,
+                str(conf),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:
+            self._unlock()
+            raise EmbeddedRedisError(
+                f"cannot run redis-server {binary}: {exc.strerror}; set CRONMON_REDIS_SERVER or "
+                "--redis-server to a working binary, or pass --redis-url"
+            ) from None
         try:
             await self._wait_ready()
         except BaseException:
@@ -140,6 +160,30 @@ class EmbeddedRedis:
         raise EmbeddedRedisError(
             f"embedded redis-server did not become ready within {self.start_timeout:.0f}s: {self._log_tail()}"
         )
+
+    async def _shutdown_orphan(self) -> None:
+        if not self.socket_path.exists():
+            return
+        client = redis.Redis(unix_socket_path=str(self.socket_path))
+        try:
+            await client.ping()
+        except (redis.ConnectionError, OSError):
+            return  # a stale socket file: redis-server replaces it
+        finally:
+            await client.aclose()
+        log.warning("shutting down an orphaned embedded redis-server on %s", self.socket_path)
+        client = redis.Redis(unix_socket_path=str(self.socket_path))
+        try:
+            await client.shutdown(save=True)
+        except (redis.ConnectionError, OSError):
+            pass  # the connection closes as the server exits
+        finally:
+            await client.aclose()
+        pid_file = self.data_dir / "redis.pid"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while pid_file.exists() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
 
     def _log_tail(self) -> str:
         try:
@@ -177,7 +221,22 @@ class EmbeddedRedis:
         if self._socket_dir:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
+        self._unlock()
+
+    def _unlock(self) -> None:
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: on Linux, ask for SIGTERM when cronmon dies,
+    so even a SIGKILLed cronmon does not leave its redis-server behind."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass

@@ -1,0 +1,184 @@
+"""`cronmon serve` as a real process on the embedded Redis: start-up output,
+pings, real-time sweeping, SIGHUP reload, persistence across a restart, the
+data-dir lock and a clean shutdown of the embedded redis-server."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import free_port, write_config
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = """
+monitors:
+  - id: heartbeat
+    schedule: {interval: 1s}
+    grace: 0
+    labels: {team: sre}
+  - id: backup
+    schedule: {cron: "0 3 * * *", timezone: Europe/Berlin}
+"""
+
+
+class Server:
+    def __init__(self, config: Path, data_dir: Path, extra_env: dict | None = None):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CRONMON_")}
+        env.update(extra_env or {})
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "exporter.cli", "serve", "--config", str(config),
+             "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.process.stdout.read()
+            try:
+                if httpx.get(self.base + "/-/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("cronmon did not become ready")
+
+    def metric(self, name: str, **labels) -> float:
+        text = httpx.get(self.base + "/metrics").text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    return sample.value
+        raise AssertionError(f"no {name} {labels}")
+
+    def stop(self) -> str:
+        self.process.send_signal(signal.SIGTERM)
+        out, _ = self.process.communicate(timeout=30)
+        assert self.process.returncode == 0, out
+        return out
+
+
+def wait_until(predicate, timeout: float = 15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def redis_server_running(data_dir: Path) -> bool:
+    """The embedded redis-server writes its pid file at start and removes it
+    on a clean shutdown."""
+    try:
+        pid = int((data_dir / "redis.pid").read_text())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_serve_on_embedded_redis_end_to_end(tmp_path):
+    config = write_config(tmp_path, CONFIG)
+    data_dir = tmp_path / "data"
+    server = Server(config, data_dir)
+    try:
+        server.wait_ready()
+        key = (data_dir / "ping_key").read_text().strip()
+        assert len(key) == 22 and (data_dir / "ping_key").stat().st_mode & 0o777 == 0o600
+        assert redis_server_running(data_dir)
+
+        # Pings of every basic kind land; the job then stops pinging and the
+        # sweeper records its 1-second slots as missed in real time.
+        for suffix in ("/start", "", "/log", "/0"):
+            assert httpx.get(f"{server.base}/ping/{key}/heartbeat{suffix}").text == "OK"
+        wait_until(lambda: server.metric("cronmon_runs_total", monitor="heartbeat", outcome="missed") >= 2)
+        assert server.metric("cronmon_monitor_status", monitor="heartbeat", status="down") == 1
+        assert server.metric("cronmon_up", monitor="heartbeat", team="sre") == 0
+        httpx.get(f"{server.base}/ping/{key}/heartbeat")
+        # SIGHUP with a broken config keeps the old one; a fixed one is swapped in.
+        config.write_text("monitors: [{id: x, schedule: {cron: 'nope'}}]")
+        server.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: server.metric("cronmon_config_last_reload_successful") == 0)
+        assert server.metric("cronmon_monitors", source="yaml") == 2
+        config.write_text(CONFIG.replace("interval: 1s", "interval: 1h"))
+        server.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: server.metric("cronmon_config_last_reload_successful") == 1)
+        checkins = server.metric("cronmon_checkins_total", monitor="heartbeat", kind="success")
+        missed = server.metric("cronmon_runs_total", monitor="heartbeat", outcome="missed")
+        assert checkins == 3
+
+        # A second process on the same data dir is refused with a clear message.
+        second = Server(config, data_dir)
+        out, _ = second.process.communicate(timeout=30)
+        assert second.process.returncode == 1
+        assert "is in use by another cronmon process" in out
+    finally:
+        out = server.stop()
+    assert "ping URLs" in out and f"/ping/{key}/heartbeat" in out
+    wait_until(lambda: not redis_server_running(data_dir))
+
+    # Restart: the same data comes back, counters continue, same ping key.
+    again = Server(config, data_dir)
+    try:
+        again.wait_ready()
+        assert (data_dir / "ping_key").read_text().strip() == key
+        assert again.metric("cronmon_checkins_total", monitor="heartbeat", kind="success") == checkins
+        assert again.metric("cronmon_runs_total", monitor="heartbeat", outcome="missed") == missed
+        assert again.metric("cronmon_checkins_total", monitor="heartbeat", kind="log") == 1
+    finally:
+        again.stop()
+
+
+def test_bad_config_refuses_to_start(tmp_path):
+    config = write_config(tmp_path, "monitors: [{id: a, schedule: {interval: 1h}, labels: {job: x}}]")
+    server = Server(config, tmp_path / "data")
+    out, _ = server.process.communicate(timeout=30)
+    assert server.process.returncode == 1
+    assert f"{config}: monitor \"a\": field \"labels\": label 'job' is reserved" in out
+    assert "not starting: the config is invalid" in out
+    assert not (tmp_path / "data" / "redis.conf").exists()
+
+
+def test_configured_key_is_not_printed(tmp_path):
+    config = write_config(tmp_path, CONFIG)
+    server = Server(config, tmp_path / "data", {"CRONMON_PING_KEY": "my-secret-ping-key"})
+    try:
+        server.wait_ready()
+        assert httpx.get(f"{server.base}/ping/my-secret-ping-key/backup").status_code == 200
+    finally:
+        out = server.stop()
+    assert "my-secret-ping-key" not in out
+    assert "/ping/<ping key default>/backup" in out
+    assert not (tmp_path / "data" / "ping_key").exists()
+
+
+def test_killed_cronmon_does_not_leave_its_redis_behind(tmp_path):
+    config = write_config(tmp_path, CONFIG)
+    data_dir = tmp_path / "data"
+    server = Server(config, data_dir)
+    server.wait_ready()
+    key = (data_dir / "ping_key").read_text().strip()
+    httpx.get(f"{server.base}/ping/{key}/backup")
+    server.process.kill()
+    server.process.wait(10)
+    # The embedded server goes down with its parent (and writes its data).
+    wait_until(lambda: not redis_server_running(data_dir))
+    again = Server(config, data_dir)
+    try:
+        again.wait_ready()
+        assert again.metric("cronmon_checkins_total", monitor="backup", kind="success") == 1
+    finally:
+        again.stop()

@@ -1,0 +1,179 @@
+"""/metrics (checked by the real promtool), readiness and config reload."""
+
+import shutil
+import subprocess
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.web.app import create_app
+from exporter.web.keys import CORE, SWEEPER
+
+from .conftest import T0, write_config
+
+CONFIG = """
+monitors:
+  - id: backup
+    name: Nightly backup
+    schedule: {cron: "0 3 * * *", timezone: Europe/Berlin}
+    grace: 15m
+    max_runtime: 2h
+    labels: {team: data, severity: critical}
+    group: backups
+  - id: beat
+    schedule: {interval: 5m}
+    labels: {team: platform}
+"""
+
+PER_MONITOR = [
+    "cronmon_monitor_info", "cronmon_monitor_status", "cronmon_up",
+    "cronmon_last_checkin_timestamp_seconds", "cronmon_last_start_timestamp_seconds",
+    "cronmon_last_success_timestamp_seconds", "cronmon_last_failure_timestamp_seconds",
+    "cronmon_last_duration_seconds", "cronmon_last_exit_code",
+    "cronmon_next_expected_timestamp_seconds", "cronmon_deadline_timestamp_seconds",
+    "cronmon_grace_seconds", "cronmon_max_runtime_seconds", "cronmon_running_runs",
+    "cronmon_consecutive_failures", "cronmon_checkins_total", "cronmon_runs_total",
+    "cronmon_run_duration_seconds_bucket", "cronmon_run_duration_seconds_count",
+    "cronmon_run_duration_seconds_sum",
+]
+SELF = [
+    "cronmon_build_info", "cronmon_store_up", "cronmon_config_last_reload_successful",
+    "cronmon_config_last_reload_success_timestamp_seconds", "cronmon_monitors",
+    "cronmon_http_requests_total", "cronmon_http_request_duration_seconds_bucket",
+]
+
+
+@pytest.fixture
+def config_path(tmp_path):
+    return write_config(tmp_path, CONFIG)
+
+
+@pytest.fixture
+async def client(aiohttp_client, app_settings, config_path, monkeypatch, clock):
+    monkeypatch.setenv("CRONMON_PING_KEY", "k" * 22)
+    return await aiohttp_client(create_app(app_settings(config_path), clock=clock))
+
+
+def samples(text: str) -> list:
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def value(text: str, name: str, **labels) -> float:
+    found = [s.value for s in samples(text) if s.name == name and labels.items() <= s.labels.items()]
+    assert len(found) == 1, (name, labels, found)
+    return found[0]
+
+
+async def scrape(client) -> str:
+    response = await client.get("/metrics")
+    assert response.status == 200
+    return await response.text()
+
+
+async def test_every_metric_for_every_monitor_with_its_labels(client, clock):
+    await client.get("/ping/" + "k" * 22 + "/backup/start")
+    clock.advance(12)
+    await client.post("/ping/" + "k" * 22 + "/backup/3", data="it broke")
+    text = await scrape(client)
+    all_samples = samples(text)
+    for name in PER_MONITOR:
+        for monitor, labels in (("backup", {"team": "data", "severity": "critical"}), ("beat", {"team": "platform"})):
+            matching = [s for s in all_samples if s.name == name and s.labels.get("monitor") == monitor]
+            assert matching, (name, monitor)
+            assert all(labels.items() <= s.labels.items() for s in matching), (name, monitor)
+    for name in SELF:
+        assert any(s.name == name for s in all_samples), name
+    assert value(text, "cronmon_monitor_status", monitor="backup", status="failed") == 1
+    assert sum(s.value for s in all_samples if s.name == "cronmon_monitor_status" and s.labels["monitor"] == "backup") == 1
+    assert value(text, "cronmon_monitor_status", monitor="beat", status="new") == 1
+    assert value(text, "cronmon_up", monitor="backup") == 0
+    assert value(text, "cronmon_last_exit_code", monitor="backup") == 3
+    assert value(text, "cronmon_last_duration_seconds", monitor="backup") == pytest.approx(12)
+    assert value(text, "cronmon_last_start_timestamp_seconds", monitor="backup") == T0
+    assert value(text, "cronmon_last_failure_timestamp_seconds", monitor="backup") == T0 + 12
+    assert value(text, "cronmon_last_success_timestamp_seconds", monitor="backup") == 0
+    assert value(text, "cronmon_checkins_total", monitor="backup", kind="fail") == 1
+    assert value(text, "cronmon_runs_total", monitor="backup", outcome="error") == 1
+    assert value(text, "cronmon_runs_total", monitor="beat", outcome="missed") == 0
+    assert value(text, "cronmon_run_duration_seconds_bucket", monitor="backup", le="10.0") == 0
+    assert value(text, "cronmon_run_duration_seconds_bucket", monitor="backup", le="30.0") == 1
+    assert value(text, "cronmon_grace_seconds", monitor="backup") == 900
+    assert value(text, "cronmon_max_runtime_seconds", monitor="beat") == 0
+    info = [s for s in all_samples if s.name == "cronmon_monitor_info" and s.labels["monitor"] == "backup"][0]
+    assert info.labels["name"] == "Nightly backup" and info.labels["timezone"] == "Europe/Berlin"
+    assert info.labels["schedule"] == "0 3 * * *" and info.labels["group"] == "backups"
+    assert value(text, "cronmon_store_up") == 1
+    assert value(text, "cronmon_monitors", source="yaml") == 2
+    assert value(text, "cronmon_http_requests_total", handler="/ping/{tail}", code="200") == 2
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    assert path, "promtool is required (Debian package prometheus; `python3 dev.py test` installs it)"
+    return path
+
+
+async def test_promtool_finds_nothing_to_complain_about(client, clock):
+    await client.get("/ping/" + "k" * 22 + "/backup/start")
+    await client.get("/ping/" + "k" * 22 + "/beat")
+    await client.app[CORE].store.client.hset(
+        client.app[CORE].store.key("backup", "meta"), mapping={"rows_processed": "12", "bytes": "1e6"}
+    )
+    text = await scrape(client)
+    assert 'cronmon_run_meta{key="rows_processed",monitor="backup"' in text
+    result = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "" and result.stderr.strip() == "", (
+        result.stdout + result.stderr
+    )
+
+
+async def test_openmetrics_is_negotiated(client):
+    response = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+    body = await response.text()
+    assert body.endswith("# EOF\n") and "cronmon_checkins_total{" in body
+
+
+async def test_health_and_index(client):
+    assert (await client.get("/-/healthy")).status == 200
+    ready = await client.get("/-/ready")
+    assert ready.status == 200 and await ready.text() == "OK\n"
+    index = await client.get("/")
+    assert "2 monitors configured" in await index.text()
+
+
+async def test_reload_swaps_good_config_and_keeps_old_on_bad(client, config_path):
+    key = "k" * 22
+    config_path.write_text(CONFIG + "  - {id: added, schedule: {interval: 1m}}\n")
+    response = await client.post("/-/reload")
+    assert response.status == 200 and "3 monitors" in await response.text()
+    text = await scrape(client)
+    assert value(text, "cronmon_config_last_reload_successful") == 1
+    assert value(text, "cronmon_monitor_status", monitor="added", status="new") == 1
+    assert (await client.get(f"/ping/{key}/added")).status == 200
+
+    config_path.write_text(CONFIG.replace("timezone: Europe/Berlin", "timezone: Mars/Olympus"))
+    response = await client.post("/-/reload")
+    assert response.status == 500
+    body = await response.text()
+    assert "keeping the running one" in body and "unknown time zone 'Mars/Olympus'" in body
+    text = await scrape(client)
+    assert value(text, "cronmon_config_last_reload_successful") == 0
+    # the old config keeps running, including the monitor the bad file dropped
+    assert value(text, "cronmon_monitor_status", monitor="added", status="up") == 1
+    assert (await client.get(f"/ping/{key}/added")).status == 200
+    assert (await client.get("/-/reload")).status == 405
+
+
+async def test_reload_of_schedule_change_resyncs(client, config_path, clock):
+    key = "k" * 22
+    await client.get(f"/ping/{key}/beat")
+    config_path.write_text(CONFIG.replace("interval: 5m", "interval: 1m"))
+    assert (await client.post("/-/reload")).status == 200
+    assert client.app[CORE].registry.monitors["beat"].schedule.seconds == 60
+    # The sweeper re-bases changed monitors on its next tick: the new
+    # 1-minute schedule counts from then, not from the last arrival.
+    clock.advance(30)
+    await client.app[SWEEPER].run_once()
+    text = await scrape(client)
+    assert value(text, "cronmon_next_expected_timestamp_seconds", monitor="beat") == T0 + 30 + 60
