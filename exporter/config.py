@@ -358,7 +358,12 @@ def _to_monitor(spec: MonitorSpec, source: str) -> Monitor:
     )
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+# libyaml's parser when PyYAML was built with it (the wheels are): 10x faster
+# on large configs. The safe constructor is the same either way.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _UniqueKeyLoader(_SafeLoader):
     """SafeLoader that rejects a key given twice in one mapping (PyYAML
     silently keeps the last one, which hides copy-paste mistakes)."""
 

@@ -29,14 +29,14 @@ monitors:
 
 
 class Server:
-    def __init__(self, config: Path, data_dir: Path, extra_env: dict | None = None):
+    def __init__(self, config: Path, data_dir: Path, extra_env: dict | None = None, flags: list | None = None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CRONMON_")}
         env.update(extra_env or {})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "exporter.cli", "serve", "--config", str(config),
-             "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir)],
+             "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir), *(flags or [])],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         )
 
@@ -182,3 +182,33 @@ def test_killed_cronmon_does_not_leave_its_redis_behind(tmp_path):
         assert again.metric("cronmon_checkins_total", monitor="backup", kind="success") == 1
     finally:
         again.stop()
+
+
+def test_two_processes_on_one_redis_record_each_missed_slot_once(tmp_path, redis_server, prefix):
+    """Two `cronmon serve` processes share one Redis and both sweep a
+    1-second heartbeat: every missed slot is counted once, not twice."""
+    config = write_config(tmp_path, "monitors: [{id: beat, schedule: {interval: 1s}, grace: 0}]")
+    shared = {"CRONMON_PING_KEY": "shared-ping-key-0123456"}
+    flags = ["--redis-url", redis_server.url, "--key-prefix", prefix]
+    servers = [Server(config, tmp_path / name, shared, flags) for name in ("a", "b")]
+    try:
+        for server in servers:
+            server.wait_ready()
+        assert httpx.get(f"{servers[0].base}/ping/shared-ping-key-0123456/beat").status_code == 200
+        pinged = time.time()
+        time.sleep(4.5)
+        for server in servers:
+            server.stop()
+        stopped = time.time()
+    finally:
+        for server in servers:
+            if server.process.poll() is None:
+                server.process.kill()
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(redis_server.url, decode_responses=True)
+    missed = int(client.hget(f"{prefix}:{{beat}}:counters", "o:missed") or 0)
+    client.close()
+    # Slots fall every second after the ping; double counting would show as
+    # nearly twice as many.
+    assert int(stopped - pinged) - 2 <= missed <= int(stopped - pinged)

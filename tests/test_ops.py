@@ -120,7 +120,8 @@ async def test_promtool_finds_nothing_to_complain_about(client, clock):
         client.app[CORE].store.key("backup", "meta"), mapping={"rows_processed": "12", "bytes": "1e6"}
     )
     text = await scrape(client)
-    assert 'cronmon_run_meta{key="rows_processed",monitor="backup"' in text
+    assert value(text, "cronmon_run_meta", monitor="backup", key="rows_processed", team="data") == 12
+    assert value(text, "cronmon_run_meta", monitor="backup", key="bytes") == 1e6
     result = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "" and result.stderr.strip() == "", (
         result.stdout + result.stderr
@@ -177,3 +178,27 @@ async def test_reload_of_schedule_change_resyncs(client, config_path, clock):
     await client.app[SWEEPER].run_once()
     text = await scrape(client)
     assert value(text, "cronmon_next_expected_timestamp_seconds", monitor="beat") == T0 + 30 + 60
+
+
+async def test_text_encoder_matches_prometheus_client(client, clock):
+    """The fast text encoder and prometheus_client's OpenMetrics encoder
+    must carry exactly the same samples."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+
+    key = "k" * 22
+    await client.get(f"/ping/{key}/backup/start")
+    clock.advance(3)
+    await client.post(f"/ping/{key}/backup/fail", data='quote " and \\ backslash')
+    text = await scrape(client)
+    openmetrics = await (await client.get("/metrics", headers={"Accept": "application/openmetrics-text"})).text()
+
+    def normalized(samples_):
+        return sorted(
+            (s.name.removesuffix("_total"), tuple(sorted(s.labels.items())), s.value)
+            for s in samples_
+            if not s.name.endswith("_created") and not s.name.startswith(("process_", "cronmon_http_"))
+        )
+
+    om = [s for family in parse_openmetrics(openmetrics) for s in family.samples]
+    assert normalized(samples(text)) == normalized(om)
+    assert len(normalized(om)) > 100

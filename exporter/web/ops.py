@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Iterator
+import itertools
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import Metric
-from prometheus_client.exposition import choose_encoder
 
 from ..collector import Snapshot, SnapshotCollector
 from ..config import ConfigError
+from ..exposition import encoder_for
 from ..store import StoreUnavailable
 from .keys import CORE, RELOADER, SELF_REGISTRY
 
 _TEXT = "text/plain"
-
-
-class _Exposition:
-    """What the encoder reads: the snapshot's families, then cronmon's own."""
-
-    def __init__(self, snapshot: Snapshot, self_registry: CollectorRegistry):
-        self.parts = (SnapshotCollector(snapshot), self_registry)
-
-    def collect(self) -> Iterator[Metric]:
-        for part in self.parts:
-            yield from part.collect()
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -47,11 +34,16 @@ async def metrics(request: web.Request) -> web.Response:
         reload_successful=state.successful,
         reload_success_timestamp=state.success_timestamp,
     )
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    exposition = _Exposition(snapshot, request.app[SELF_REGISTRY])
-    # Evaluating and encoding thousands of series is CPU work; keep it off
-    # the event loop so pings are not queued behind a scrape.
-    body = await asyncio.get_running_loop().run_in_executor(None, encoder, exposition)
+    encode, content_type = encoder_for(request.headers.get("Accept", ""))
+    self_registry = request.app[SELF_REGISTRY]
+
+    def build() -> bytes:
+        families = itertools.chain(SnapshotCollector(snapshot).collect(), self_registry.collect())
+        return encode(families)
+
+    # Evaluating and encoding tens of thousands of series is CPU work; keep
+    # it off the event loop so pings are not queued behind a scrape.
+    body = await asyncio.get_running_loop().run_in_executor(None, build)
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
