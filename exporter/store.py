@@ -32,6 +32,8 @@ from typing import Any, Iterable
 
 import redis.asyncio as redis
 from redis import exceptions as redis_errors
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from .evaluate import ArrivalPlan, SweepPlan
 from .model import CheckIn, Facts, Monitor, OpenRun, Outcome
@@ -333,11 +335,19 @@ def _parse_facts(state: dict, runs: dict, counters: dict, meta: dict) -> Facts:
 
 
 def connect(url: str) -> redis.Redis:
-    """A client with timeouts, so a dead Redis answers 503 instead of hanging."""
+    """A client with timeouts, so a dead Redis answers 503 instead of hanging.
+
+    No automatic retries: redis-py retries on timeouts and connection errors
+    by default, and a script whose reply was lost may already have run, so
+    a retry could record a check-in twice. The job's own retry (curl
+    --retry on the 503) is the right place, and a retried start or finish
+    with a run id is deduplicated by the store.
+    """
     return redis.Redis.from_url(
         url,
         decode_responses=True,
         socket_timeout=5,
         socket_connect_timeout=3,
         health_check_interval=30,
+        retry=Retry(NoBackoff(), 0),
     )
