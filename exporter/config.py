@@ -252,23 +252,11 @@ def load_config(path: str | Path, *, now: float | None = None) -> Config:
         if parsed is None:
             continue
         for key in parsed.ping_keys:
-            if key.name in seen_keys:
-                problems.append(
-                    f'{file}: ping key "{key.name}": field "name": duplicate name, '
-                    f"already declared in {seen_keys[key.name]}"
-                )
-                continue
-            seen_keys[key.name] = str(file)
-            ping_keys.append(PingKeyRef(key.name, key.env, key.file, str(file)))
+            if _first_declaration(seen_keys, key.name, file, 'ping key "{}": field "name"', problems):
+                ping_keys.append(PingKeyRef(key.name, key.env, key.file, str(file)))
         for spec in parsed.monitors:
-            if spec.id in seen_ids:
-                problems.append(
-                    f'{file}: monitor "{spec.id}": field "id": duplicate id, '
-                    f"already declared in {seen_ids[spec.id]}"
-                )
-                continue
-            seen_ids[spec.id] = str(file)
-            monitors.append(_to_monitor(spec, str(file)))
+            if _first_declaration(seen_ids, spec.id, file, 'monitor "{}": field "id"', problems):
+                monitors.append(_to_monitor(spec, str(file)))
     for monitor in monitors:
         for key_name in monitor.ping_key_names or ():
             if key_name not in seen_keys:
@@ -279,6 +267,15 @@ def load_config(path: str | Path, *, now: float | None = None) -> Config:
     if problems:
         raise ConfigError(problems)
     return Config(tuple(monitors), tuple(ping_keys), tuple(str(f) for f in files))
+
+
+def _first_declaration(seen: dict[str, str], name: str, file: Path, subject: str, problems: list[str]) -> bool:
+    """Record where `name` is declared; a second declaration is a problem."""
+    if name in seen:
+        problems.append(f"{file}: {subject.format(name)}: duplicate, already declared in {seen[name]}")
+        return False
+    seen[name] = str(file)
+    return True
 
 
 def _parse_file(file: Path, problems: list[str], now: float) -> ConfigFile | None:

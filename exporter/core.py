@@ -61,8 +61,9 @@ class Core:
         self.registry = registry
 
     async def record(self, checkin: CheckIn) -> RecordResult:
-        """Record one check-in: one store round trip, or two plus a sweep
-        when a deadline passed that no sweeper has recorded yet."""
+        """Record one check-in: one store round trip; one more when a
+        deadline passed that no sweeper has recorded yet (sweep first) or
+        when the arrival's slot is not among the planned candidates."""
         monitor = self.registry.monitors.get(checkin.monitor_id)
         if monitor is None:
             raise UnknownMonitor(checkin.monitor_id)
@@ -70,9 +71,14 @@ class Core:
         generated_run_id = str(uuid.uuid4())
         for _ in range(_CAS_ATTEMPTS):
             result = await self.store.record(monitor, checkin, plan, generated_run_id)
-            if result.status != "sweep":
+            if result.status == "sweep":
+                await self.sweep(monitor, checkin.received_at)
+            elif result.status == "slot":
+                # The first unaccounted slot is further back than the plan
+                # guessed (grace longer than the cron interval).
+                plan = plan.with_slot(monitor.schedule, result.slot)
+            else:
                 return result
-            await self.sweep(monitor, checkin.received_at)
         raise RuntimeError(f"monitor {monitor.id}: could not record a check-in: state kept changing")
 
     async def sweep(self, monitor: Monitor, now: float) -> int:

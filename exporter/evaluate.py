@@ -13,10 +13,10 @@ that no sweeper has recorded yet counts here already ("pending"), so
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from .model import CronSchedule, Evaluation, Facts, Monitor, Outcome, Status
-from .schedule import missed_slots, next_slot, slot_for_arrival
+from .model import CronSchedule, Evaluation, Facts, IntervalSchedule, Monitor, Outcome, Schedule, Status
+from .schedule import latest_slot_at_or_before, missed_slots, next_slot
 
 # Bound on slots walked per call: evaluation only needs enough to cross the
 # failure threshold; the sweeper walks the rest in bounded batches.
@@ -25,13 +25,27 @@ SWEEP_BATCH = 1000
 
 @dataclass(frozen=True)
 class ArrivalPlan:
-    """What the store needs if a check-in turns out to be an arrival: the
-    slot it accounts for and the slot after that. Computed before the store
-    call (it depends on config and clock only), used by the store only if
-    the check-in is an arrival for a slot newer than the accounted one."""
+    """Where an arrival may land in the schedule, computed before the store
+    call from config and clock alone; the store picks using the monitor's
+    state (which slot is the first one not yet accounted for).
 
-    slot: float
-    next_slot: float
+    * `anchored` (interval schedules): the arrival is its own slot.
+    * `first`: (slot, next slot) for a monitor with nothing accounted yet:
+      of the candidates, the tick nearest to the arrival.
+    * `candidates`: (slot, next slot) pairs the first unaccounted slot is
+      likely to be: the tick at or before the arrival and the next tick if
+      it is within `grace`. An arrival accounts for the *first* unaccounted
+      slot (so with a grace longer than the cron interval, no slot is
+      skipped); when that slot is none of these, the store names it and
+      `with_slot` adds it for a second try.
+    """
+
+    anchored: bool
+    first: tuple[float, float]
+    candidates: tuple[tuple[float, float], ...] = ()
+
+    def with_slot(self, schedule: Schedule, slot: float) -> "ArrivalPlan":
+        return replace(self, candidates=(*self.candidates, (slot, next_slot(schedule, slot))))
 
 
 @dataclass(frozen=True)
@@ -56,8 +70,17 @@ class SweepPlan:
 
 
 def plan_arrival(monitor: Monitor, received_at: float) -> ArrivalPlan:
-    slot = slot_for_arrival(monitor.schedule, monitor.grace, received_at)
-    return ArrivalPlan(slot=slot, next_slot=next_slot(monitor.schedule, slot))
+    schedule = monitor.schedule
+    if isinstance(schedule, IntervalSchedule):
+        return ArrivalPlan(anchored=True, first=(received_at, next_slot(schedule, received_at)))
+    before = latest_slot_at_or_before(schedule, received_at)
+    after = next_slot(schedule, before)
+    candidates = [(before, after)]
+    if after <= received_at + monitor.grace:
+        candidates.append((after, next_slot(schedule, after)))
+    # Before anything is accounted, the nearest tick is the best guess.
+    first = min(candidates, key=lambda candidate: abs(candidate[0] - received_at))
+    return ArrivalPlan(anchored=False, first=first, candidates=tuple(candidates))
 
 
 def plan_sweep(monitor: Monitor, facts: Facts, now: float) -> SweepPlan:

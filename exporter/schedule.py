@@ -82,20 +82,6 @@ def next_slot(schedule: Schedule, after: float) -> float:
     raise ScheduleError(f"cron expression {schedule.expression!r} never fires")
 
 
-def slot_for_arrival(schedule: Schedule, grace: float, arrival: float) -> float:
-    """The slot an arrival at `arrival` accounts for.
-
-    Interval schedules are anchored on arrivals, so the arrival is its own
-    slot. For cron, it is the latest tick at or before `arrival + grace`: an
-    arrival up to `grace` early counts for the coming slot (clocks drift,
-    jobs start a few seconds early); a late one counts for the slot it is
-    late for.
-    """
-    if isinstance(schedule, IntervalSchedule):
-        return arrival
-    return latest_slot_at_or_before(schedule, arrival + grace)
-
-
 def latest_slot_at_or_before(schedule: CronSchedule, instant: float) -> float:
     zone = schedule.zone
     at = datetime.fromtimestamp(instant, UTC).astimezone(zone)

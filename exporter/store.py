@@ -62,10 +62,11 @@ class StoreLimits:
 
 @dataclass(frozen=True)
 class RecordResult:
-    status: str  # "ok" | "duplicate" | "sweep"
+    status: str  # "ok" | "duplicate" | "sweep" | "slot"
     seq: int | None = None
     run_id: str | None = None
     duration: float | None = None
+    slot: float | None = None  # with "slot": the slot the plan must also offer
 
 
 _UNAVAILABLE = (
@@ -151,8 +152,9 @@ class Store:
                     "1" if checkin.log_truncated else "0",
                     json.dumps(dict(checkin.meta)) if checkin.meta else "{}",
                     json.dumps(extra) if extra else "{}",
-                    repr(plan.slot),
-                    repr(plan.next_slot),
+                    json.dumps(
+                        {"anchored": plan.anchored, "first": plan.first, "candidates": plan.candidates}
+                    ),
                     repr(monitor.grace),
                     "" if monitor.max_runtime is None else repr(monitor.max_runtime),
                     monitor.failure_threshold,
@@ -173,6 +175,8 @@ class Store:
             return RecordResult("ok", int(reply[1]), reply[2] or None, float(reply[3]) if reply[3] else None)
         if status == "duplicate":
             return RecordResult("duplicate", run_id=reply[1])
+        if status == "slot":
+            return RecordResult("slot", slot=float(reply[1]))
         return RecordResult("sweep")
 
     async def facts(self, monitor_id: str) -> Facts:

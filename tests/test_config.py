@@ -50,7 +50,7 @@ def test_directory_merges_files_and_finds_duplicates_across_them(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path, now=T0)
     assert caught.value.problems == [
-        f'{tmp_path / "b.yml"}: monitor "a": field "id": duplicate id, already declared in {tmp_path / "a.yaml"}'
+        f'{tmp_path / "b.yml"}: monitor "a": field "id": duplicate, already declared in {tmp_path / "a.yaml"}'
     ]
 
 

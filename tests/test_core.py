@@ -213,6 +213,56 @@ class TestMissedAndThresholds:
         assert await status(core, now=T0 + 5 * 3600) is Status.PAUSED
 
 
+class TestCronAccounting:
+    """An arrival accounts for the first slot not yet accounted for."""
+
+    FIVE_MINUTES = """
+    monitors:
+      - id: job
+        schedule: {cron: "*/5 * * * *"}
+        grace: 15m
+    """
+
+    async def test_grace_longer_than_interval_skips_no_slot(self, make_core, clock):
+        core = make_core(self.FIVE_MINUTES)
+        await core.record(ci(Kind.SUCCESS, T0))  # the 12:00 slot
+        facts = await core.store.facts("job")
+        assert (facts.accounted_through, facts.next_slot) == (T0, T0 + 300)
+        await core.record(ci(Kind.SUCCESS, T0 + 300))  # on time for 12:05
+        assert (await core.store.facts("job")).accounted_through == T0 + 300
+        # The job dies: 12:10 is missed at 12:25, 12:15 at 12:30 - each one.
+        job = core.registry.monitors["job"]
+        assert await core.sweep(job, T0 + 600 + 900 - 1) == 0
+        assert await core.sweep(job, T0 + 600 + 900) == 1
+        assert await core.sweep(job, T0 + 900 + 900) == 1
+
+    async def test_late_arrival_counts_for_the_oldest_outstanding_slot(self, make_core, clock):
+        core = make_core(self.FIVE_MINUTES)
+        await core.record(ci(Kind.SUCCESS, T0))
+        # 12 minutes later: late for 12:05 (and 12:10 is also due). It is not
+        # among the planned candidates (12:10, 12:15): the store asks for it.
+        await core.record(ci(Kind.SUCCESS, T0 + 720))
+        facts = await core.store.facts("job")
+        assert (facts.accounted_through, facts.next_slot) == (T0 + 300, T0 + 600)
+        await core.record(ci(Kind.SUCCESS, T0 + 725))
+        assert (await core.store.facts("job")).accounted_through == T0 + 600
+        assert "missed" not in (await core.store.facts("job")).outcomes
+
+    async def test_extra_run_long_before_the_slot_accounts_for_nothing(self, make_core, clock):
+        core = make_core(HOURLY.replace("interval: 1h", 'cron: "0 * * * *"'))
+        await core.record(ci(Kind.SUCCESS, T0))
+        await core.record(ci(Kind.SUCCESS, T0 + 1200))  # a manual re-run at 12:20
+        facts = await core.store.facts("job")
+        assert (facts.accounted_through, facts.next_slot) == (T0, T0 + 3600)
+        assert facts.outcomes == {"ok": 2}
+
+    async def test_first_arrival_slightly_early_counts_for_the_coming_slot(self, make_core, clock):
+        core = make_core(HOURLY.replace("interval: 1h", 'cron: "0 * * * *"'))
+        await core.record(ci(Kind.START, T0 - 20))
+        facts = await core.store.facts("job")
+        assert (facts.accounted_through, facts.next_slot) == (T0, T0 + 3600)
+
+
 class TestCapsAndMeta:
     async def test_history_and_log_caps(self, make_core):
         core = make_core(HOURLY)  # test limits: history 20, logs 3

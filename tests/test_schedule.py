@@ -5,15 +5,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from exporter.model import CronSchedule, IntervalSchedule
-from exporter.schedule import (
-    ScheduleError,
-    latest_slot_at_or_before,
-    missed_slots,
-    next_slot,
-    slot_for_arrival,
-    validate_cron,
-)
+from exporter.evaluate import plan_arrival
+from exporter.model import CronSchedule, IntervalSchedule, Monitor
+from exporter.schedule import ScheduleError, latest_slot_at_or_before, missed_slots, next_slot, validate_cron
 
 
 def at(zone: str, *args, fold: int = 0) -> float:
@@ -35,9 +29,6 @@ def ticks(schedule, start: float, count: int) -> list[str]:
 class TestInterval:
     def test_next_slot_is_one_interval_after(self):
         assert next_slot(IntervalSchedule(300), 1000.0) == 1300.0
-
-    def test_arrival_is_its_own_slot(self):
-        assert slot_for_arrival(IntervalSchedule(300), 60, 1234.5) == 1234.5
 
     def test_missed_slots_counts_every_passed_deadline(self):
         # accounted at 0, interval 10, grace 2: deadlines at 12, 22, 32 are <= 35
@@ -143,21 +134,38 @@ class TestCronDst:
                 previous = t
 
 
-class TestArrivals:
+class TestArrivalPlan:
     schedule = CronSchedule("0 3 * * *", "UTC")
     slot = at("UTC", 2026, 6, 15, 3, 0)
+    day = 86400.0
+
+    def plan(self, arrival, grace=300.0):
+        return plan_arrival(Monitor(id="m", schedule=self.schedule, grace=grace), arrival)
 
     def test_on_time(self):
-        assert slot_for_arrival(self.schedule, 300, self.slot + 5) == self.slot
+        plan = self.plan(self.slot + 5)
+        assert plan.first == (self.slot, self.slot + self.day)
+        assert plan.candidates == ((self.slot, self.slot + self.day),)
 
-    def test_early_within_grace_counts_for_coming_slot(self):
-        assert slot_for_arrival(self.schedule, 300, self.slot - 299) == self.slot
+    def test_early_within_grace_offers_the_coming_slot(self):
+        plan = self.plan(self.slot - 299)
+        assert plan.first == (self.slot, self.slot + self.day)
+        assert plan.candidates == ((self.slot - self.day, self.slot), (self.slot, self.slot + self.day))
 
-    def test_too_early_counts_for_previous_slot(self):
-        assert slot_for_arrival(self.schedule, 300, self.slot - 301) == self.slot - 86400
+    def test_too_early_offers_only_the_previous_slot(self):
+        plan = self.plan(self.slot - 301)
+        assert plan.candidates == ((self.slot - self.day, self.slot),)
 
-    def test_late_counts_for_the_slot_it_is_late_for(self):
-        assert slot_for_arrival(self.schedule, 300, self.slot + 3600) == self.slot
+    def test_late_offers_the_slot_it_is_late_for(self):
+        assert self.plan(self.slot + 3600).first == (self.slot, self.slot + self.day)
+
+    def test_interval_arrival_anchors(self):
+        plan = plan_arrival(Monitor(id="m", schedule=IntervalSchedule(60)), 1000.0)
+        assert plan.anchored and plan.first == (1000.0, 1060.0)
+
+    def test_with_slot_adds_a_candidate(self):
+        plan = self.plan(self.slot).with_slot(self.schedule, self.slot - self.day)
+        assert plan.candidates[-1] == (self.slot - self.day, self.slot)
 
 
 class TestValidation:

@@ -2,6 +2,11 @@
 -- All keys of one monitor share its hash tag, so each script touches one
 -- slot except for the global deadline index (see the note in store.py).
 
+-- Full double precision: tostring() keeps only 14 significant digits.
+local function fmt(value)
+  return string.format('%.17g', value)
+end
+
 local function num(value)
   if value == false or value == nil or value == '' then return nil end
   return tonumber(value)

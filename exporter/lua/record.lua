@@ -4,31 +4,69 @@
 --       8 logids, 9 meta, 10 due
 -- ARGV: 1 monitor, 2 now, 3 kind, 4 run_id, 5 exit_code, 6 duration,
 --       7 message, 8 log, 9 log_truncated, 10 meta (json object),
---       11 extra (json object), 12 slot, 13 next_slot, 14 grace,
---       15 max_runtime, 16 failure_threshold, 17 recovery_threshold,
---       18 history_cap, 19 log_cap, 20 buckets (json array),
---       21 generated_run_id, 22 meta_cap, 23 open_runs_cap, 24 closed_cap
--- Returns {'ok', seq, run_id, duration} | {'sweep'} | {'duplicate', run_id}
+--       11 extra (json object), 12 arrival plan (json, see ArrivalPlan),
+--       13 grace, 14 max_runtime, 15 failure_threshold,
+--       16 recovery_threshold, 17 history_cap, 18 log_cap,
+--       19 buckets (json array), 20 generated_run_id, 21 meta_cap,
+--       22 open_runs_cap, 23 closed_cap
+-- Returns {'ok', seq, run_id, duration} | {'duplicate', run_id}
+--       | {'sweep'}: a deadline passed unrecorded; sweep, then call again
+--       | {'slot', s}: the arrival is for slot s, which the plan lacks
+-- Nothing is written unless the reply is 'ok'.
 local state, runs, tmo, closed, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local history, logs, logids, meta, due = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local monitor, now, kind, run_id = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local exit_code, reported_duration = num(ARGV[5]), num(ARGV[6])
-local slot, next_slot, grace = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
-local max_runtime = num(ARGV[15])
-local fthr, rthr = tonumber(ARGV[16]), tonumber(ARGV[17])
-local history_cap, log_cap = tonumber(ARGV[18]), tonumber(ARGV[19])
-local meta_cap, open_cap, closed_cap = tonumber(ARGV[22]), tonumber(ARGV[23]), tonumber(ARGV[24])
+local plan, grace = cjson.decode(ARGV[12]), tonumber(ARGV[13])
+local max_runtime = num(ARGV[14])
+local fthr, rthr = tonumber(ARGV[15]), tonumber(ARGV[16])
+local history_cap, log_cap = tonumber(ARGV[17]), tonumber(ARGV[18])
+local meta_cap, open_cap, closed_cap = tonumber(ARGV[21]), tonumber(ARGV[22]), tonumber(ARGV[23])
 
 -- Outcomes are applied in time order: a deadline that passed before this
 -- check-in must be recorded as missed first. The caller sweeps and retries.
-local upcoming = num(redis.call('HGET', state, 'next'))
-if upcoming and upcoming + grace <= now then return {'sweep'} end
+local expected = num(redis.call('HGET', state, 'next'))
+if expected and expected + grace <= now then return {'sweep'} end
 
 local completes = (kind == 'success' or kind == 'fail' or kind == 'warning')
 -- A retried start or completion for a run id we already have changes nothing.
 if run_id ~= '' then
-  if kind == 'start' and redis.call('HEXISTS', runs, run_id) == 1 then return {'duplicate', run_id} end
+  if kind == 'start' and (redis.call('HEXISTS', runs, run_id) == 1 or redis.call('ZSCORE', closed, run_id)) then
+    return {'duplicate', run_id}
+  end
   if completes and redis.call('ZSCORE', closed, run_id) then return {'duplicate', run_id} end
+end
+
+-- Which open run a completion closes: the one with its run id, else the
+-- newest. A start, or a completion that closes nothing, is an arrival.
+local closing = nil
+if completes then
+  if run_id ~= '' then
+    if redis.call('HEXISTS', runs, run_id) == 1 then closing = run_id end
+  else
+    local all, newest_at = redis.call('HGETALL', runs), nil
+    for i = 1, #all, 2 do
+      local s = cjson.decode(all[i + 1]).s
+      if newest_at == nil or s > newest_at then closing, newest_at = all[i], s end
+    end
+  end
+end
+local arrival = (kind == 'start') or (completes and closing == nil)
+
+-- The slot an arrival accounts for: with an interval schedule, itself;
+-- else the first slot not yet accounted for, if the arrival is at most
+-- `grace` early for it (an earlier one is an extra run and accounts for
+-- nothing); before the first arrival, the plan's best guess.
+local target, target_next = nil, nil
+if arrival then
+  if plan.anchored or expected == nil then
+    target, target_next = plan.first[1], plan.first[2]
+  elseif expected <= now + grace then
+    for _, candidate in ipairs(plan.candidates) do
+      if math.abs(candidate[1] - expected) < 0.5 then target, target_next = candidate[1], candidate[2] end
+    end
+    if target == nil then return {'slot', fmt(expected)} end
+  end
 end
 
 local seq = redis.call('HINCRBY', state, 'seq', 1)
@@ -47,12 +85,12 @@ local function drop_run(id)
   redis.call('ZREM', tmo, id)
 end
 
--- An arrival accounts for the slot it belongs to (computed by the caller
--- from config and clock) unless a newer slot is accounted already.
 local function arrive()
-  local acc = num(redis.call('HGET', state, 'acc'))
-  if acc == nil or slot > acc then
-    redis.call('HSET', state, 'acc', ARGV[12], 'next', ARGV[13])
+  if target then
+    local acc = num(redis.call('HGET', state, 'acc'))
+    if acc == nil or target > acc then
+      redis.call('HSET', state, 'acc', fmt(target), 'next', fmt(target_next))
+    end
   end
   -- Runs that already timed out are abandoned once the job runs again.
   local all = redis.call('HGETALL', runs)
@@ -70,7 +108,7 @@ local result_run, duration = '', nil
 if kind == 'start' then
   local rid = run_id
   if rid == '' then
-    rid = ARGV[21]
+    rid = ARGV[20]
     -- A new start without a run id replaces the previous one without a run
     -- id (the Healthchecks rule): the earlier one is forgotten, not failed.
     local all = redis.call('HGETALL', runs)
@@ -92,16 +130,7 @@ if kind == 'start' then
   redis.call('HSET', state, 'last_start', ARGV[2])
   result_run = rid
 elseif completes then
-  local rid = nil
-  if run_id ~= '' then
-    if redis.call('HEXISTS', runs, run_id) == 1 then rid = run_id end
-  else
-    local all, newest_at = redis.call('HGETALL', runs), nil
-    for i = 1, #all, 2 do
-      local s = cjson.decode(all[i + 1]).s
-      if newest_at == nil or s > newest_at then rid, newest_at = all[i], s end
-    end
-  end
+  local rid = closing
   duration = reported_duration
   if rid then
     local run = cjson.decode(redis.call('HGET', runs, rid))
@@ -112,7 +141,7 @@ elseif completes then
     arrive()  -- a completion with no start is itself the arrival
   end
   result_run = rid or run_id
-  if result_run == '' then result_run = ARGV[21] end
+  if result_run == '' then result_run = ARGV[20] end
   close_recent(result_run)
   local outcome = 'ok'
   if kind == 'fail' then outcome = 'error' elseif kind == 'warning' then outcome = 'warning' end
@@ -126,8 +155,8 @@ elseif completes then
   if duration then
     if duration < 0 then duration = 0 end
     entry.duration = duration
-    redis.call('HSET', state, 'last_duration', tostring(duration))
-    local buckets, index = cjson.decode(ARGV[20]), nil
+    redis.call('HSET', state, 'last_duration', fmt(duration))
+    local buckets, index = cjson.decode(ARGV[19]), nil
     for i, bound in ipairs(buckets) do
       if duration <= bound then index = i; break end
     end
@@ -154,7 +183,7 @@ end
 local values = cjson.decode(ARGV[10])
 for k, v in pairs(values) do
   if redis.call('HEXISTS', meta, k) == 1 or redis.call('HLEN', meta) < meta_cap then
-    redis.call('HSET', meta, k, tostring(v))
+    redis.call('HSET', meta, k, fmt(v))
   else
     entry.meta_dropped = true
   end
@@ -162,4 +191,4 @@ end
 
 push_history(history, entry, history_cap)
 update_due(state, tmo, due, monitor, grace)
-return {'ok', seq, result_run, duration and tostring(duration) or ''}
+return {'ok', seq, result_run, duration and fmt(duration) or ''}
