@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Rerunnable benchmark: ping throughput and /metrics latency.
 
-    python3 dev.py test -k nothing >/dev/null; .venv/bin/python bench/bench.py [--monitors 1000] [--seconds 15]
+    .venv/bin/python bench/bench.py [--monitors 1000] [--seconds 15]
+
+(`python3 dev.py test` or `python3 dev.py serve` creates .venv first.)
 
 Needs `wrk` (Debian package wrk). Starts `cronmon serve` on the embedded
 Redis in a temporary data dir with N interval monitors, then:
@@ -9,6 +11,9 @@ Redis in a temporary data dir with N interval monitors, then:
 1. pings: wrk, 2 threads, 32 connections, GET /ping/<key>/<slug> spread
    over all N monitors;
 2. /metrics: wrk, 1 connection, after every monitor has state.
+
+Half the monitors are interval heartbeats, half `*/5 * * * *` cron jobs in
+Europe/Berlin.
 
 Prints the machine it ran on. Load generator, cronmon and redis-server
 share the machine's cores, so treat figures as relative.
@@ -57,10 +62,13 @@ def main() -> int:
         return 1
     tmp = Path(tempfile.mkdtemp(prefix="cronmon-bench-"))
     config = tmp / "monitors.yaml"
+    # Half interval heartbeats, half cron jobs in a DST zone (cron pings cost
+    # more: the arrival's candidate slots are computed with croniter).
+    schedules = ("{interval: 1h}", '{cron: "*/5 * * * *", timezone: Europe/Berlin}')
     config.write_text(
         "monitors:\n"
         + "".join(
-            f"  - {{id: m{i:04d}, schedule: {{interval: 1h}}, labels: {{team: t{i % 10}, severity: warning}}}}\n"
+            f"  - {{id: m{i:04d}, schedule: {schedules[i % 2]}, labels: {{team: t{i % 10}, severity: warning}}}}\n"
             for i in range(args.monitors)
         )
     )

@@ -22,6 +22,7 @@ times, which is what makes the forward and backward searches below correct.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -67,6 +68,14 @@ def next_slot(schedule: Schedule, after: float) -> float:
     """
     if isinstance(schedule, IntervalSchedule):
         return after + schedule.seconds
+    return _cron_next_slot(schedule, after)
+
+
+# Cron iteration costs ~100 µs a call, and the same few ticks are asked for
+# over and over (every ping of a monitor until its next slot). Ticks are a
+# pure function of (schedule, instant), so caching them is always correct.
+@lru_cache(maxsize=16384)
+def _cron_next_slot(schedule: CronSchedule, after: float) -> float:
     zone = schedule.zone
     after_dt = datetime.fromtimestamp(after, UTC)
     start_local = after_dt.astimezone(zone).replace(tzinfo=None)
@@ -82,7 +91,20 @@ def next_slot(schedule: Schedule, after: float) -> float:
     raise ScheduleError(f"cron expression {schedule.expression!r} never fires")
 
 
+# Per schedule, the last (tick, next tick) found: most look-ups fall in it.
+_last_window: dict[CronSchedule, tuple[float, float]] = {}
+
+
 def latest_slot_at_or_before(schedule: CronSchedule, instant: float) -> float:
+    window = _last_window.get(schedule)
+    if window is not None and window[0] <= instant < window[1]:
+        return window[0]
+    found = _search_latest_slot(schedule, instant)
+    _last_window[schedule] = (found, next_slot(schedule, found))
+    return found
+
+
+def _search_latest_slot(schedule: CronSchedule, instant: float) -> float:
     zone = schedule.zone
     at = datetime.fromtimestamp(instant, UTC).astimezone(zone)
     upper_local = at.replace(tzinfo=None)

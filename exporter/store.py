@@ -156,7 +156,7 @@ class Store:
                         {"anchored": plan.anchored, "first": plan.first, "candidates": plan.candidates}
                     ),
                     repr(monitor.grace),
-                    "" if monitor.max_runtime is None else repr(monitor.max_runtime),
+                    _max_runtime_arg(monitor),
                     monitor.failure_threshold,
                     monitor.recovery_threshold,
                     self.limits.history,
@@ -248,7 +248,7 @@ class Store:
                     "" if accounted_through is None else repr(accounted_through),
                     "" if next_slot is None else repr(next_slot),
                     repr(monitor.grace),
-                    "" if monitor.max_runtime is None else repr(monitor.max_runtime),
+                    _max_runtime_arg(monitor),
                     monitor.schedule_fingerprint(),
                 ],
             )
@@ -283,6 +283,13 @@ class Store:
             return await self.client.hget(self.key(monitor_id, "logs"), str(seq))
         except Exception as exc:
             raise _translate(exc) from exc
+
+
+def _max_runtime_arg(monitor: Monitor) -> str:
+    # Nothing times out while paused, so paused runs get no timeout entry.
+    if monitor.max_runtime is None or monitor.paused:
+        return ""
+    return repr(monitor.max_runtime)
 
 
 def _float(raw: dict, name: str) -> float | None:

@@ -397,3 +397,9 @@ async def test_month_of_slots_with_jitter_never_goes_down(store, clock, tmp_path
         facts = await store.facts(monitor_id)
         assert "missed" not in facts.outcomes and "timeout" not in facts.outcomes
     assert (await store.facts("daily")).outcomes == {"ok": 31}
+
+
+async def test_paused_monitor_runs_do_not_wake_the_sweeper(make_core, clock):
+    core = make_core(HOURLY.replace("max_runtime: 10m", "max_runtime: 10m\n    paused: true"))
+    await core.record(ci(Kind.START, T0, run_id="r"))
+    assert await core.store.due(T0 + 601, 10) == []
