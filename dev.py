@@ -6,7 +6,8 @@
 
 Creates .venv/ on first use and reinstalls when pyproject.toml changes.
 `test` also makes sure the Debian-packaged tools the end-to-end tests use
-(promtool from `prometheus`) are installed, installing them with apt-get
+(prometheus and promtool from `prometheus`, Alertmanager and amtool from
+`prometheus-alertmanager`) are installed, installing them with apt-get
 when running as root; otherwise it says what to install and fails. Tests
 are never skipped for a missing tool.
 """
@@ -26,7 +27,12 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".cronmon-install-stamp"
 # Debian packages the end-to-end tests need, by the command they provide.
-SYSTEM_TOOLS = {"promtool": "prometheus"}
+SYSTEM_TOOLS = {
+    "prometheus": "prometheus",
+    "promtool": "prometheus",
+    "prometheus-alertmanager": "prometheus-alertmanager",
+    "amtool": "prometheus-alertmanager",
+}
 
 
 def main(argv: list[str]) -> int:

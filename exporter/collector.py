@@ -32,6 +32,8 @@ class Snapshot:
     store_up: bool
     reload_successful: bool
     reload_success_timestamp: float
+    # Base of the monitor links in cronmon_monitor_info{url} (--public-url).
+    base_url: str = ""
 
 
 def _family(name: str, doc: str, typ: str, unit: str = "") -> Metric:
@@ -99,6 +101,7 @@ def monitor_metrics(snap: Snapshot) -> Iterable[Metric]:
             ("running_runs", "Runs started and not yet finished."),
             ("consecutive_failures", "Bad outcomes (error, missed, timeout) in a row."),
             ("run_meta", "Last value of each numeric meta key reported by the job."),
+            ("last_outcome", "The latest recorded outcome: 1 for it, 0 for the others (all 0 before the first)."),
         )
     }
     checkins = _family("cronmon_checkins", "Check-ins received, by kind.", "counter")
@@ -124,11 +127,14 @@ def monitor_metrics(snap: Snapshot) -> Iterable[Metric]:
                 "timezone": schedule.timezone if isinstance(schedule, CronSchedule) else "UTC",
                 "source": "api" if monitor.source == "api" else "yaml",
                 "group": monitor.group,
+                "url": f"{snap.base_url}/monitors/{monitor.id}",
             },
         )
         for status in Status:
             gauge("monitor_status", 1 if ev.status is status else 0, {"status": status.value})
         gauge("up", 0 if ev.status in _NOT_UP else 1)
+        for outcome in Outcome:
+            gauge("last_outcome", 1 if facts.last_outcome is outcome else 0, {"outcome": outcome.value})
         gauge("last_checkin_timestamp_seconds", facts.last_checkin or 0)
         gauge("last_start_timestamp_seconds", facts.last_start or 0)
         gauge("last_success_timestamp_seconds", facts.last_success or 0)

@@ -34,7 +34,7 @@ PER_MONITOR = [
     "cronmon_grace_seconds", "cronmon_max_runtime_seconds", "cronmon_running_runs",
     "cronmon_consecutive_failures", "cronmon_checkins_total", "cronmon_runs_total",
     "cronmon_run_duration_seconds_bucket", "cronmon_run_duration_seconds_count",
-    "cronmon_run_duration_seconds_sum",
+    "cronmon_run_duration_seconds_sum", "cronmon_last_outcome",
 ]
 SELF = [
     "cronmon_build_info", "cronmon_store_up", "cronmon_config_last_reload_successful",
@@ -202,3 +202,24 @@ async def test_text_encoder_matches_prometheus_client(client, clock):
     om = [s for family in parse_openmetrics(openmetrics) for s in family.samples]
     assert normalized(samples(text)) == normalized(om)
     assert len(normalized(om)) > 100
+
+
+async def test_monitor_page_and_link(client, clock):
+    key = "k" * 22
+    await client.get(f"/ping/{key}/backup/start")
+    clock.advance(5)
+    await client.post(f"/ping/{key}/backup/2", data="secret-looking log body")
+    page = await client.get("/monitors/backup")
+    body = await page.json()
+    assert body["status"] == "failed" and body["last_exit_code"] == 2
+    assert body["labels"] == {"team": "data", "severity": "critical"}
+    assert [e["kind"] for e in body["recent_events"]] == ["fail", "start"]
+    assert body["recent_events"][0]["has_log"] is True
+    assert "secret-looking" not in await page.text()
+    assert (await client.get("/monitors/nope")).status == 404
+    text = await scrape(client)
+    info = [s for s in samples(text) if s.name == "cronmon_monitor_info" and s.labels["monitor"] == "backup"][0]
+    assert info.labels["url"].endswith("/monitors/backup")
+    assert value(text, "cronmon_last_outcome", monitor="backup", outcome="error") == 1
+    assert value(text, "cronmon_last_outcome", monitor="backup", outcome="ok") == 0
+    assert value(text, "cronmon_last_outcome", monitor="beat", outcome="ok") == 0

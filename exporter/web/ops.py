@@ -9,9 +9,10 @@ from aiohttp import web
 
 from ..collector import Snapshot, SnapshotCollector
 from ..config import ConfigError
+from ..evaluate import evaluate
 from ..exposition import encoder_for
 from ..store import StoreUnavailable
-from .keys import CORE, RELOADER, SELF_REGISTRY
+from .keys import CORE, RELOADER, SELF_REGISTRY, SETTINGS
 
 _TEXT = "text/plain"
 
@@ -33,6 +34,7 @@ async def metrics(request: web.Request) -> web.Response:
         store_up=store_up,
         reload_successful=state.successful,
         reload_success_timestamp=state.success_timestamp,
+        base_url=request.app[SETTINGS].base_url,
     )
     encode, content_type = encoder_for(request.headers.get("Accept", ""))
     self_registry = request.app[SELF_REGISTRY]
@@ -45,6 +47,47 @@ async def metrics(request: web.Request) -> web.Response:
     # it off the event loop so pings are not queued behind a scrape.
     body = await asyncio.get_running_loop().run_in_executor(None, build)
     return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def monitor_page(request: web.Request) -> web.Response:
+    """A monitor's current state and recent events, as JSON: where alert
+    links point. It shows what /metrics already shows, plus the event list;
+    log bodies are not included."""
+    core = request.app[CORE]
+    monitor = core.registry.monitors.get(request.match_info["monitor"])
+    if monitor is None:
+        return web.json_response({"error": "no monitor with this id"}, status=404)
+    try:
+        facts = await core.store.facts(monitor.id)
+        events = await core.store.history(monitor.id, 0, 25)
+    except StoreUnavailable as exc:
+        return web.json_response({"error": str(exc)}, status=503)
+    ev = evaluate(monitor, facts, core.clock())
+    for event in events:
+        if "log" in event:
+            event["has_log"] = True
+            del event["log"]
+    return web.json_response(
+        {
+            "id": monitor.id,
+            "name": monitor.display_name,
+            "description": monitor.description,
+            "schedule": monitor.schedule.describe(),
+            "labels": dict(monitor.labels),
+            "group": monitor.group,
+            "status": ev.status.value,
+            "next_expected": ev.next_expected,
+            "deadline": ev.deadline,
+            "consecutive_failures": ev.consecutive_failures,
+            "running_runs": ev.running_runs,
+            "last_checkin": facts.last_checkin,
+            "last_success": facts.last_success,
+            "last_failure": facts.last_failure,
+            "last_duration": facts.last_duration,
+            "last_exit_code": facts.last_exit_code,
+            "recent_events": events,
+        }
+    )
 
 
 async def healthy(request: web.Request) -> web.Response:
@@ -77,6 +120,7 @@ async def index(request: web.Request) -> web.Response:
             "cronmon: cron and heartbeat monitoring for Prometheus\n\n"
             f"{monitors} monitors configured\n\n"
             "GET  /metrics        Prometheus metrics\n"
+            "GET  /monitors/<id>  one monitor's state and recent events (JSON)\n"
             "GET  /-/healthy      liveness\n"
             "GET  /-/ready        readiness (503 while Redis is unreachable)\n"
             "POST /-/reload       reload the config (also: SIGHUP)\n"
@@ -91,4 +135,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     app.router.add_post("/-/reload", reload)
+    app.router.add_get("/monitors/{monitor}", monitor_page)
     app.router.add_get("/", index)

@@ -1,0 +1,94 @@
+"""The whole alerting path with the real servers: cronmon (real clock) ->
+Prometheus (1s scrapes, the shipped rules) -> Alertmanager (the shipped
+routes and inhibitions, shortened waits) -> a webhook receiver here."""
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from exporter.web.app import create_app
+
+from .conftest import write_config
+from .servers import WebhookReceiver, alertmanager_config_for_tests, start_alertmanager, start_prometheus
+
+pytestmark = pytest.mark.e2e
+
+KEY = "e2e-ping-key-0123456789"
+CONFIG = """
+monitors:
+  - id: heartbeat
+    schedule: {interval: 2s}
+    grace: 1s
+    labels: {team: data}
+  - id: etl
+    schedule: {interval: 1h}
+    labels: {team: platform, severity: critical}
+  - id: backup
+    schedule: {interval: 1h}
+    max_runtime: 2s
+    labels: {team: data}
+  - id: steady
+    schedule: {interval: 1h}
+    max_runtime: 10m
+    labels: {team: data, severity: warning}
+    group: reports
+"""
+
+
+@pytest.fixture
+async def stack(aiohttp_server, app_settings, tmp_path, monkeypatch):
+    monkeypatch.setenv("CRONMON_PING_KEY", KEY)
+    settings = app_settings(write_config(tmp_path, CONFIG), sweep_interval=0.2)
+    cronmon = await aiohttp_server(create_app(settings))  # real clock
+    receiver = WebhookReceiver()
+    hook = await aiohttp_server(receiver.app())
+    am, am_url = await start_alertmanager(tmp_path, alertmanager_config_for_tests(str(hook.make_url("")).rstrip("/")))
+    prom, prom_url = await start_prometheus(tmp_path, f"127.0.0.1:{cronmon.port}", am_url)
+    try:
+        yield {"cronmon": str(cronmon.make_url("")).rstrip("/"), "receiver": receiver, "prometheus": prom_url}
+    finally:
+        prom.stop()
+        am.stop()
+
+
+async def ping(stack, path: str) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{stack['cronmon']}/ping/{KEY}/{path}")
+        assert response.status_code == 200, response.text
+
+
+async def test_missed_failed_and_stuck_jobs_page_and_resolve(stack):
+    receiver = stack["receiver"]
+    await ping(stack, "heartbeat")
+    missed_deadline = time.time() + 3  # interval 2s + grace 1s
+    await ping(stack, "etl/fail")
+    await ping(stack, "backup/start")
+    await ping(stack, "steady/start")
+    await asyncio.sleep(1.2)
+    await ping(stack, "steady")
+
+    missed = await receiver.wait_for("CronJobMissed", monitor="heartbeat")
+    assert missed.receiver_path == "data-pager"  # team=data, default severity critical
+    assert missed.labels["team"] == "data" and missed.labels["severity"] == "critical"
+    assert missed.annotations["link"].endswith("/monitors/heartbeat")
+    print(f"\nrules path: missed deadline -> webhook in {missed.received_at - missed_deadline:.1f}s")
+
+    failed = await receiver.wait_for("CronJobFailed", monitor="etl")
+    assert failed.receiver_path == "platform-pager"
+    stuck = await receiver.wait_for("CronJobStuck", monitor="backup")
+    assert stuck.receiver_path == "data-pager"
+
+    # Good runs resolve each of them.
+    await ping(stack, "heartbeat")
+    await ping(stack, "etl")
+    await ping(stack, "backup")
+    await receiver.wait_for("CronJobMissed", "resolved", monitor="heartbeat")
+    await receiver.wait_for("CronJobFailed", "resolved", monitor="etl")
+    await receiver.wait_for("CronJobStuck", "resolved", monitor="backup")
+    # The stuck run finished after max_runtime: that is CronJobTooLong (a warning).
+    too_long = await receiver.wait_for("CronJobTooLong", monitor="backup")
+    assert too_long.labels["severity"] == "warning" and too_long.receiver_path == "data-tickets"
+    # The steady job never alerted.
+    assert not [n for n in receiver.notifications if n.labels.get("monitor") == "steady"]
