@@ -80,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="prefix of every Redis key, to share one Redis between installations (default cronmon)",
     )
     serve.add_argument(
+        "--alertmanager-url", action="append", metavar="URL",
+        default=[u for u in os.environ.get("CRONMON_ALERTMANAGER_URLS", "").split(",") if u.strip()],
+        help=(
+            "turn on the direct bridge: post alerts to this Alertmanager (repeat for an HA pair); "
+            "env CRONMON_ALERTMANAGER_URLS, comma-separated. Off by default: the Prometheus rules "
+            "are the usual path (see README)"
+        ),
+    )
+    serve.add_argument(
+        "--alert-resend-interval", type=float, default=30.0, metavar="SECONDS",
+        help="how often the bridge re-posts firing alerts (default 30)",
+    )
+    serve.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
         help="log verbosity (default info)",
     )
@@ -130,6 +143,8 @@ def serve(args: argparse.Namespace) -> int:
         redis_server_binary=args.redis_server,
         key_prefix=args.key_prefix,
         public_url=args.public_url,
+        alertmanager_urls=tuple(u.strip() for u in args.alertmanager_url),
+        alert_resend_interval=args.alert_resend_interval,
     )
     from aiohttp import web
 

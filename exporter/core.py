@@ -56,6 +56,14 @@ class Core:
         self.store = store
         self.registry = registry
         self.clock = clock
+        # Told the id of every monitor whose state changed. They must not
+        # block or raise: they run on the ingestion path (the alert bridge
+        # only adds the id to a set).
+        self.listeners: list[Callable[[str], None]] = []
+
+    def _changed(self, monitor_id: str) -> None:
+        for listener in self.listeners:
+            listener(monitor_id)
 
     def swap(self, registry: Registry) -> None:
         self.registry = registry
@@ -78,6 +86,8 @@ class Core:
                 # guessed (grace longer than the cron interval).
                 plan = plan.with_slot(monitor.schedule, result.slot)
             else:
+                if result.status == "ok":
+                    self._changed(monitor.id)
                 return result
         raise RuntimeError(f"monitor {monitor.id}: could not record a check-in: state kept changing")
 
@@ -97,6 +107,7 @@ class Core:
                 return recorded
             if not await self.store.apply_sweep(monitor, plan, now):
                 continue  # someone else changed it: re-read and re-plan
+            self._changed(monitor.id)
             recorded += plan.missed
             if plan.missed < SWEEP_BATCH:
                 return recorded

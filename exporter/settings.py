@@ -29,6 +29,10 @@ class Settings:
     max_body_bytes: int = 100_000
     log_limit_bytes: int = 10_000
     sweep_interval: float = 1.0
+    # The direct bridge: Alertmanager base URLs (none: off) and how often
+    # firing alerts are re-posted.
+    alertmanager_urls: tuple[str, ...] = ()
+    alert_resend_interval: float = 30.0
     limits: StoreLimits = field(default_factory=StoreLimits)
 
     @property

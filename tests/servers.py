@@ -84,8 +84,8 @@ def alertmanager_config_for_tests(receiver_url: str) -> dict:
     return config
 
 
-async def start_alertmanager(tmp: Path, config: dict) -> tuple[Process, str]:
-    port = free_port()
+async def start_alertmanager(tmp: Path, config: dict, port: int | None = None) -> tuple[Process, str]:
+    port = port or free_port()
     path = tmp / "alertmanager.yml"
     path.write_text(yaml.safe_dump(config))
     process = Process(

@@ -14,9 +14,11 @@ import logging
 import time
 from typing import AsyncIterator, Callable
 
+import httpx
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 
+from ..bridge import AlertBridge
 from ..core import Core
 from ..embedded import EmbeddedRedis
 from ..reloader import Reloader
@@ -24,7 +26,7 @@ from ..settings import Settings
 from ..store import Store, connect
 from ..sweeper import Sweeper
 from . import healthchecks, ops
-from .keys import CORE, EMBEDDED, RELOADER, SELF_REGISTRY, SETTINGS, SWEEPER
+from .keys import BRIDGE, CORE, EMBEDDED, RELOADER, SELF_REGISTRY, SETTINGS, SWEEPER
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,13 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
         sweeper.needs_resync = True
 
     reloader.on_swap.append(on_swap)
+
+    bridge = None
+    if settings.alertmanager_urls:
+        bridge = AlertBridge(
+            core, settings.alertmanager_urls, settings.base_url, settings.alert_resend_interval, clock
+        )
+        core.listeners.append(bridge.notify)
 
     self_registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=self_registry)
@@ -83,12 +92,14 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     app[CORE] = core
     app[RELOADER] = reloader
     app[SWEEPER] = sweeper
+    app[BRIDGE] = bridge
     app[EMBEDDED] = embedded
     app[SELF_REGISTRY] = self_registry
 
     app.cleanup_ctx.append(_embedded_redis)
     app.cleanup_ctx.append(_redis_client)
     app.cleanup_ctx.append(_sweeper_task)
+    app.cleanup_ctx.append(_bridge_task)
     ops.add_routes(app)
     healthchecks.add_routes(app)
     return app
@@ -116,3 +127,16 @@ async def _sweeper_task(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _bridge_task(app: web.Application) -> AsyncIterator[None]:
+    bridge = app[BRIDGE]
+    if bridge is None:
+        yield
+        return
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        task = asyncio.create_task(bridge.run(client), name="cronmon-alert-bridge")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from ..bridge import AlertBridge
 from ..core import Core
 from ..embedded import EmbeddedRedis
 from ..reloader import Reloader
@@ -15,6 +16,7 @@ SETTINGS = web.AppKey("settings", Settings)
 CORE = web.AppKey("core", Core)
 RELOADER = web.AppKey("reloader", Reloader)
 SWEEPER = web.AppKey("sweeper", Sweeper)
+BRIDGE = web.AppKey("bridge", AlertBridge | None)
 EMBEDDED = web.AppKey("embedded", EmbeddedRedis | None)
 # Metrics about cronmon's own HTTP handling and process.
 SELF_REGISTRY = web.AppKey("self_registry", CollectorRegistry)
