@@ -8,9 +8,12 @@ import time
 import httpx
 import pytest
 
+from exporter.model import CheckIn, Kind
 from exporter.web.app import create_app
+from exporter.web.keys import CORE
 
 from .conftest import write_config
+from .test_dashboards import dashboards, expressions, grafana_to_promql, variable_queries
 from .servers import WebhookReceiver, alertmanager_config_for_tests, start_alertmanager, start_prometheus
 
 pytestmark = pytest.mark.e2e
@@ -41,13 +44,17 @@ monitors:
 async def stack(aiohttp_server, app_settings, tmp_path, monkeypatch):
     monkeypatch.setenv("CRONMON_PING_KEY", KEY)
     settings = app_settings(write_config(tmp_path, CONFIG), sweep_interval=0.2)
-    cronmon = await aiohttp_server(create_app(settings))  # real clock
+    app = create_app(settings)  # real clock
+    cronmon = await aiohttp_server(app)
     receiver = WebhookReceiver()
     hook = await aiohttp_server(receiver.app())
     am, am_url = await start_alertmanager(tmp_path, alertmanager_config_for_tests(str(hook.make_url("")).rstrip("/")))
     prom, prom_url = await start_prometheus(tmp_path, f"127.0.0.1:{cronmon.port}", am_url)
     try:
-        yield {"cronmon": str(cronmon.make_url("")).rstrip("/"), "receiver": receiver, "prometheus": prom_url}
+        yield {
+            "cronmon": str(cronmon.make_url("")).rstrip("/"), "receiver": receiver,
+            "prometheus": prom_url, "core": app[CORE],
+        }
     finally:
         prom.stop()
         am.stop()
@@ -67,7 +74,9 @@ async def test_missed_failed_and_stuck_jobs_page_and_resolve(stack):
     await ping(stack, "backup/start")
     await ping(stack, "steady/start")
     await asyncio.sleep(1.2)
-    await ping(stack, "steady")
+    # Numeric meta has no Healthchecks form; it comes through the core
+    # (the Crontify/CrossCheck adapters feed it the same way).
+    await stack["core"].record(CheckIn("steady", Kind.SUCCESS, time.time(), meta={"rows_processed": 1200}))
 
     missed = await receiver.wait_for("CronJobMissed", monitor="heartbeat")
     assert missed.receiver_path == "data-pager"  # team=data, default severity critical
@@ -79,6 +88,10 @@ async def test_missed_failed_and_stuck_jobs_page_and_resolve(stack):
     assert failed.receiver_path == "platform-pager"
     stuck = await receiver.wait_for("CronJobStuck", monitor="backup")
     assert stuck.receiver_path == "data-pager"
+
+    # While jobs are failing, missed and stuck, every dashboard query and
+    # variable returns data from this Prometheus.
+    await assert_dashboards_return_data(stack["prometheus"])
 
     # Good runs resolve each of them.
     await ping(stack, "heartbeat")
@@ -92,3 +105,29 @@ async def test_missed_failed_and_stuck_jobs_page_and_resolve(stack):
     assert too_long.labels["severity"] == "warning" and too_long.receiver_path == "data-tickets"
     # The steady job never alerted.
     assert not [n for n in receiver.notifications if n.labels.get("monitor") == "steady"]
+
+
+async def assert_dashboards_return_data(prometheus: str) -> None:
+    empty = []
+    async with httpx.AsyncClient() as client:
+        # rate() and increase() need at least two scrapes in their window.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            query = {"query": "count_over_time(cronmon_build_info[1m]) >= 3"}
+            if (await client.get(f"{prometheus}/api/v1/query", params=query)).json()["data"]["result"]:
+                break
+            await asyncio.sleep(0.5)
+        for name, board in dashboards().items():
+            monitor = "steady" if name == "cronmon-monitor.json" else ".*"
+            for expr in expressions(board):
+                query = grafana_to_promql(expr, monitor)
+                reply = (await client.get(f"{prometheus}/api/v1/query", params={"query": query})).json()
+                assert reply["status"] == "success", (query, reply)
+                if not reply["data"]["result"]:
+                    empty.append(query)
+            for label, selector in variable_queries(board):
+                selector = grafana_to_promql(selector, ".*")
+                reply = (await client.get(f"{prometheus}/api/v1/label/{label}/values", params={"match[]": selector})).json()
+                if not reply["data"]:
+                    empty.append(f"label_values({selector}, {label})")
+    assert not empty, "queries without data:\n" + "\n".join(empty)

@@ -7,14 +7,37 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_compose_file_is_valid_and_wires_cronmon_to_redis():
+def test_compose_stack_is_complete_and_its_mounts_exist():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"cronmon", "redis"} <= services.keys()
+    assert {"cronmon", "redis", "prometheus", "alertmanager", "grafana"} <= services.keys()
     assert services["cronmon"]["environment"]["CRONMON_REDIS_URL"] == "redis://redis:6379/0"
     assert "--appendonly" in services["redis"]["command"]
-    for volume in ("redis-data", "cronmon-data"):
-        assert volume in compose["volumes"]
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+            else:
+                assert source in compose["volumes"], f"{name} uses undeclared volume {source}"
+    # Prometheus and Alertmanager read the shipped files from the mount.
+    assert "--config.file=/etc/cronmon-stack/prometheus.yml" in services["prometheus"]["command"]
+    assert "--config.file=/etc/cronmon-stack/alertmanager.yml" in services["alertmanager"]["command"]
+    # The example receivers resolve inside the stack.
+    aliases = services["alert-receiver"]["networks"]["default"]["aliases"]
+    assert "alert-receiver.example" in aliases
+
+
+def test_stack_prometheus_config_is_valid():
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is required"
+    result = subprocess.run([promtool, "check", "config", str(ROOT / "alertmanager/prometheus.yml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "cronmon-rules.yml" in result.stdout  # the rule file was found and checked
 
 
 def test_dockerfile_serves_the_shipped_config_on_the_default_port():
