@@ -32,13 +32,20 @@ class Sweeper:
         self.batch = batch
         self.clock = clock
         self.needs_resync = True  # set again by reload
+        self.passes = 0  # completed run_once calls (tests wait on it)
 
     async def run_once(self) -> int:
         """Sweep everything due now; returns how many monitors were looked at."""
         now = self.clock()
         if self.needs_resync:
-            await self.core.resync_all(now)
+            # Cleared before, not after: a reload that lands while this pass
+            # runs sets it again and gets a pass of its own.
             self.needs_resync = False
+            try:
+                await self.core.resync_all(now)
+            except BaseException:
+                self.needs_resync = True
+                raise
         due = await self.core.store.due(now, self.batch)
         registry = self.core.registry
         for monitor_id in due:
@@ -47,6 +54,7 @@ class Sweeper:
                 await self.core.store.forget_due(monitor_id)
                 continue
             await self.core.sweep(monitor, now)
+        self.passes += 1
         return len(due)
 
     async def run(self) -> None:

@@ -64,7 +64,7 @@ class Process:
                 self.handle.wait()
 
 
-def alertmanager_config_for_tests(receiver_url: str) -> dict:
+def alertmanager_config_for_tests(receiver_url: str, shorten_waits: bool = True) -> dict:
     """The shipped Alertmanager config with its routing and inhibitions
     unchanged, webhooks pointed at the test receiver (path = receiver name)
     and its waits shortened so a test takes seconds, not minutes."""
@@ -80,7 +80,8 @@ def alertmanager_config_for_tests(receiver_url: str) -> dict:
         for child in route.get("routes", []):
             shorten(child)
 
-    shorten(config["route"])
+    if shorten_waits:
+        shorten(config["route"])
     return config
 
 
@@ -103,10 +104,12 @@ async def start_alertmanager(tmp: Path, config: dict, port: int | None = None) -
     return process, f"http://127.0.0.1:{port}"
 
 
-async def start_prometheus(tmp: Path, cronmon_target: str, alertmanager_url: str | None) -> tuple[Process, str]:
+async def start_prometheus(
+    tmp: Path, cronmon_target: str, alertmanager_url: str | None, interval: str = "1s"
+) -> tuple[Process, str]:
     port = free_port()
     config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(SHIPPED_RULES)],
         "scrape_configs": [{"job_name": "cronmon", "static_configs": [{"targets": [cronmon_target]}]}],
     }

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.web.app import create_app
 from exporter.web.keys import CORE, SWEEPER
 
-from .conftest import T0, write_config
+from .conftest import T0, wait_for, write_config
 
 CONFIG = """
 monitors:
@@ -168,6 +168,9 @@ async def test_reload_swaps_good_config_and_keeps_old_on_bad(client, config_path
 
 async def test_reload_of_schedule_change_resyncs(client, config_path, clock):
     key = "k" * 22
+    # Let the background sweeper finish its start-up pass; it then sleeps
+    # (interval 3600s in tests) and this test drives the sweeps itself.
+    await wait_for(lambda: client.app[SWEEPER].passes >= 1)
     await client.get(f"/ping/{key}/beat")
     config_path.write_text(CONFIG.replace("interval: 5m", "interval: 1m"))
     assert (await client.post("/-/reload")).status == 200
