@@ -27,6 +27,10 @@ monitors:
     description: Loads orders into the warehouse.
     schedule: {interval: 1h}
     labels: {team: platform, severity: critical}
+  - id: backup
+    schedule: {interval: 1h}
+    max_runtime: 2s
+    labels: {team: data}
 """
 
 
@@ -92,6 +96,7 @@ async def test_bridge_pages_with_rich_annotations_and_resolves(
         deadline = time.time() + 3
         await ping(cronmon, "etl/start")
         await ping(cronmon, "etl/3", b"loading orders...\nTraceback: boom in step 2\n")
+        await ping(cronmon, "backup/start")
 
         missed = await receiver.wait_for("CronJobMissed", monitor="heartbeat")
         print(f"\nbridge: missed deadline -> webhook in {missed.received_at - deadline:.1f}s")
@@ -105,10 +110,17 @@ async def test_bridge_pages_with_rich_annotations_and_resolves(
         assert "boom in step 2" in failed.annotations["log_tail"]
         assert failed.annotations["description"] == "etl: Loads orders into the warehouse."
 
+        stuck = await receiver.wait_for("CronJobStuck", monitor="backup")
+        assert stuck.receiver_path == "data-pager" and stuck.labels["severity"] == "critical"
+
         await ping(cronmon, "heartbeat")
         await ping(cronmon, "etl")
+        await ping(cronmon, "backup")
         await receiver.wait_for("CronJobMissed", "resolved", monitor="heartbeat")
         await receiver.wait_for("CronJobFailed", "resolved", monitor="etl")
+        await receiver.wait_for("CronJobStuck", "resolved", monitor="backup")
+        too_long = await receiver.wait_for("CronJobTooLong", monitor="backup")
+        assert too_long.labels["severity"] == "warning"
     finally:
         am.stop()
 
