@@ -108,9 +108,15 @@ class AlertBridge:
     _alerts: dict[tuple, _Alert] = field(default_factory=dict)
     _dirty: set[str] = field(default_factory=set)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self._targets = [_Target(url.rstrip("/")) for url in self.alertmanager_urls]
+
+    def stop(self) -> None:
+        """Ask run() to return after the pass in progress."""
+        self._stopping.set()
+        self._wake.set()
 
     def notify(self, monitor_id: str) -> None:
         """Called by the core after a state change; never blocks."""
@@ -119,7 +125,7 @@ class AlertBridge:
 
     async def run(self, client: httpx.AsyncClient) -> None:
         last_full = 0.0
-        while True:
+        while not self._stopping.is_set():
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
             except asyncio.TimeoutError:

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -203,8 +203,27 @@ class PingKeySpec(_Strict):
         return self
 
 
+class ApiTokenSpec(_Strict):
+    """A management API bearer token: who it is, what it may do. The token
+    itself comes from `env` or `file`, never from here."""
+
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")]
+    env: Annotated[str, Field(pattern=ENV_NAME_PATTERN)] | None = None
+    file: str | None = None
+    owner: Annotated[str, Field(min_length=1, max_length=64)]
+    team: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    scope: Literal["read", "write"] = "read"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ApiTokenSpec":
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of env (an environment variable) or file (a path)")
+        return self
+
+
 class ConfigFile(_Strict):
     ping_keys: list[PingKeySpec] = []
+    api_tokens: list[ApiTokenSpec] = []
     monitors: list[MonitorSpec] = []
 
 
@@ -217,12 +236,24 @@ class PingKeyRef:
 
 
 @dataclass(frozen=True)
+class ApiTokenRef:
+    name: str
+    env: str | None
+    file: str | None
+    owner: str
+    team: str | None
+    scope: str
+    source: str
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole, valid configuration: what reload swaps in at once."""
 
     monitors: tuple[Monitor, ...]
     ping_keys: tuple[PingKeyRef, ...]
     files: tuple[str, ...]
+    api_tokens: tuple[ApiTokenRef, ...] = ()
 
 
 def load_config(path: str | Path, *, now: float | None = None) -> Config:
@@ -247,6 +278,8 @@ def load_config(path: str | Path, *, now: float | None = None) -> Config:
     ping_keys: list[PingKeyRef] = []
     seen_ids: dict[str, str] = {}
     seen_keys: dict[str, str] = {}
+    seen_tokens: dict[str, str] = {}
+    api_tokens: list[ApiTokenRef] = []
     for file in files:
         parsed = _parse_file(file, problems, now)
         if parsed is None:
@@ -254,6 +287,11 @@ def load_config(path: str | Path, *, now: float | None = None) -> Config:
         for key in parsed.ping_keys:
             if _first_declaration(seen_keys, key.name, file, 'ping key "{}": field "name"', problems):
                 ping_keys.append(PingKeyRef(key.name, key.env, key.file, str(file)))
+        for token in parsed.api_tokens:
+            if _first_declaration(seen_tokens, token.name, file, 'api token "{}": field "name"', problems):
+                api_tokens.append(
+                    ApiTokenRef(token.name, token.env, token.file, token.owner, token.team, token.scope, str(file))
+                )
         for spec in parsed.monitors:
             if _first_declaration(seen_ids, spec.id, file, 'monitor "{}": field "id"', problems):
                 monitors.append(_to_monitor(spec, str(file)))
@@ -266,7 +304,7 @@ def load_config(path: str | Path, *, now: float | None = None) -> Config:
                 )
     if problems:
         raise ConfigError(problems)
-    return Config(tuple(monitors), tuple(ping_keys), tuple(str(f) for f in files))
+    return Config(tuple(monitors), tuple(ping_keys), tuple(str(f) for f in files), tuple(api_tokens))
 
 
 def _first_declaration(seen: dict[str, str], name: str, file: Path, subject: str, problems: list[str]) -> bool:
@@ -292,7 +330,7 @@ def _parse_file(file: Path, problems: list[str], now: float) -> ConfigFile | Non
     if raw is None:
         return ConfigFile()
     if not isinstance(raw, dict):
-        problems.append(f"{file}: the top level must be a mapping with monitors: and/or ping_keys:")
+        problems.append(f"{file}: the top level must be a mapping with monitors:, ping_keys: and/or api_tokens:")
         return None
     try:
         parsed = ConfigFile.model_validate(raw)
@@ -309,30 +347,83 @@ def _parse_file(file: Path, problems: list[str], now: float) -> ConfigFile | Non
     return parsed if len(problems) == before else None
 
 
+# Top-level list sections: how their items are named in messages.
+_SECTIONS = {"monitors": ("monitor", "id"), "ping_keys": ("ping key", "name"), "api_tokens": ("api token", "name")}
+
+
 def _describe(file: Path, raw: dict, exc: ValidationError) -> list[str]:
     """Turn pydantic's error locations into file / monitor / field messages."""
     out = []
-    for error in exc.errors(include_url=False):
-        loc = list(error["loc"])
+    for loc, field, message in _issues(exc):
         subject = ""
-        if len(loc) >= 2 and loc[0] in ("monitors", "ping_keys") and isinstance(loc[1], int):
+        if len(loc) >= 2 and loc[0] in _SECTIONS and isinstance(loc[1], int):
             section, index = loc[0], loc[1]
             items = raw.get(section) or []
             item = items[index] if index < len(items) else None
-            ident = item.get("id" if section == "monitors" else "name") if isinstance(item, dict) else None
-            what = "monitor" if section == "monitors" else "ping key"
+            what, ident_field = _SECTIONS[section]
+            ident = item.get(ident_field) if isinstance(item, dict) else None
             subject = f'{what} "{ident}": ' if isinstance(ident, str) else f"{what} #{index + 1}: "
-            loc = loc[2:]
+        where = f'field "{field}": ' if field else ""
+        out.append(f"{file}: {subject}{where}{message}")
+    return out
+
+
+def _issues(exc: ValidationError) -> list[tuple[list, str, str]]:
+    """(location, dotted field within its item, message) of each error."""
+    out = []
+    for error in exc.errors(include_url=False):
+        loc = list(error["loc"])
+        inner = loc[2:] if len(loc) >= 2 and loc[0] in _SECTIONS and isinstance(loc[1], int) else loc
         # Drop pydantic's internal tags for union branches and validators.
-        field = ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+        field = ".".join(
+            str(p) for p in inner if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))
+        )
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; see README for the fields)"
         elif error["type"] == "string_pattern_mismatch" and field == "id":
-            message = f"{error['input']!r} is not a valid id: lower-case letters, digits, _ . - (1 to 63 characters, starting with a letter or digit)"
-        where = f'field "{field}": ' if field else ""
-        out.append(f"{file}: {subject}{where}{message}")
+            message = (
+                f"{error['input']!r} is not a valid id: lower-case letters, digits, _ . - "
+                "(1 to 63 characters, starting with a letter or digit)"
+            )
+        out.append((loc, field, message))
     return out
+
+
+class SpecError(ValueError):
+    """A monitor definition sent to an API is invalid: (field, reason) pairs."""
+
+    def __init__(self, issues: list[tuple[str, str]]):
+        super().__init__("; ".join(f"{f}: {r}" if f else r for f, r in issues))
+        self.issues = issues
+
+
+def parse_monitor_spec(data: Any, now: float) -> MonitorSpec:
+    """Validate a monitor definition from an API (the YAML fields, as JSON)."""
+    if not isinstance(data, dict):
+        raise SpecError([("", "the body must be a JSON object with the monitor's fields")])
+    if "ping" in data:
+        raise SpecError([("ping", "ping settings can only be set in YAML; API monitors are pinged "
+                                  "by their ping UUID or by a ping key and their id")])
+    try:
+        spec = MonitorSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError([(field, message) for _, field, message in _issues(exc)]) from None
+    if spec.schedule.cron is not None:
+        try:
+            validate_cron(spec.schedule.cron, spec.schedule.timezone or "UTC", now)
+        except ScheduleError as err:
+            raise SpecError([("schedule.cron", str(err))]) from None
+    return spec
+
+
+def monitor_from_definition(monitor_id: str, definition: dict, now: float) -> Monitor:
+    """An API monitor as stored in Redis: {"spec": {...}, "owner": ..., "team": ...}."""
+    try:
+        spec = parse_monitor_spec(definition["spec"], now)
+    except (SpecError, KeyError, TypeError) as exc:
+        raise ConfigError([f'API monitor "{monitor_id}": {exc}']) from None
+    return replace(_to_monitor(spec, "api"), owner=definition.get("owner"), team=definition.get("team"))
 
 
 def _to_monitor(spec: MonitorSpec, source: str) -> Monitor:

@@ -12,11 +12,11 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
-from .config import Config
-from .credentials import ResolvedSecrets
+from .config import Config, ConfigError, monitor_from_definition
+from .credentials import ResolvedSecrets, derive_uuid, digest
 from .evaluate import SWEEP_BATCH, SweepPlan, plan_arrival, plan_sweep
 from .model import CheckIn, Monitor
 from .schedule import next_slot
@@ -35,20 +35,49 @@ class UnknownMonitor(LookupError):
 
 @dataclass(frozen=True)
 class Registry:
-    """Every monitor cronmon knows, and the secrets that address them."""
+    """Every monitor cronmon knows, and the secrets that address them.
 
-    monitors: Mapping[str, Monitor] = field(default_factory=dict)
+    YAML monitors come from the config (swapped whole on reload); API
+    monitors from Redis (swapped whole when their revision changes). A YAML
+    monitor wins over an API one with the same id: the YAML files are the
+    source of truth for what they declare.
+    """
+
+    yaml: Mapping[str, Monitor] = field(default_factory=dict)
     secrets: ResolvedSecrets | None = None
+    api: Mapping[str, Monitor] = field(default_factory=dict)
+    api_revision: int = -1
+    monitors: Mapping[str, Monitor] = field(init=False)
+    _uuid_index: Mapping[bytes, str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        merged = {**{k: m for k, m in self.api.items() if k not in self.yaml}, **self.yaml}
+        index = dict(self.secrets.uuid_digests) if self.secrets else {}
+        key_digest = self.secrets.uuid_key_digest if self.secrets else None
+        if key_digest is not None:
+            for monitor_id, monitor in merged.items():
+                if not monitor.from_yaml:
+                    index[digest(derive_uuid(key_digest, monitor_id))] = monitor_id
+        object.__setattr__(self, "monitors", merged)
+        object.__setattr__(self, "_uuid_index", index)
 
     @classmethod
     def build(cls, config: Config, secrets: ResolvedSecrets) -> "Registry":
         return cls({m.id: m for m in config.monitors}, secrets)
 
-    def by_uuid_digest(self, digest: bytes) -> Monitor | None:
-        if self.secrets is None:
-            return None
-        monitor_id = self.secrets.uuid_digests.get(digest)
+    def with_api(self, api: Mapping[str, Monitor], revision: int) -> "Registry":
+        return replace(self, api=api, api_revision=revision)
+
+    def by_uuid_digest(self, uuid_digest: bytes) -> Monitor | None:
+        monitor_id = self._uuid_index.get(uuid_digest)
         return self.monitors.get(monitor_id) if monitor_id else None
+
+    def ping_uuid(self, monitor: Monitor) -> str | None:
+        """The ping UUID of an API monitor (YAML ones may come from env or
+        files and are not shown)."""
+        if monitor.from_yaml or self.secrets is None or self.secrets.uuid_key_digest is None:
+            return None
+        return derive_uuid(self.secrets.uuid_key_digest, monitor.id)
 
 
 class Core:
@@ -66,7 +95,24 @@ class Core:
             listener(monitor_id)
 
     def swap(self, registry: Registry) -> None:
-        self.registry = registry
+        """Swap in a reloaded config; the API monitors stay as they are."""
+        self.registry = registry.with_api(self.registry.api, self.registry.api_revision)
+
+    async def sync_api_monitors(self, force: bool = False) -> bool:
+        """Load API-created monitors if their revision in Redis changed
+        (another replica, or this one, wrote). True if anything changed."""
+        revision = await self.store.monitors_revision()
+        if revision == self.registry.api_revision and not force:
+            return False
+        revision, definitions = await self.store.monitor_definitions()
+        api = {}
+        for monitor_id, definition in definitions.items():
+            try:
+                api[monitor_id] = monitor_from_definition(monitor_id, definition, self.clock())
+            except ConfigError as exc:  # written by an older version, say
+                log.error("API monitor %s cannot be loaded, skipping it: %s", monitor_id, exc)
+        self.registry = self.registry.with_api(api, revision)
+        return True
 
     async def record(self, checkin: CheckIn) -> RecordResult:
         """Record one check-in: one store round trip; one more when a

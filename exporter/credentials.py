@@ -11,7 +11,8 @@ Secrets never live in YAML. A ping key comes from, in order:
 Each monitor also answers on ``/ping/<uuid>``. Its UUID comes from
 ``ping.uuid_env`` / ``ping.uuid_file`` when given (keep a job's existing
 Healthchecks UUID that way), else it is derived from the first ping key the
-monitor accepts: HMAC-SHA256(key, monitor id), shaped as a version-4 UUID.
+monitor accepts: HMAC-SHA256 keyed with the key's SHA-256 digest over the
+monitor id, shaped as a version-4 UUID.
 That is unguessable without the key, stable across restarts and replicas
 sharing the key, and rotates with the key.
 
@@ -44,6 +45,21 @@ class PingKey:
 
 
 @dataclass(frozen=True)
+class ApiToken:
+    """A management API token: its digest, and who holds it."""
+
+    name: str
+    digest: bytes
+    owner: str
+    team: str | None
+    scope: str  # "read" | "write"
+
+    @property
+    def can_write(self) -> bool:
+        return self.scope == "write"
+
+
+@dataclass(frozen=True)
 class ResolvedSecrets:
     ping_keys: tuple[PingKey, ...]
     uuid_digests: Mapping[bytes, str]  # sha256(uuid text) -> monitor id
@@ -51,14 +67,20 @@ class ResolvedSecrets:
     # was generated here (the operator has no other way to learn it).
     generated_key: str | None
     monitor_uuids: Mapping[str, str]
+    api_tokens: tuple[ApiToken, ...] = ()
+    # Digest of the key that API-created monitors derive their ping UUIDs
+    # from (the first ping key).
+    uuid_key_digest: bytes | None = None
 
 
 def digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-def derive_uuid(ping_key: str, monitor_id: str) -> str:
-    mac = hmac.new(ping_key.encode(), b"cronmon-monitor-uuid:" + monitor_id.encode(), hashlib.sha256)
+def derive_uuid(key_digest: bytes, monitor_id: str) -> str:
+    """A monitor's ping UUID from the SHA-256 digest of a ping key (so only
+    digests ever need to stay in memory)."""
+    mac = hmac.new(key_digest, b"cronmon-monitor-uuid:" + monitor_id.encode(), hashlib.sha256)
     return str(uuid.UUID(bytes=mac.digest()[:16], version=4))
 
 
@@ -95,7 +117,13 @@ def resolve(config: Config, data_dir: Path, env: Mapping[str, str] | None = None
         names = monitor.ping_key_names if monitor.ping_key_names is not None else tuple(keys)
         first = next((keys[name] for name in names if name in keys), None)
         if first is not None:
-            uuids[monitor.id] = derive_uuid(first, monitor.id)
+            uuids[monitor.id] = derive_uuid(digest(first), monitor.id)
+
+    tokens = []
+    for ref in config.api_tokens:
+        value = _read_secret(ref.env, ref.file, env, f'{ref.source}: api token "{ref.name}"', problems)
+        if value is not None:
+            tokens.append(ApiToken(ref.name, digest(value), ref.owner, ref.team, ref.scope))
 
     seen: dict[str, str] = {}
     for monitor_id, value in uuids.items():
@@ -109,6 +137,8 @@ def resolve(config: Config, data_dir: Path, env: Mapping[str, str] | None = None
         uuid_digests={digest(value): monitor_id for monitor_id, value in uuids.items()},
         generated_key=generated,
         monitor_uuids=uuids,
+        api_tokens=tuple(tokens),
+        uuid_key_digest=digest(next(iter(keys.values()))) if keys else None,
     )
 
 
@@ -119,6 +149,16 @@ def match_ping_key(presented: str, keys: tuple[PingKey, ...]) -> str | None:
     for key in keys:  # no early exit: timing does not depend on which key matched
         if hmac.compare_digest(presented_digest, key.digest):
             found = key.name
+    return found
+
+
+def match_api_token(presented: str, tokens: tuple[ApiToken, ...]) -> ApiToken | None:
+    """The token `presented` is, compared in constant time."""
+    presented_digest = digest(presented)
+    found = None
+    for token in tokens:
+        if hmac.compare_digest(presented_digest, token.digest):
+            found = token
     return found
 
 

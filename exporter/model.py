@@ -112,6 +112,14 @@ class Monitor:
     ping_key_names: tuple[str, ...] | None = None
     uuid_env: str | None = None
     uuid_file: str | None = None
+    # Who may see and change an API-created monitor (management tokens of
+    # this owner, or of this team). None for YAML monitors.
+    owner: str | None = None
+    team: str | None = None
+
+    @property
+    def from_yaml(self) -> bool:
+        return self.source != "api"
 
     @property
     def display_name(self) -> str:

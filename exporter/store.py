@@ -13,6 +13,8 @@ all of them atomically::
     cronmon:{<id>}:logs      hash: event seq -> log body, capped via :logids
     cronmon:{<id>}:meta      hash: last numeric meta values, capped in count
     cronmon:due              zset: monitor id -> when the sweeper must look at it
+    cronmon:monitors         hash: API-created monitor id -> definition (json)
+    cronmon:monitors:revision  bumped on every definition change
 
 Every check-in is one round trip (record.lua). The deadline index is
 updated inside the same script, which keeps it exact and race-free on a
@@ -103,7 +105,10 @@ class Store:
         self._record = client.register_script(_script("record"))
         self._sweep = client.register_script(_script("sweep"))
         self._resync = client.register_script(_script("resync"))
+        self._define = client.register_script(_script("define"))
         self._due_key = f"{prefix}:due"
+        self._definitions_key = f"{prefix}:monitors"
+        self._revision_key = f"{prefix}:monitors:revision"
 
     def key(self, monitor_id: str, part: str) -> str:
         return f"{self.prefix}:{{{monitor_id}}}:{part}"
@@ -271,6 +276,38 @@ class Store:
         except Exception as exc:
             raise _translate(exc) from exc
 
+    # -- API-created monitors ------------------------------------------------
+
+    async def monitors_revision(self) -> int:
+        """Bumped by every change to an API monitor's definition."""
+        try:
+            return int(await self.client.get(self._revision_key) or 0)
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+    async def monitor_definitions(self) -> tuple[int, dict[str, dict]]:
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.get(self._revision_key)
+                pipe.hgetall(self._definitions_key)
+                revision, raw = await pipe.execute()
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return int(revision or 0), {key: json.loads(value) for key, value in raw.items()}
+
+    async def define_monitor(self, monitor_id: str, mode: str, definition: dict | None = None) -> str:
+        """mode create | update | delete; returns "ok", "exists" or "missing".
+        Deleting also deletes the monitor's state, counters and history."""
+        data_keys = [self.key(monitor_id, part) for part in _MONITOR_PARTS] if mode == "delete" else []
+        try:
+            reply = await self._define(
+                keys=[self._definitions_key, self._revision_key, self._due_key, *data_keys],
+                args=[monitor_id, mode, json.dumps(definition) if definition is not None else ""],
+            )
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return reply[0]
+
     async def history(self, monitor_id: str, offset: int = 0, count: int = 50) -> list[dict]:
         try:
             raw = await self.client.lrange(self.key(monitor_id, "history"), offset, offset + count - 1)
@@ -283,6 +320,10 @@ class Store:
             return await self.client.hget(self.key(monitor_id, "logs"), str(seq))
         except Exception as exc:
             raise _translate(exc) from exc
+
+
+# Every per-monitor key (see the layout at the top).
+_MONITOR_PARTS = ("state", "runs", "tmo", "closed", "counters", "history", "logs", "logids", "meta")
 
 
 def _max_runtime_arg(monitor: Monitor) -> str:

@@ -9,6 +9,7 @@ sweep the same Redis; `Core.sweep` makes that safe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Callable
@@ -33,10 +34,19 @@ class Sweeper:
         self.clock = clock
         self.needs_resync = True  # set again by reload
         self.passes = 0  # completed run_once calls (tests wait on it)
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask run() to return after the pass in progress (if any)."""
+        self._stopping.set()
 
     async def run_once(self) -> int:
         """Sweep everything due now; returns how many monitors were looked at."""
         now = self.clock()
+        # API monitors another replica (or this one) created, changed or
+        # deleted: one GET a tick to notice.
+        if await self.core.sync_api_monitors():
+            self.needs_resync = True
         if self.needs_resync:
             # Cleared before, not after: a reload that lands while this pass
             # runs sets it again and gets a pass of its own.
@@ -58,8 +68,12 @@ class Sweeper:
         return len(due)
 
     async def run(self) -> None:
+        """Sweep until stop(). Stopping waits for the pass in progress rather
+        than cancelling it: a cancelled Redis call can leave a connection in
+        an unknown state, and on Python 3.11 a cancel arriving inside
+        redis-py's timeouts can even be swallowed."""
         backoff = self.interval
-        while True:
+        while not self._stopping.is_set():
             try:
                 swept = await self.run_once()
                 backoff = self.interval
@@ -71,4 +85,5 @@ class Sweeper:
             except Exception:  # a bug must not stop sweeping for good
                 log.exception("sweeper: unexpected error")
                 backoff = min(backoff * 2, 30.0)
-            await asyncio.sleep(backoff)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=backoff)

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from exporter.credentials import derive_uuid
+from exporter.credentials import derive_uuid, digest
 from exporter.model import Status
 from exporter.evaluate import evaluate
 from exporter.web.app import create_app
@@ -56,7 +56,7 @@ async def facts(client, monitor_id="backup"):
 
 
 def backup_uuid() -> str:
-    return derive_uuid(KEY, "backup")
+    return derive_uuid(digest(KEY), "backup")
 
 
 PING_FORMS = [
@@ -111,7 +111,7 @@ async def test_post_body_becomes_the_log_cut_and_flagged(client):
 async def test_uuid_from_env_is_accepted_and_derived_one_is_not(client):
     assert (await client.get(f"/ping/{HC_UUID}")).status == 200
     assert (await facts(client, "migrated")).checkins == {"success": 1}
-    assert (await client.get(f"/ping/{derive_uuid(KEY, 'migrated')}")).status == 404
+    assert (await client.get(f"/ping/{derive_uuid(digest(KEY), 'migrated')}")).status == 404
 
 
 async def test_key_restrictions(client):

@@ -9,7 +9,6 @@ URL is given), the Redis client, the start-up resync and the sweeper task.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import AsyncIterator, Callable
@@ -23,7 +22,7 @@ from ..core import Core
 from ..embedded import EmbeddedRedis
 from ..reloader import Reloader
 from ..settings import Settings
-from ..store import Store, connect
+from ..store import Store, StoreUnavailable, connect
 from ..sweeper import Sweeper
 from . import healthchecks, ops
 from .keys import BRIDGE, CORE, EMBEDDED, RELOADER, SELF_REGISTRY, SETTINGS, SWEEPER
@@ -117,16 +116,31 @@ async def _embedded_redis(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _redis_client(app: web.Application) -> AsyncIterator[None]:
+    try:
+        # API-created monitors answer pings from the first request on.
+        await app[CORE].sync_api_monitors(force=True)
+    except StoreUnavailable as exc:
+        log.warning("API monitors not loaded yet (the sweeper retries): %s", exc)
     yield
     await app[CORE].store.close()
 
 
 async def _sweeper_task(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[SWEEPER].run(), name="cronmon-sweeper")
+    sweeper = app[SWEEPER]
+    task = asyncio.create_task(sweeper.run(), name="cronmon-sweeper")
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    sweeper.stop()
+    await _finish(task)
+
+
+async def _finish(task: asyncio.Task, grace: float = 10.0) -> None:
+    """Wait for a background task that was asked to stop; cancel it only if
+    it does not within `grace` seconds."""
+    done, _ = await asyncio.wait({task}, timeout=grace)
+    if not done:
+        log.warning("%s did not stop in %.0fs; cancelling it", task.get_name(), grace)
+        task.cancel()
+        await asyncio.wait({task}, timeout=grace)
 
 
 async def _bridge_task(app: web.Application) -> AsyncIterator[None]:
@@ -137,6 +151,5 @@ async def _bridge_task(app: web.Application) -> AsyncIterator[None]:
     async with httpx.AsyncClient(follow_redirects=False) as client:
         task = asyncio.create_task(bridge.run(client), name="cronmon-alert-bridge")
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        bridge.stop()
+        await _finish(task)

@@ -1,0 +1,17 @@
+-- Create, update or delete an API monitor's definition and bump the
+-- definitions' revision, atomically (replicas reload when it changes).
+-- KEYS: 1 definitions hash, 2 revision, 3 due index, 4.. the monitor's data keys
+-- ARGV: 1 monitor id, 2 mode (create|update|delete), 3 definition (json)
+-- Returns {'ok', revision} | {'exists'} | {'missing'}
+local defs, rev, due, id, mode = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
+local present = redis.call('HEXISTS', defs, id) == 1
+if mode == 'create' and present then return {'exists'} end
+if mode ~= 'create' and not present then return {'missing'} end
+if mode == 'delete' then
+  redis.call('HDEL', defs, id)
+  redis.call('ZREM', due, id)
+  for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
+else
+  redis.call('HSET', defs, id, ARGV[3])
+end
+return {'ok', redis.call('INCR', rev)}
