@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
-from .config import Config, ConfigError, monitor_from_definition
+from .config import Config, ConfigError, MonitorSpec, monitor_from_definition
 from .credentials import ResolvedSecrets, derive_uuid, digest
 from .evaluate import SWEEP_BATCH, SweepPlan, plan_arrival, plan_sweep
 from .model import CheckIn, Monitor
@@ -31,6 +31,21 @@ _CAS_ATTEMPTS = 5
 
 class UnknownMonitor(LookupError):
     pass
+
+
+class MonitorExists(ValueError):
+    pass
+
+
+class ReadOnlyMonitor(ValueError):
+    """The monitor is declared in YAML; API writes to it are refused."""
+
+    def __init__(self, monitor: Monitor):
+        super().__init__(
+            f'monitor "{monitor.id}" is declared in {monitor.source}; change it there '
+            "(YAML-declared monitors are read-only through the APIs)"
+        )
+        self.monitor = monitor
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,47 @@ class Core:
         self.registry = self.registry.with_api(api, revision)
         return True
 
+    # -- API-created monitors ----------------------------------------------
+
+    async def create_monitor(self, spec: MonitorSpec, owner: str, team: str | None) -> Monitor:
+        yaml_monitor = self.registry.yaml.get(spec.id)
+        if yaml_monitor is not None:
+            raise ReadOnlyMonitor(yaml_monitor)
+        definition = {"spec": _spec_dict(spec), "owner": owner, "team": team, "created_at": self.clock()}
+        if await self.store.define_monitor(spec.id, "create", definition) == "exists":
+            raise MonitorExists(spec.id)
+        return await self._after_write(spec.id)
+
+    async def update_monitor(self, monitor: Monitor, spec: MonitorSpec) -> Monitor:
+        """Replace an API monitor's definition (ownership stays)."""
+        if monitor.from_yaml:
+            raise ReadOnlyMonitor(monitor)
+        _, definitions = await self.store.monitor_definitions()
+        current = definitions.get(monitor.id)
+        if current is None:
+            raise UnknownMonitor(monitor.id)
+        definition = {**current, "spec": _spec_dict(spec), "updated_at": self.clock()}
+        if await self.store.define_monitor(monitor.id, "update", definition) == "missing":
+            raise UnknownMonitor(monitor.id)
+        return await self._after_write(monitor.id)
+
+    async def delete_monitor(self, monitor: Monitor) -> None:
+        """Delete an API monitor with its state, counters and history."""
+        if monitor.from_yaml:
+            raise ReadOnlyMonitor(monitor)
+        if await self.store.define_monitor(monitor.id, "delete") == "missing":
+            raise UnknownMonitor(monitor.id)
+        await self.sync_api_monitors(force=True)
+
+    async def _after_write(self, monitor_id: str) -> Monitor:
+        # Serve the change from this process at once (other replicas see the
+        # revision change on their next sweeper tick), and re-base its slot
+        # accounting if the schedule changed.
+        await self.sync_api_monitors(force=True)
+        monitor = self.registry.monitors[monitor_id]
+        await self.resync(monitor, self.clock())
+        return monitor
+
     async def record(self, checkin: CheckIn) -> RecordResult:
         """Record one check-in: one store round trip; one more when a
         deadline passed that no sweeper has recorded yet (sweep first) or
@@ -192,3 +248,8 @@ class Core:
                 await self.resync(monitor, now)
 
         await asyncio.gather(*(one(m) for m in monitors))
+
+
+def _spec_dict(spec: MonitorSpec) -> dict:
+    """A spec as stored: JSON types, durations in seconds."""
+    return spec.model_dump(mode="json", exclude={"ping"})

@@ -16,7 +16,8 @@ version = redis.call('HINCRBY', state, 'v', 1)
 if ARGV[5] ~= '' then redis.call('HSET', state, 'acc', ARGV[5], 'next', ARGV[6]) end
 if missed > 0 then
   apply_outcome(state, counters, 'missed', missed, fthr, rthr)
-  push_history(history, {t = now, kind = 'missed', outcome = 'missed', slots = missed, through = tonumber(ARGV[5])}, cap)
+  local seq = redis.call('HINCRBY', state, 'seq', 1)
+  push_history(history, {seq = seq, t = now, kind = 'missed', outcome = 'missed', slots = missed, through = tonumber(ARGV[5])}, cap)
 end
 for _, rid in ipairs(cjson.decode(ARGV[7])) do
   local raw = redis.call('HGET', runs, rid)
@@ -27,7 +28,8 @@ for _, rid in ipairs(cjson.decode(ARGV[7])) do
       redis.call('HSET', runs, rid, cjson.encode(run))
       redis.call('ZREM', tmo, rid)
       apply_outcome(state, counters, 'timeout', 1, fthr, rthr)
-      push_history(history, {t = now, kind = 'timeout', outcome = 'timeout', run = rid, started = run.s}, cap)
+      local seq = redis.call('HINCRBY', state, 'seq', 1)
+      push_history(history, {seq = seq, t = now, kind = 'timeout', outcome = 'timeout', run = rid, started = run.s}, cap)
     end
   end
 end

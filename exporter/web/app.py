@@ -24,7 +24,7 @@ from ..reloader import Reloader
 from ..settings import Settings
 from ..store import Store, StoreUnavailable, connect
 from ..sweeper import Sweeper
-from . import healthchecks, ops
+from . import api_v1, healthchecks, ops
 from .keys import BRIDGE, CORE, EMBEDDED, RELOADER, SELF_REGISTRY, SETTINGS, SWEEPER
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
             requests_total.labels(name, str(code)).inc()
             request_seconds.labels(name).observe(time.perf_counter() - started)
 
-    app = web.Application(middlewares=[instrument], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[instrument, api_v1.api_errors], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[CORE] = core
     app[RELOADER] = reloader
@@ -101,6 +101,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     app.cleanup_ctx.append(_bridge_task)
     ops.add_routes(app)
     healthchecks.add_routes(app)
+    api_v1.add_routes(app)
     return app
 
 

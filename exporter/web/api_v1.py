@@ -1,0 +1,287 @@
+"""Native management API, /api/v1 (bearer tokens from the config).
+
+    GET    /api/v1/monitors                         monitors this token sees
+    POST   /api/v1/monitors                         create (write scope)
+    GET    /api/v1/monitors/{id}                    one monitor, with its state
+    PUT    /api/v1/monitors/{id}                    replace its definition
+    PATCH  /api/v1/monitors/{id}                    change some fields
+    DELETE /api/v1/monitors/{id}                    delete it with its history
+    GET    /api/v1/monitors/{id}/runs?limit=&before=   events, newest first
+    GET    /api/v1/monitors/{id}/runs/{seq}/log     the log sent with one event
+
+Bodies use the YAML fields as JSON. Every error has one shape:
+``{"error": {"code": "...", "message": "...", "issues": [{"field", "reason"}]}}``
+(issues only on validation_failed). A monitor the token may not see is
+404, as if it did not exist.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from aiohttp import web
+
+from ..access import can_change, can_see
+from ..config import MonitorSpec, SpecError, parse_monitor_spec
+from ..core import MonitorExists, ReadOnlyMonitor, UnknownMonitor
+from ..credentials import ApiToken, match_api_token
+from ..evaluate import evaluate
+from ..model import CronSchedule, Monitor
+from ..store import StoreUnavailable
+from .keys import CORE, SETTINGS
+
+MAX_PAGE = 200
+
+
+class ApiError(Exception):
+    """An error response in the API's one shape (rendered by `api_errors`)."""
+
+    def __init__(self, status: int, code: str, message: str, issues: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.body: dict[str, Any] = {"code": code, "message": message}
+        if issues is not None:
+            self.body["issues"] = [{"field": field, "reason": reason} for field, reason in issues]
+
+    def response(self) -> web.Response:
+        headers = {"WWW-Authenticate": 'Bearer realm="cronmon"'} if self.status == 401 else None
+        return web.json_response({"error": self.body}, status=self.status, headers=headers)
+
+
+def authenticate(request: web.Request, write: bool = False) -> ApiToken:
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise ApiError(401, "unauthorized", "send an API token as 'Authorization: Bearer <token>'")
+    secrets = request.app[CORE].registry.secrets
+    token = match_api_token(presented.strip(), secrets.api_tokens if secrets else ())
+    if token is None:
+        raise ApiError(401, "unauthorized", "unknown API token")
+    if write and not token.can_write:
+        raise ApiError(403, "forbidden", f'API token "{token.name}" has the read scope; this needs write')
+    return token
+
+
+def visible_monitor(request: web.Request, token: ApiToken) -> Monitor:
+    monitor_id = request.match_info["monitor"]
+    monitor = request.app[CORE].registry.monitors.get(monitor_id)
+    if monitor is None or not can_see(token, monitor):
+        raise ApiError(404, "not_found", f'no monitor "{monitor_id}"')
+    return monitor
+
+
+async def read_json(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "too_large", f"the body is over {request.app[SETTINGS].max_body_bytes} bytes") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+
+
+def parse_spec(request: web.Request, data: Any) -> MonitorSpec:
+    try:
+        return parse_monitor_spec(data, request.app[CORE].clock())
+    except SpecError as exc:
+        raise ApiError(400, "validation_failed", "the monitor is not valid", exc.issues) from None
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def monitor_json(request: web.Request, monitor: Monitor, token: ApiToken) -> dict:
+    core = request.app[CORE]
+    facts = await core.store.facts(monitor.id)
+    ev = evaluate(monitor, facts, core.clock())
+    schedule = monitor.schedule
+    body = {
+        "id": monitor.id,
+        "name": monitor.name,
+        "description": monitor.description,
+        "schedule": (
+            {"cron": schedule.expression, "timezone": schedule.timezone}
+            if isinstance(schedule, CronSchedule) else {"interval": schedule.seconds}
+        ),
+        "grace": monitor.grace,
+        "max_runtime": monitor.max_runtime,
+        "failure_threshold": monitor.failure_threshold,
+        "recovery_threshold": monitor.recovery_threshold,
+        "labels": dict(monitor.labels),
+        "group": monitor.group,
+        "paused": monitor.paused,
+        "source": "yaml" if monitor.from_yaml else "api",
+        "file": monitor.source if monitor.from_yaml else None,
+        "owner": monitor.owner,
+        "team": monitor.team,
+        "writable": can_change(token, monitor),
+        "status": ev.status.value,
+        "next_expected": _iso(ev.next_expected),
+        "deadline": _iso(ev.deadline),
+        "last_checkin": _iso(facts.last_checkin),
+        "last_start": _iso(facts.last_start),
+        "last_success": _iso(facts.last_success),
+        "last_failure": _iso(facts.last_failure),
+        "last_duration": facts.last_duration,
+        "last_exit_code": facts.last_exit_code,
+        "running_runs": ev.running_runs,
+        "consecutive_failures": ev.consecutive_failures,
+    }
+    ping_uuid = core.registry.ping_uuid(monitor)
+    if ping_uuid and can_change(token, monitor):
+        # The ping URL is a secret: shown to those who may change the monitor.
+        body["ping_url"] = f"{request.app[SETTINGS].base_url}/ping/{ping_uuid}"
+    return body
+
+
+async def list_monitors(request: web.Request) -> web.Response:
+    token = authenticate(request)
+    monitors = [m for m in request.app[CORE].registry.monitors.values() if can_see(token, m)]
+    return web.json_response({"monitors": [await monitor_json(request, m, token) for m in monitors]})
+
+
+async def create_monitor(request: web.Request) -> web.Response:
+    token = authenticate(request, write=True)
+    spec = parse_spec(request, await read_json(request))
+    try:
+        monitor = await request.app[CORE].create_monitor(spec, token.owner, token.team)
+    except ReadOnlyMonitor as exc:
+        raise ApiError(409, "read_only", str(exc)) from None
+    except MonitorExists:
+        raise ApiError(409, "conflict", f'a monitor "{spec.id}" exists already') from None
+    return web.json_response({"monitor": await monitor_json(request, monitor, token)}, status=201)
+
+
+async def get_monitor(request: web.Request) -> web.Response:
+    token = authenticate(request)
+    monitor = visible_monitor(request, token)
+    return web.json_response({"monitor": await monitor_json(request, monitor, token)})
+
+
+async def replace_monitor(request: web.Request) -> web.Response:
+    token = authenticate(request, write=True)
+    monitor = writable_monitor(request, token)
+    data = await read_json(request)
+    if isinstance(data, dict):
+        if data.setdefault("id", monitor.id) != monitor.id:
+            raise ApiError(400, "validation_failed", "the id cannot change", [("id", "must be " + monitor.id)])
+    return await _update(request, token, monitor, parse_spec(request, data))
+
+
+async def patch_monitor(request: web.Request) -> web.Response:
+    token = authenticate(request, write=True)
+    monitor = writable_monitor(request, token)
+    changes = await read_json(request)
+    if not isinstance(changes, dict) or not changes:
+        raise ApiError(400, "validation_failed", "send a JSON object with the fields to change", [])
+    if changes.get("id", monitor.id) != monitor.id:
+        raise ApiError(400, "validation_failed", "the id cannot change", [("id", "must be " + monitor.id)])
+    _, definitions = await request.app[CORE].store.monitor_definitions()
+    current = definitions.get(monitor.id, {}).get("spec", {})
+    return await _update(request, token, monitor, parse_spec(request, {**current, **changes}))
+
+
+async def _update(request: web.Request, token: ApiToken, monitor: Monitor, spec: MonitorSpec) -> web.Response:
+    try:
+        updated = await request.app[CORE].update_monitor(monitor, spec)
+    except UnknownMonitor:
+        raise ApiError(404, "not_found", f'no monitor "{monitor.id}"') from None
+    return web.json_response({"monitor": await monitor_json(request, updated, token)})
+
+
+async def delete_monitor(request: web.Request) -> web.Response:
+    token = authenticate(request, write=True)
+    monitor = writable_monitor(request, token)
+    try:
+        await request.app[CORE].delete_monitor(monitor)
+    except UnknownMonitor:
+        raise ApiError(404, "not_found", f'no monitor "{monitor.id}"') from None
+    return web.Response(status=204)
+
+
+def writable_monitor(request: web.Request, token: ApiToken) -> Monitor:
+    monitor = visible_monitor(request, token)
+    if monitor.from_yaml:
+        raise ApiError(409, "read_only", str(ReadOnlyMonitor(monitor)))
+    if not can_change(token, monitor):
+        raise ApiError(403, "forbidden", f'API token "{token.name}" may not change monitor "{monitor.id}"')
+    return monitor
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    """Events newest first, `limit` at a time; pass the returned
+    `next_before` as `before` for the next page (stable while new events
+    arrive, unlike an offset)."""
+    token = authenticate(request)
+    monitor = visible_monitor(request, token)
+    limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
+    before = _int_param(request, "before", None, 1, None)
+    events = await request.app[CORE].store.history(monitor.id, 0, 10_000)
+    if before is not None:
+        events = [e for e in events if e.get("seq", 0) < before]
+    page = events[:limit]
+    for event in page:
+        event["time"] = _iso(event.pop("t", None))
+        if "log" in event:
+            event["has_log"] = True
+            del event["log"]
+    more = len(events) > limit
+    return web.json_response({"runs": page, "next_before": page[-1]["seq"] if more and page else None})
+
+
+async def run_log(request: web.Request) -> web.Response:
+    token = authenticate(request)
+    monitor = visible_monitor(request, token)
+    seq = _int_param(request, "seq", None, 1, None, source=request.match_info)
+    events = await request.app[CORE].store.history(monitor.id, 0, 10_000)
+    event = next((e for e in events if e.get("seq") == seq), None)
+    if event is None:
+        raise ApiError(404, "not_found", f"no event {seq} in the kept history of {monitor.id}")
+    content = await request.app[CORE].store.log(monitor.id, event["log"]) if "log" in event else None
+    return web.json_response(
+        {"seq": seq, "has_log": content is not None, "content": content,
+         "truncated": bool(event.get("log_truncated")) if content is not None else False}
+    )
+
+
+def _int_param(request, name, default, low, high, source=None) -> int | None:
+    raw = (source if source is not None else request.query).get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "validation_failed", f"{name} must be a whole number", [(name, "not a number")]) from None
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ApiError(400, "validation_failed", f"{name} must be {bounds}", [(name, f"out of range: {bounds}")])
+    return value
+
+
+@web.middleware
+async def api_errors(request: web.Request, handler):
+    """Render ApiError, and Redis being unreachable (503: nothing was
+    changed), in the API's error shape."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except StoreUnavailable as exc:
+        if request.path.startswith("/api/v1/"):
+            return ApiError(503, "store_unavailable", str(exc)).response()
+        raise
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/v1/monitors", list_monitors)
+    app.router.add_post("/api/v1/monitors", create_monitor)
+    app.router.add_get("/api/v1/monitors/{monitor}", get_monitor)
+    app.router.add_put("/api/v1/monitors/{monitor}", replace_monitor)
+    app.router.add_patch("/api/v1/monitors/{monitor}", patch_monitor)
+    app.router.add_delete("/api/v1/monitors/{monitor}", delete_monitor)
+    app.router.add_get("/api/v1/monitors/{monitor}/runs", list_runs)
+    app.router.add_get("/api/v1/monitors/{monitor}/runs/{seq}/log", run_log)
