@@ -39,7 +39,7 @@ from pydantic import (
     model_validator,
 )
 
-from .model import CronSchedule, IntervalSchedule, Monitor
+from .model import CronSchedule, IntervalSchedule, MetaRule, Monitor
 from .schedule import ScheduleError, validate_cron
 
 MONITOR_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
@@ -56,6 +56,30 @@ RESERVED_LABELS = frozenset(
         "handler", "code", "method", "job", "instance", "alertname",
     }
 )
+
+_META_RULE_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*(<=|>=|==|!=|<|>)\s*(-?\d+(?:\.\d+)?)\s*$")
+
+
+def parse_meta_rule(text: str) -> MetaRule:
+    match = _META_RULE_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a meta rule")
+    return MetaRule(match.group(1), match.group(2), float(match.group(3)))
+
+
+def parse_rate_limit(text: str) -> tuple[int, float]:
+    """`10/1m`: at most 10 check-ins a minute."""
+    count, sep, window = text.partition("/")
+    try:
+        if not sep or not count.strip().isdigit() or int(count) < 1:
+            raise ValueError
+        seconds = parse_duration(window.strip())
+        if seconds < 1:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{text!r} is not a rate limit; write it like 10/1m (check-ins per period)") from None
+    return int(count), seconds
+
 
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
@@ -167,6 +191,26 @@ class MonitorSpec(_Strict):
     group: str = ""
     paused: bool = False
     ping: PingSpec = PingSpec()
+    meta_rules: list[str] = []
+    rate_limit: str | None = None
+
+    @field_validator("meta_rules")
+    @classmethod
+    def _meta_rules(cls, rules: list[str]) -> list[str]:
+        for rule in rules:
+            if not _META_RULE_RE.match(rule):
+                raise ValueError(
+                    f"{rule!r} is not a meta rule; write it like 'rows_processed < 1' "
+                    "(a key, one of < <= > >= == !=, a number)"
+                )
+        return rules
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rate_limit(value)
+        return value
 
     @field_validator("labels")
     @classmethod
@@ -443,6 +487,8 @@ def _to_monitor(spec: MonitorSpec, source: str) -> Monitor:
         ping_key_names=tuple(spec.ping.keys) if spec.ping.keys is not None else None,
         uuid_env=spec.ping.uuid_env,
         uuid_file=spec.ping.uuid_file,
+        meta_rules=tuple(parse_meta_rule(rule) for rule in spec.meta_rules),
+        rate_limit=parse_rate_limit(spec.rate_limit) if spec.rate_limit else None,
     )
 
 

@@ -18,7 +18,7 @@ from typing import Callable, Mapping
 from .config import Config, ConfigError, MonitorSpec, monitor_from_definition
 from .credentials import ResolvedSecrets, derive_uuid, digest
 from .evaluate import SWEEP_BATCH, SweepPlan, plan_arrival, plan_sweep
-from .model import CheckIn, Monitor
+from .model import CheckIn, Kind, Monitor
 from .schedule import next_slot
 from .store import RecordResult, Store
 
@@ -35,6 +35,14 @@ class UnknownMonitor(LookupError):
 
 class MonitorExists(ValueError):
     pass
+
+
+class RateLimited(Exception):
+    """The monitor's rate limit refused a check-in; nothing was recorded."""
+
+    def __init__(self, monitor_id: str, retry_after: int):
+        super().__init__(f"monitor {monitor_id}: rate limit exceeded, retry in {retry_after} seconds")
+        self.retry_after = retry_after
 
 
 class ReadOnlyMonitor(ValueError):
@@ -179,14 +187,18 @@ class Core:
             raise UnknownMonitor(checkin.monitor_id)
         plan = plan_arrival(monitor, checkin.received_at)
         generated_run_id = str(uuid.uuid4())
+        # A reported success whose numbers break a meta rule did not do its job.
+        silent = checkin.kind is Kind.SUCCESS and any(rule.broken_by(checkin.meta) for rule in monitor.meta_rules)
         for _ in range(_CAS_ATTEMPTS):
-            result = await self.store.record(monitor, checkin, plan, generated_run_id)
+            result = await self.store.record(monitor, checkin, plan, generated_run_id, silent)
             if result.status == "sweep":
                 await self.sweep(monitor, checkin.received_at)
             elif result.status == "slot":
                 # The first unaccounted slot is further back than the plan
                 # guessed (grace longer than the cron interval).
                 plan = plan.with_slot(monitor.schedule, result.slot)
+            elif result.status == "limited":
+                raise RateLimited(monitor.id, result.retry_after or 1)
             else:
                 if result.status == "ok":
                     self._changed(monitor.id)

@@ -36,6 +36,10 @@ class Outcome(enum.StrEnum):
     ERROR = "error"
     MISSED = "missed"
     TIMEOUT = "timeout"
+    # Reported success, but the run's numeric meta broke one of the
+    # monitor's meta rules (rows_processed < 1, ...). Not bad for the
+    # failure threshold: it has an alert of its own (CronJobSilentFailure).
+    SILENT_FAILURE = "silent_failure"
 
     @property
     def bad(self) -> bool:
@@ -87,6 +91,29 @@ class CronSchedule:
 Schedule = IntervalSchedule | CronSchedule
 
 
+_COMPARE = {
+    "<": float.__lt__, "<=": float.__le__, ">": float.__gt__,
+    ">=": float.__ge__, "==": float.__eq__, "!=": float.__ne__,
+}
+
+
+@dataclass(frozen=True)
+class MetaRule:
+    """`key op value`: a run whose meta makes it true is a silent failure.
+    A run that does not report `key` does not break the rule."""
+
+    key: str
+    op: str
+    value: float
+
+    def broken_by(self, meta: Mapping[str, float]) -> bool:
+        reported = meta.get(self.key)
+        return reported is not None and _COMPARE[self.op](float(reported), self.value)
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.op} {self.value:g}"
+
+
 @dataclass(frozen=True)
 class Monitor:
     """A monitor as the core uses it, whatever declared it (YAML or API).
@@ -116,6 +143,9 @@ class Monitor:
     # this owner, or of this team). None for YAML monitors.
     owner: str | None = None
     team: str | None = None
+    meta_rules: tuple[MetaRule, ...] = ()
+    # At most `count` check-ins per `seconds` (429 beyond); None: unlimited.
+    rate_limit: tuple[int, float] | None = None
 
     @property
     def from_yaml(self) -> bool:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Iterable
@@ -64,11 +65,12 @@ class StoreLimits:
 
 @dataclass(frozen=True)
 class RecordResult:
-    status: str  # "ok" | "duplicate" | "sweep" | "slot"
+    status: str  # "ok" | "duplicate" | "sweep" | "slot" | "limited"
     seq: int | None = None
     run_id: str | None = None
     duration: float | None = None
     slot: float | None = None  # with "slot": the slot the plan must also offer
+    retry_after: int | None = None  # with "limited": seconds until allowed again
 
 
 _UNAVAILABLE = (
@@ -123,7 +125,12 @@ class Store:
             raise _translate(exc) from exc
 
     async def record(
-        self, monitor: Monitor, checkin: CheckIn, plan: ArrivalPlan, generated_run_id: str
+        self,
+        monitor: Monitor,
+        checkin: CheckIn,
+        plan: ArrivalPlan,
+        generated_run_id: str,
+        silent_failure: bool = False,
     ) -> RecordResult:
         k = self.key
         m = monitor.id
@@ -144,6 +151,7 @@ class Store:
                 keys=[
                     k(m, "state"), k(m, "runs"), k(m, "tmo"), k(m, "closed"), k(m, "counters"),
                     k(m, "history"), k(m, "logs"), k(m, "logids"), k(m, "meta"), self._due_key,
+                    k(m, "ratelimit"),
                 ],
                 args=[
                     m,
@@ -171,6 +179,9 @@ class Store:
                     self.limits.meta_keys,
                     self.limits.open_runs,
                     self.limits.closed_runs,
+                    Outcome.SILENT_FAILURE.value if silent_failure else "",
+                    monitor.rate_limit[0] if monitor.rate_limit else 0,
+                    repr(monitor.rate_limit[1]) if monitor.rate_limit else "0",
                 ],
             )
         except Exception as exc:
@@ -182,6 +193,8 @@ class Store:
             return RecordResult("duplicate", run_id=reply[1])
         if status == "slot":
             return RecordResult("slot", slot=float(reply[1]))
+        if status == "limited":
+            return RecordResult("limited", retry_after=max(1, math.ceil(int(reply[1]) / 1000)))
         return RecordResult("sweep")
 
     async def facts(self, monitor_id: str) -> Facts:
@@ -323,7 +336,7 @@ class Store:
 
 
 # Every per-monitor key (see the layout at the top).
-_MONITOR_PARTS = ("state", "runs", "tmo", "closed", "counters", "history", "logs", "logids", "meta")
+_MONITOR_PARTS = ("state", "runs", "tmo", "closed", "counters", "history", "logs", "logids", "meta", "ratelimit")
 
 
 def _max_runtime_arg(monitor: Monitor) -> str:

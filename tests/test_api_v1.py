@@ -144,7 +144,7 @@ async def test_runs_pagination_and_logs(client, clock):
     assert [r["seq"] for r in last["runs"]] == [1] and last["next_before"] is None
     assert first["runs"][0]["has_log"] is True and first["runs"][0]["time"].endswith("Z")
     log = await (await client.get("/api/v1/monitors/etl/runs/5/log", headers=ALICE)).json()
-    assert log == {"seq": 5, "has_log": True, "content": "line 4", "truncated": False}
+    assert log == {"hasLog": True, "content": "line 4", "seq": 5, "run": None, "has_log": True, "truncated": False}
     await error(await client.get("/api/v1/monitors/etl/runs/99/log", headers=ALICE), 404, "not_found")
     await error(await client.get("/api/v1/monitors/etl/runs/1/log", headers=CAROL), 404, "not_found")
 

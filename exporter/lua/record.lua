@@ -1,17 +1,20 @@
 -- Record one check-in atomically: run pairing, accounting, counters,
 -- threshold state, capped history and log, meta, deadline index.
 -- KEYS: 1 state, 2 runs, 3 tmo, 4 closed, 5 counters, 6 history, 7 logs,
---       8 logids, 9 meta, 10 due
+--       8 logids, 9 meta, 10 due, 11 rate-limit counter
 -- ARGV: 1 monitor, 2 now, 3 kind, 4 run_id, 5 exit_code, 6 duration,
 --       7 message, 8 log, 9 log_truncated, 10 meta (json object),
 --       11 extra (json object), 12 arrival plan (json, see ArrivalPlan),
 --       13 grace, 14 max_runtime, 15 failure_threshold,
 --       16 recovery_threshold, 17 history_cap, 18 log_cap,
 --       19 buckets (json array), 20 generated_run_id, 21 meta_cap,
---       22 open_runs_cap, 23 closed_cap
+--       22 open_runs_cap, 23 closed_cap, 24 outcome override for a
+--       success ('' or 'silent_failure'), 25 rate limit count (0: none),
+--       26 rate limit window (seconds)
 -- Returns {'ok', seq, run_id, duration} | {'duplicate', run_id}
 --       | {'sweep'}: a deadline passed unrecorded; sweep, then call again
 --       | {'slot', s}: the arrival is for slot s, which the plan lacks
+--       | {'limited', ms}: over the monitor's rate limit; retry in ms
 -- Nothing is written unless the reply is 'ok'.
 local state, runs, tmo, closed, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local history, logs, logids, meta, due = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
@@ -66,6 +69,20 @@ if arrival then
       if math.abs(candidate[1] - expected) < 0.5 then target, target_next = candidate[1], candidate[2] end
     end
     if target == nil then return {'slot', fmt(expected)} end
+  end
+end
+
+-- Rate limit last among the checks, so a call retried after 'sweep' or
+-- 'slot' is counted once. Fixed window; a refused check-in changes nothing
+-- but the counter.
+local limit = tonumber(ARGV[25])
+if limit > 0 then
+  local used = redis.call('INCR', KEYS[11])
+  if used == 1 then redis.call('PEXPIRE', KEYS[11], math.floor(tonumber(ARGV[26]) * 1000)) end
+  if used > limit then
+    local ttl = redis.call('PTTL', KEYS[11])
+    if ttl < 0 then redis.call('PEXPIRE', KEYS[11], math.floor(tonumber(ARGV[26]) * 1000)); ttl = tonumber(ARGV[26]) * 1000 end
+    return {'limited', ttl}
   end
 end
 
@@ -144,7 +161,8 @@ elseif completes then
   if result_run == '' then result_run = ARGV[20] end
   close_recent(result_run)
   local outcome = 'ok'
-  if kind == 'fail' then outcome = 'error' elseif kind == 'warning' then outcome = 'warning' end
+  if kind == 'fail' then outcome = 'error' elseif kind == 'warning' then outcome = 'warning'
+  elseif ARGV[24] ~= '' then outcome = ARGV[24] end
   entry.outcome = outcome
   if outcome == 'error' then
     redis.call('HSET', state, 'last_failure', ARGV[2])

@@ -234,17 +234,28 @@ async def list_runs(request: web.Request) -> web.Response:
 
 
 async def run_log(request: web.Request) -> web.Response:
+    """The log of one event (by seq) or of one run (by run id: its newest
+    event with a log). Crontify's GET /monitors/<id>/runs/<runId>/log has
+    the same path, so the answer carries its `hasLog`/`content` too."""
     token = authenticate(request)
     monitor = visible_monitor(request, token)
-    seq = _int_param(request, "seq", None, 1, None, source=request.match_info)
+    ref = request.match_info["seq"]
     events = await request.app[CORE].store.history(monitor.id, 0, 10_000)
-    event = next((e for e in events if e.get("seq") == seq), None)
-    if event is None:
-        raise ApiError(404, "not_found", f"no event {seq} in the kept history of {monitor.id}")
+    if ref.isdigit():
+        matching = [e for e in events if e.get("seq") == int(ref)]
+    else:
+        matching = [e for e in events if e.get("run") == ref]
+    if not matching:
+        raise ApiError(404, "not_found", f"no event or run {ref} in the kept history of {monitor.id}")
+    event = next((e for e in matching if "log" in e), matching[0])
     content = await request.app[CORE].store.log(monitor.id, event["log"]) if "log" in event else None
+    has_log = content is not None
     return web.json_response(
-        {"seq": seq, "has_log": content is not None, "content": content,
-         "truncated": bool(event.get("log_truncated")) if content is not None else False}
+        {
+            "hasLog": has_log, "content": content,
+            "seq": event.get("seq"), "run": event.get("run"), "has_log": has_log,
+            "truncated": bool(event.get("log_truncated")) if has_log else False,
+        }
     )
 
 

@@ -24,7 +24,7 @@ from ..reloader import Reloader
 from ..settings import Settings
 from ..store import Store, StoreUnavailable, connect
 from ..sweeper import Sweeper
-from . import api_v1, healthchecks, ops
+from . import api_v1, crontify, healthchecks, ops
 from .keys import BRIDGE, CORE, EMBEDDED, RELOADER, SELF_REGISTRY, SETTINGS, SWEEPER
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     ops.add_routes(app)
     healthchecks.add_routes(app)
     api_v1.add_routes(app)
+    crontify.add_routes(app)
     return app
 
 

@@ -6,8 +6,9 @@
 GET, HEAD and POST; ``?rid=<uuid>`` pairs a start with its completion. A
 POST body becomes the run's log. Responses follow Healthchecks: 200 "OK";
 400 "invalid url format" (exit status over 255) or "invalid uuid format"
-(a malformed rid); 404 "not found"; plus 413 for a body over the limit and
-503 while the store is unreachable. The slug is the monitor id.
+(a malformed rid); 404 "not found"; plus 413 for a body over the limit,
+429 (with Retry-After) over the monitor's rate_limit, and 503 while the
+store is unreachable. The slug is the monitor id.
 
 This module only translates: it authenticates, builds a CheckIn and hands
 it to the core.
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from ..core import RateLimited
 from ..credentials import digest, key_allows, match_ping_key
 from ..model import CheckIn, Kind, Monitor
 from ..store import StoreUnavailable
@@ -150,6 +152,12 @@ async def ping(request: web.Request) -> web.Response:
     except StoreUnavailable:
         return web.Response(
             status=503, text="store unavailable: the ping was not recorded, retry later", headers=_HEADERS
+        )
+    except RateLimited as exc:
+        return web.Response(
+            status=429,
+            text=f"rate limited: retry in {exc.retry_after} seconds",
+            headers={**_HEADERS, "Retry-After": str(exc.retry_after)},
         )
     return web.Response(text="OK", headers=_HEADERS)
 

@@ -1,0 +1,109 @@
+"""Crontify-compatible pings (seeds/crontify-http.txt).
+
+    POST /api/v1/ping/<monitorId>/start | success | fail     X-API-Key: <key>
+
+The API key is a management token from the config (Crontify's account key
+maps onto its owner and team): it may ping the monitors it can see. The
+optional JSON body carries `meta` (numeric values), `errorMessage` (at most
+500 characters) and `logOutput` (cut to 10,000 characters, stored apart
+from the run). Responses use Crontify's envelope. A run's log is read back
+through GET /api/v1/monitors/<id>/runs/<runId>/log (see api_v1.py).
+
+Unknown body fields are ignored, not refused: a drop-in target must not
+break a client that sends a field the document does not list.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
+
+from ..access import can_see
+from ..core import RateLimited
+from ..credentials import match_api_token
+from ..model import CheckIn, Kind
+from ..store import StoreUnavailable
+from .keys import CORE, SETTINGS
+
+LOG_LIMIT_CHARS = 10_000
+_KINDS = {"start": Kind.START, "success": Kind.SUCCESS, "fail": Kind.FAIL}
+_STATUS = {Kind.START: "running", Kind.SUCCESS: "success", Kind.FAIL: "failed"}
+
+
+class PingBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    meta: dict[Annotated[str, Field(min_length=1, max_length=100)], StrictInt | StrictFloat] = {}
+    errorMessage: Annotated[str, Field(max_length=500)] | None = None
+    logOutput: str | None = None
+
+
+def _fail(status: int, message: str, **extra: Any) -> web.Response:
+    headers = {"Retry-After": str(extra["retryAfter"])} if "retryAfter" in extra else None
+    return web.json_response({"success": False, "error": message, **extra}, status=status, headers=headers)
+
+
+async def ping(request: web.Request) -> web.Response:
+    core = request.app[CORE]
+    received_at = core.clock()
+    kind = _KINDS[request.match_info["action"]]
+    secrets = core.registry.secrets
+    token = match_api_token(request.headers.get("X-API-Key", ""), secrets.api_tokens if secrets else ())
+    if token is None:
+        return _fail(401, "Missing or invalid API key")
+    monitor = core.registry.monitors.get(request.match_info["monitor"])
+    if monitor is None or not can_see(token, monitor):
+        return _fail(404, "Monitor not found or does not belong to this API key's account")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _fail(413, f"Request body too large: the limit is {request.app[SETTINGS].max_body_bytes} bytes")
+    try:
+        body = PingBody.model_validate(json.loads(raw) if raw.strip() else {})
+    except json.JSONDecodeError as exc:
+        return _fail(400, f"Body is not valid JSON: {exc}")
+    except ValidationError as exc:
+        issues = [
+            {"field": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]} for e in exc.errors(include_url=False)
+        ]
+        return _fail(400, "Invalid body: " + "; ".join(f"{i['field']}: {i['reason']}" for i in issues), issues=issues)
+    log = body.logOutput
+    checkin = CheckIn(
+        monitor_id=monitor.id,
+        kind=kind,
+        received_at=received_at,
+        message=body.errorMessage,
+        log=log[:LOG_LIMIT_CHARS] if log else None,
+        log_truncated=bool(log) and len(log) > LOG_LIMIT_CHARS,
+        meta={key: float(value) for key, value in body.meta.items()},
+        source_ip=request.remote,
+        user_agent=request.headers.get("User-Agent"),
+    )
+    try:
+        result = await core.record(checkin)
+    except RateLimited as exc:
+        return _fail(429, f"Rate limit exceeded. Try again in {exc.retry_after} seconds.", retryAfter=exc.retry_after)
+    except StoreUnavailable:
+        return _fail(503, "Service unavailable: the ping was not recorded, retry later")
+    return web.json_response(
+        {
+            "success": True,
+            "data": {
+                "received": True,
+                "monitorId": monitor.id,
+                "runId": result.run_id,
+                "status": _STATUS[kind],
+                "timestamp": datetime.fromtimestamp(received_at, timezone.utc)
+                .isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z"),
+            },
+        }
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/ping/{monitor}/{action:start|success|fail}", ping)
