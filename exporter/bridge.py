@@ -22,14 +22,13 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Callable, Mapping
 
 import httpx
 
 from .core import Core
 from .evaluate import evaluate
-from .model import Evaluation, Facts, Monitor, Outcome, Status
+from .model import Evaluation, Facts, Monitor, Outcome, Status, iso_utc
 from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -227,14 +226,10 @@ class AlertBridge:
         return {
             "labels": alert.labels,
             "annotations": alert.annotations,
-            "startsAt": _iso(alert.starts_at),
-            "endsAt": _iso(ends),
+            "startsAt": iso_utc(alert.starts_at),
+            "endsAt": iso_utc(ends),
             "generatorURL": alert.annotations["link"],
         }
 
     def firing(self) -> Mapping[tuple, _Alert]:
         return {key: alert for key, alert in self._alerts.items() if alert.ends_at is None}
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

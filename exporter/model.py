@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Mapping
 from zoneinfo import ZoneInfo
 
@@ -253,3 +254,8 @@ def format_duration(seconds: float) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts)
+
+
+def iso_utc(ts: float) -> str:
+    """RFC 3339 in UTC with milliseconds, as every JSON API here writes time."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -18,7 +18,6 @@ Bodies use the YAML fields as JSON. Every error has one shape:
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
@@ -28,7 +27,7 @@ from ..config import MonitorSpec, SpecError, parse_monitor_spec
 from ..core import MonitorExists, ReadOnlyMonitor, UnknownMonitor
 from ..credentials import ApiToken, match_api_token
 from ..evaluate import evaluate
-from ..model import CronSchedule, Monitor
+from ..model import CronSchedule, Monitor, iso_utc
 from ..store import StoreUnavailable
 from .keys import CORE, SETTINGS
 
@@ -89,9 +88,7 @@ def parse_spec(request: web.Request, data: Any) -> MonitorSpec:
 
 
 def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_utc(ts) if ts is not None else None
 
 
 async def monitor_json(request: web.Request, monitor: Monitor, token: ApiToken) -> dict:

@@ -16,7 +16,6 @@ break a client that sends a field the document does not list.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from aiohttp import web
@@ -25,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Valid
 from ..access import can_see
 from ..core import RateLimited
 from ..credentials import match_api_token
-from ..model import CheckIn, Kind
+from ..model import CheckIn, Kind, iso_utc
 from ..store import StoreUnavailable
 from .keys import CORE, SETTINGS
 
@@ -97,9 +96,7 @@ async def ping(request: web.Request) -> web.Response:
                 "monitorId": monitor.id,
                 "runId": result.run_id,
                 "status": _STATUS[kind],
-                "timestamp": datetime.fromtimestamp(received_at, timezone.utc)
-                .isoformat(timespec="milliseconds")
-                .replace("+00:00", "Z"),
+                "timestamp": iso_utc(received_at),
             },
         }
     )
