@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often the bridge re-posts firing alerts (default 30)",
     )
     serve.add_argument(
+        "--boxwatch-plan-limit", type=int, default=100, metavar="N",
+        help="Boxwatch API: at most N cron checks per token owner (402 plan_limit_reached beyond; default 100)",
+    )
+    serve.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
         help="log verbosity (default info)",
     )
@@ -145,6 +149,7 @@ def serve(args: argparse.Namespace) -> int:
         public_url=args.public_url,
         alertmanager_urls=tuple(u.strip() for u in args.alertmanager_url),
         alert_resend_interval=args.alert_resend_interval,
+        boxwatch_plan_limit=args.boxwatch_plan_limit,
     )
     from aiohttp import web
 

@@ -467,7 +467,12 @@ def monitor_from_definition(monitor_id: str, definition: dict, now: float) -> Mo
         spec = parse_monitor_spec(definition["spec"], now)
     except (SpecError, KeyError, TypeError) as exc:
         raise ConfigError([f'API monitor "{monitor_id}": {exc}']) from None
-    return replace(_to_monitor(spec, "api"), owner=definition.get("owner"), team=definition.get("team"))
+    return replace(
+        _to_monitor(spec, "api"),
+        owner=definition.get("owner"),
+        team=definition.get("team"),
+        extras=definition.get("extras") or {},
+    )
 
 
 def _to_monitor(spec: MonitorSpec, source: str) -> Monitor:

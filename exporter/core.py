@@ -139,17 +139,23 @@ class Core:
 
     # -- API-created monitors ----------------------------------------------
 
-    async def create_monitor(self, spec: MonitorSpec, owner: str, team: str | None) -> Monitor:
+    async def create_monitor(
+        self, spec: MonitorSpec, owner: str, team: str | None, extras: dict | None = None
+    ) -> Monitor:
         yaml_monitor = self.registry.yaml.get(spec.id)
         if yaml_monitor is not None:
             raise ReadOnlyMonitor(yaml_monitor)
-        definition = {"spec": _spec_dict(spec), "owner": owner, "team": team, "created_at": self.clock()}
+        definition = {
+            "spec": _spec_dict(spec), "owner": owner, "team": team, "created_at": self.clock(),
+            "extras": extras or {},
+        }
         if await self.store.define_monitor(spec.id, "create", definition) == "exists":
             raise MonitorExists(spec.id)
         return await self._after_write(spec.id)
 
-    async def update_monitor(self, monitor: Monitor, spec: MonitorSpec) -> Monitor:
-        """Replace an API monitor's definition (ownership stays)."""
+    async def update_monitor(self, monitor: Monitor, spec: MonitorSpec, extras: dict | None = None) -> Monitor:
+        """Replace an API monitor's definition (ownership stays; so do its
+        extras unless new ones are given)."""
         if monitor.from_yaml:
             raise ReadOnlyMonitor(monitor)
         _, definitions = await self.store.monitor_definitions()
@@ -157,6 +163,8 @@ class Core:
         if current is None:
             raise UnknownMonitor(monitor.id)
         definition = {**current, "spec": _spec_dict(spec), "updated_at": self.clock()}
+        if extras is not None:
+            definition["extras"] = extras
         if await self.store.define_monitor(monitor.id, "update", definition) == "missing":
             raise UnknownMonitor(monitor.id)
         return await self._after_write(monitor.id)

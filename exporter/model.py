@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Mapping
+from typing import Any, Mapping
 from zoneinfo import ZoneInfo
 
 
@@ -147,6 +147,9 @@ class Monitor:
     meta_rules: tuple[MetaRule, ...] = ()
     # At most `count` check-ins per `seconds` (429 beyond); None: unlimited.
     rate_limit: tuple[int, float] | None = None
+    # Fields one API keeps for its own shape (Boxwatch's integer id and
+    # alert switches, ...), stored with the definition; the core ignores them.
+    extras: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def from_yaml(self) -> bool:

@@ -33,6 +33,9 @@ class Settings:
     # firing alerts are re-posted.
     alertmanager_urls: tuple[str, ...] = ()
     alert_resend_interval: float = 30.0
+    # Boxwatch's plan limit: at most this many checks per token owner.
+    boxwatch_plan_limit: int = 100
+    boxwatch_plan: str = "self-hosted"
     limits: StoreLimits = field(default_factory=StoreLimits)
 
     @property

@@ -321,6 +321,24 @@ class Store:
             raise _translate(exc) from exc
         return reply[0]
 
+    async def next_sequence(self, name: str) -> int:
+        """1, 2, 3, ... per name, shared by all replicas (integer ids of APIs
+        that have them)."""
+        try:
+            return int(await self.client.incr(f"{self.prefix}:sequence:{name}"))
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+    async def logs(self, monitor_id: str, seqs: list[int]) -> dict[int, str]:
+        """Several events' logs in one round trip (missing ones left out)."""
+        if not seqs:
+            return {}
+        try:
+            values = await self.client.hmget(self.key(monitor_id, "logs"), [str(s) for s in seqs])
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return {seq: value for seq, value in zip(seqs, values) if value is not None}
+
     async def history(self, monitor_id: str, offset: int = 0, count: int = 50) -> list[dict]:
         try:
             raw = await self.client.lrange(self.key(monitor_id, "history"), offset, offset + count - 1)

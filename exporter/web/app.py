@@ -24,7 +24,7 @@ from ..reloader import Reloader
 from ..settings import Settings
 from ..store import Store, StoreUnavailable, connect
 from ..sweeper import Sweeper
-from . import api_v1, crontify, healthchecks, ops
+from . import api_v1, boxwatch, crontify, healthchecks, ops
 from .keys import BRIDGE, CORE, EMBEDDED, RELOADER, SELF_REGISTRY, SETTINGS, SWEEPER
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,10 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
             requests_total.labels(name, str(code)).inc()
             request_seconds.labels(name).observe(time.perf_counter() - started)
 
-    app = web.Application(middlewares=[instrument, api_v1.api_errors], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[instrument, api_v1.api_errors, boxwatch.boxwatch_errors],
+        client_max_size=settings.max_body_bytes,
+    )
     app[SETTINGS] = settings
     app[CORE] = core
     app[RELOADER] = reloader
@@ -103,6 +106,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     healthchecks.add_routes(app)
     api_v1.add_routes(app)
     crontify.add_routes(app)
+    boxwatch.add_routes(app)
     return app
 
 

@@ -125,6 +125,7 @@ async def ping(request: web.Request) -> web.Response:
         rid = request.query.get("rid")
         if rid is not None and not _is_uuid(rid):
             raise BadPing(400, "invalid uuid format")
+        exit_code, duration = _exit_and_duration(request, path)
         monitor = _find_monitor(request, path)
         body = b""
         if request.method == "POST":
@@ -140,7 +141,8 @@ async def ping(request: web.Request) -> web.Response:
             kind=path.kind,
             received_at=received_at,
             run_id=rid.lower() if rid else None,
-            exit_code=path.exit_code,
+            exit_code=exit_code,
+            duration=duration,
             log=log_text,
             log_truncated=truncated,
             source_ip=request.remote,
@@ -160,6 +162,27 @@ async def ping(request: web.Request) -> web.Response:
             headers={**_HEADERS, "Retry-After": str(exc.retry_after)},
         )
     return web.Response(text="OK", headers=_HEADERS)
+
+
+def _exit_and_duration(request: web.Request, path: PingPath) -> tuple[int | None, float | None]:
+    """Boxwatch-style `?exit_code=N&duration=S` (also accepted on every
+    form); an exit status in the path wins."""
+    exit_code = path.exit_code
+    raw = request.query.get("exit_code")
+    if raw is not None and exit_code is None:
+        if not _DIGITS.match(raw) or int(raw) > 255:
+            raise BadPing(400, "invalid exit_code: use 0-255")
+        exit_code = int(raw)
+    duration = None
+    raw = request.query.get("duration")
+    if raw is not None:
+        try:
+            duration = float(raw)
+        except ValueError:
+            raise BadPing(400, "invalid duration: seconds, e.g. 12.5") from None
+        if not 0 <= duration < 10**8:
+            raise BadPing(400, "invalid duration: seconds, e.g. 12.5")
+    return exit_code, duration
 
 
 def _too_large(limit: int) -> BadPing:

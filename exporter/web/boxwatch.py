@@ -1,0 +1,335 @@
+"""Boxwatch-compatible cron checks (seeds/boxwatch-cron-checks.txt).
+
+    GET/POST /cron-checks,  GET/PUT/DELETE /cron-checks/<id>     bearer token
+
+A check is an API monitor (interval schedule) whose Boxwatch fields (the
+integer id, server_id, alert switches) are kept with its definition. Its
+`slug` is the monitor's ping UUID, so the documented ping URLs
+(`/ping/<slug>`, `/start`, `/fail`) are served by the Healthchecks-style
+ping routes, which record exit code (`/<code>` or `?exit_code=`), duration
+(`?duration=` or start/finish pairing), source IP and user agent.
+
+Boxwatch's plan limit becomes a configurable maximum number of checks per
+owner (402 plan_limit_reached). Errors keep the document's shapes:
+400 {"error": "validation_failed", "issues": [{field, reason}]},
+404 {"error": "not_found"}.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, ValidationError
+
+from ..access import can_change, can_see
+from ..config import SpecError, parse_monitor_spec
+from ..core import UnknownMonitor
+from ..credentials import ApiToken, match_api_token
+from ..evaluate import evaluate
+from ..model import Monitor, iso_utc
+from ..store import StoreUnavailable
+from .keys import CORE, SETTINGS
+
+PINGS_PAGE = 25
+_MIN_INTERVAL, _MAX_INTERVAL = 60, 7_776_000
+_ALERTS = ("alert_on_missed", "alert_on_fail", "alert_on_stuck", "alert_on_long")
+_UPDATABLE = ("name", "server_id", "interval_seconds", "grace_seconds", "max_duration_seconds", "enabled", *_ALERTS)
+
+
+class _Error(Exception):
+    def __init__(self, status: int, body: dict):
+        super().__init__(body.get("error"))
+        self.status, self.body = status, body
+
+
+class CheckFields(BaseModel):
+    """Every field optional here; create() checks the required ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    interval_seconds: StrictInt | None = None
+    grace_seconds: StrictInt | None = None
+    max_duration_seconds: StrictInt | None = None
+    server_id: StrictInt | None = None
+    enabled: StrictBool | StrictInt | None = None
+    alert_on_missed: StrictBool | StrictInt | None = None
+    alert_on_fail: StrictBool | StrictInt | None = None
+    alert_on_stuck: StrictBool | StrictInt | None = None
+    alert_on_long: StrictBool | StrictInt | None = None
+
+
+def _token(request: web.Request, write: bool = False) -> ApiToken:
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    secrets = request.app[CORE].registry.secrets
+    token = match_api_token(presented.strip(), secrets.api_tokens if secrets else ()) if scheme.lower() == "bearer" else None
+    if token is None:
+        raise _Error(401, {"error": "unauthorized"})
+    if write and not token.can_write:
+        raise _Error(403, {"error": "forbidden"})
+    return token
+
+
+def _checks(request: web.Request, token: ApiToken) -> list[Monitor]:
+    monitors = request.app[CORE].registry.monitors.values()
+    found = [m for m in monitors if "boxwatch_id" in m.extras and can_see(token, m)]
+    return sorted(found, key=lambda m: m.extras["boxwatch_id"])
+
+
+def _check(request: web.Request, token: ApiToken) -> Monitor:
+    try:
+        wanted = int(request.match_info["id"])
+    except ValueError:
+        raise _Error(404, {"error": "not_found"}) from None
+    for monitor in _checks(request, token):
+        if monitor.extras["boxwatch_id"] == wanted:
+            return monitor
+    raise _Error(404, {"error": "not_found"})
+
+
+async def _body(request: web.Request) -> CheckFields:
+    try:
+        data = await request.json()
+    except web.HTTPRequestEntityTooLarge:
+        raise _Error(413, {"error": "payload_too_large"}) from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _Error(400, {"error": "validation_failed", "issues": [{"field": "body", "reason": "not valid JSON"}]}) from None
+    if not isinstance(data, dict):
+        raise _Error(400, {"error": "validation_failed", "issues": [{"field": "body", "reason": "must be a JSON object"}]})
+    try:
+        return CheckFields.model_validate(data)
+    except ValidationError as exc:
+        issues = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "body",
+             "reason": "unknown field" if e["type"] == "extra_forbidden" else e["msg"]}
+            for e in exc.errors(include_url=False)
+        ]
+        raise _Error(400, {"error": "validation_failed", "issues": issues}) from None
+
+
+def _validated(fields: dict[str, Any]) -> dict[str, Any]:
+    """Apply the document's rules to a complete set of fields."""
+    issues = []
+    name = fields["name"]
+    if not isinstance(name, str) or not 1 <= len(name.strip()) <= 100:
+        issues.append(("name", "must be 1-100 characters"))
+    interval = fields["interval_seconds"]
+    if not isinstance(interval, int) or not _MIN_INTERVAL <= interval <= _MAX_INTERVAL:
+        issues.append(("interval_seconds", f"must be between {_MIN_INTERVAL} and {_MAX_INTERVAL}"))
+        interval = None
+    grace = fields["grace_seconds"]
+    if grace is None:
+        # The document's default (300) cannot break its own rule (<= half
+        # the interval): a short interval gets half of it instead.
+        grace = min(300, interval // 2) if interval else 300
+    if grace < 0 or (interval and grace > interval // 2):
+        issues.append(("grace_seconds", "must be >= 0 and <= floor(interval_seconds / 2)"))
+    max_duration = fields["max_duration_seconds"]
+    if max_duration is not None and (max_duration <= 0 or (interval and max_duration >= interval)):
+        issues.append(("max_duration_seconds", "must be > 0 and < interval_seconds"))
+    flags = {key: bool(fields[key]) for key in (*_ALERTS, "enabled")}
+    if flags["alert_on_long"] and max_duration is None:
+        issues.append(("alert_on_long", "requires max_duration_seconds"))
+    if issues:
+        raise _Error(400, {"error": "validation_failed", "issues": [{"field": f, "reason": r} for f, r in issues]})
+    return {**fields, "grace_seconds": grace, **flags}
+
+
+def _spec(monitor_id: str, fields: dict[str, Any]) -> Any:
+    data = {
+        "id": monitor_id,
+        "name": fields["name"].strip(),
+        "schedule": {"interval": fields["interval_seconds"]},
+        "grace": fields["grace_seconds"],
+        "max_runtime": fields["max_duration_seconds"],
+        "paused": not fields["enabled"],
+    }
+    try:
+        return parse_monitor_spec(data, 0.0)
+    except SpecError as exc:  # should not happen after _validated
+        raise _Error(400, {"error": "validation_failed",
+                           "issues": [{"field": f, "reason": r} for f, r in exc.issues]}) from None
+
+
+def _fields_of(monitor: Monitor) -> dict[str, Any]:
+    extras = monitor.extras
+    return {
+        "name": monitor.name,
+        "interval_seconds": int(monitor.schedule.seconds),  # type: ignore[union-attr]
+        "grace_seconds": int(monitor.grace),
+        "max_duration_seconds": int(monitor.max_runtime) if monitor.max_runtime is not None else None,
+        "server_id": extras.get("server_id"),
+        "enabled": not monitor.paused,
+        **{key: extras.get(key, key != "alert_on_long") for key in _ALERTS},
+    }
+
+
+def _ping_urls(request: web.Request, monitor: Monitor) -> dict[str, str]:
+    slug = request.app[CORE].registry.ping_uuid(monitor)
+    base = f"{request.app[SETTINGS].base_url}/ping/{slug}"
+    return {"success": base, "start": f"{base}/start", "fail": f"{base}/fail"}
+
+
+async def _check_json(request: web.Request, monitor: Monitor) -> dict[str, Any]:
+    core = request.app[CORE]
+    facts = await core.store.facts(monitor.id)
+    fields = _fields_of(monitor)
+
+    def ts(value: float | None) -> str | None:
+        return iso_utc(value) if value is not None else None
+
+    return {
+        "id": monitor.extras["boxwatch_id"],
+        "user_id": monitor.owner,
+        "server_id": fields["server_id"],
+        "server_hostname": None,
+        "name": fields["name"],
+        "slug": core.registry.ping_uuid(monitor),
+        "interval_seconds": fields["interval_seconds"],
+        "grace_seconds": fields["grace_seconds"],
+        "max_duration_seconds": fields["max_duration_seconds"],
+        "enabled": int(fields["enabled"]),
+        "status": evaluate(monitor, facts, core.clock()).status.value,
+        **{key: int(fields[key]) for key in _ALERTS},
+        "last_ping_at": ts(facts.last_checkin),
+        "last_start_at": ts(facts.last_start),
+        "last_success_at": ts(facts.last_success),
+        "last_fail_at": ts(facts.last_failure),
+        "last_exit_code": facts.last_exit_code,
+        "last_duration_seconds": facts.last_duration,
+        "created_at": ts(monitor.extras.get("created_at")),
+    }
+
+
+async def list_checks(request: web.Request) -> web.Response:
+    token = _token(request)
+    checks = _checks(request, token)
+    return web.json_response(
+        {
+            "checks": [await _check_json(request, m) for m in checks],
+            "plan_limit": request.app[SETTINGS].boxwatch_plan_limit,
+            "current_count": sum(1 for m in checks if m.owner == token.owner),
+            "plan": request.app[SETTINGS].boxwatch_plan,
+        }
+    )
+
+
+async def create_check(request: web.Request) -> web.Response:
+    token = _token(request, write=True)
+    body = await _body(request)
+    sent = body.model_dump(exclude_unset=True)
+    missing = [f for f in ("name", "interval_seconds") if sent.get(f) is None]
+    if missing:
+        raise _Error(400, {"error": "validation_failed", "issues": [{"field": f, "reason": "required"} for f in missing]})
+    defaults = {"grace_seconds": None, "max_duration_seconds": None, "server_id": None, "enabled": True,
+                "alert_on_missed": True, "alert_on_fail": True, "alert_on_stuck": True, "alert_on_long": False}
+    fields = _validated({**defaults, **sent})
+    settings, core = request.app[SETTINGS], request.app[CORE]
+    owned = sum(1 for m in _checks(request, token) if m.owner == token.owner)
+    if owned >= settings.boxwatch_plan_limit:
+        raise _Error(402, {"error": "plan_limit_reached", "current": owned,
+                           "limit": settings.boxwatch_plan_limit, "plan": settings.boxwatch_plan})
+    number = await core.store.next_sequence("boxwatch")
+    monitor_id = f"{_slugify(fields['name'])}-{number}"
+    extras = {"boxwatch_id": number, "server_id": fields["server_id"], "created_at": core.clock(),
+              **{key: fields[key] for key in _ALERTS}}
+    monitor = await core.create_monitor(_spec(monitor_id, fields), token.owner, token.team, extras)
+    return web.json_response(
+        {"check": await _check_json(request, monitor), "ping_urls": _ping_urls(request, monitor)}, status=201
+    )
+
+
+async def get_check(request: web.Request) -> web.Response:
+    token = _token(request)
+    monitor = _check(request, token)
+    try:
+        offset = int(request.query.get("pings_offset", "0"))
+        if offset < 0:
+            raise ValueError
+    except ValueError:
+        raise _Error(400, {"error": "validation_failed",
+                           "issues": [{"field": "pings_offset", "reason": "must be a whole number >= 0"}]}) from None
+    store = request.app[CORE].store
+    events = [e for e in await store.history(monitor.id, 0, 10_000) if e.get("kind") in ("start", "success", "fail", "log")]
+    page = events[offset: offset + PINGS_PAGE]
+    bodies = await store.logs(monitor.id, [e["log"] for e in page if "log" in e])
+    pings = [
+        {
+            "id": e["seq"], "check_id": monitor.extras["boxwatch_id"], "ping_type": e["kind"],
+            "exit_code": e.get("exit_code"), "duration_seconds": e.get("duration"),
+            "source_ip": e.get("ip"), "user_agent": e.get("ua"), "body": bodies.get(e.get("log")),
+            "received_at": iso_utc(e["t"]),
+        }
+        for e in page
+    ]
+    facts = await store.facts(monitor.id)
+    return web.json_response(
+        {
+            "check": await _check_json(request, monitor),
+            "ping_urls": _ping_urls(request, monitor),
+            "pings": pings,
+            "pings_total": sum(facts.checkins.get(k, 0) for k in ("start", "success", "fail", "log")),
+        }
+    )
+
+
+async def update_check(request: web.Request) -> web.Response:
+    token = _token(request, write=True)
+    monitor = _check(request, token)
+    if not can_change(token, monitor):
+        raise _Error(403, {"error": "forbidden"})
+    sent = {k: v for k, v in (await _body(request)).model_dump(exclude_unset=True).items() if k in _UPDATABLE}
+    if not sent:
+        raise _Error(400, {"error": "validation_failed",
+                           "issues": [{"field": "body", "reason": "no updatable fields provided"}]})
+    current = _fields_of(monitor)
+    if "interval_seconds" in sent and "grace_seconds" not in sent:
+        current["grace_seconds"] = min(current["grace_seconds"], sent["interval_seconds"] // 2)
+    fields = _validated({**current, **sent})
+    extras = {**monitor.extras, "server_id": fields["server_id"], **{key: fields[key] for key in _ALERTS}}
+    try:
+        updated = await request.app[CORE].update_monitor(monitor, _spec(monitor.id, fields), extras)
+    except UnknownMonitor:
+        raise _Error(404, {"error": "not_found"}) from None
+    return web.json_response({"check": await _check_json(request, updated)})
+
+
+async def delete_check(request: web.Request) -> web.Response:
+    token = _token(request, write=True)
+    monitor = _check(request, token)
+    if not can_change(token, monitor):
+        raise _Error(403, {"error": "forbidden"})
+    try:
+        await request.app[CORE].delete_monitor(monitor)
+    except UnknownMonitor:
+        raise _Error(404, {"error": "not_found"}) from None
+    return web.json_response({"ok": True})
+
+
+def _slugify(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-")
+    return slug or "check"
+
+
+@web.middleware
+async def boxwatch_errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except _Error as exc:
+        return web.json_response(exc.body, status=exc.status)
+    except StoreUnavailable:
+        if request.path.startswith("/cron-checks"):
+            return web.json_response({"error": "service_unavailable"}, status=503)
+        raise
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/cron-checks", list_checks)
+    app.router.add_post("/cron-checks", create_check)
+    app.router.add_get("/cron-checks/{id}", get_check)
+    app.router.add_put("/cron-checks/{id}", update_check)
+    app.router.add_delete("/cron-checks/{id}", delete_check)
