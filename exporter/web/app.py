@@ -24,7 +24,7 @@ from ..reloader import Reloader
 from ..settings import Settings
 from ..store import Store, StoreUnavailable, connect
 from ..sweeper import Sweeper
-from . import api_v1, boxwatch, crontify, healthchecks, ops
+from . import api_v1, boxwatch, crontify, healthchecks, ops, sentry
 from .keys import BRIDGE, CORE, EMBEDDED, RELOADER, SELF_REGISTRY, SETTINGS, SWEEPER
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     api_v1.add_routes(app)
     crontify.add_routes(app)
     boxwatch.add_routes(app)
+    sentry.add_routes(app)
     return app
 
 

@@ -1,0 +1,197 @@
+"""Sentry Crons check-ins: the document's payloads in envelopes (plain,
+gzip, brotli), the official sentry-sdk as a real client (with and without
+brotli), the HTTP check-in endpoint, and the error paths."""
+
+import gzip
+import json
+import subprocess
+import sys
+import textwrap
+
+import brotli
+import pytest
+
+from exporter.web.app import create_app
+from exporter.web.keys import CORE
+
+from .conftest import write_config
+
+CONFIG = """
+api_tokens:
+  - {name: sentry-dsn, env: T_DSN, owner: web, team: web, scope: write}
+  - {name: sentry-ro, env: T_RO, owner: ro, scope: read}
+monitors:
+  - id: my-monitor
+    schedule: {interval: 1h}
+"""
+AUTH = {"X-Sentry-Auth": "Sentry sentry_key=dsnkey123, sentry_version=7, sentry_client=test/1.0"}
+DOC_CONFIG = {  # the document's monitor upsert example
+    "check_in_id": "83a7c03ed0a04e1b97e2e3b18d38f244",
+    "monitor_slug": "b7645b8e-b47d-4398-be9a-d16b0dac31cb",
+    "status": "in_progress",
+    "monitor_config": {
+        "schedule": {"type": "crontab", "value": "0 * * * *"},
+        "checkin_margin": 5, "max_runtime": 30, "timezone": "America/Los_Angeles",
+    },
+}
+
+
+def envelope(*payloads: dict, extra_items: list[tuple[dict, bytes]] = ()) -> bytes:
+    lines = [json.dumps({"event_id": "9ec79c33ec9942ab8353589fcb2e04dc", "sent_at": "2026-11-23T00:00:00Z"}).encode()]
+    for header, body in extra_items:
+        lines += [json.dumps(header).encode(), body]
+    for payload in payloads:
+        body = json.dumps(payload).encode()
+        lines += [json.dumps({"type": "check_in", "length": len(body)}).encode(), body]
+    return b"\n".join(lines) + b"\n"
+
+
+@pytest.fixture
+def env(monkeypatch):
+    monkeypatch.setenv("T_DSN", "dsnkey123")
+    monkeypatch.setenv("T_RO", "readonlykey")
+    monkeypatch.setenv("CRONMON_PING_KEY", "sentry-test-ping-key")
+
+
+@pytest.fixture
+async def client(aiohttp_client, app_settings, tmp_path, env, clock):
+    return await aiohttp_client(create_app(app_settings(write_config(tmp_path, CONFIG)), clock=clock))
+
+
+async def facts(client, monitor_id):
+    return await client.app[CORE].store.facts(monitor_id)
+
+
+@pytest.mark.parametrize("encoding", ["", "gzip", "br"])
+async def test_documented_check_in_in_every_encoding(client, clock, encoding):
+    start = {"check_in_id": "83a7c03ed0a04e1b97e2e3b18d38f244", "monitor_slug": "my-monitor",
+             "status": "in_progress", "release": "1.0.0", "environment": "production"}
+    done = {**start, "status": "ok", "duration": 10.0}
+    for payload in (start, done):
+        body = envelope(payload)
+        if encoding == "gzip":
+            body = gzip.compress(body)
+        elif encoding == "br":
+            body = brotli.compress(body)
+        headers = {**AUTH, "Content-Encoding": encoding} if encoding else AUTH
+        response = await client.post("/api/42/envelope/", data=body, headers=headers)
+        assert response.status == 200, await response.text()
+        clock.advance(10)
+    recorded = await facts(client, "my-monitor")
+    assert recorded.checkins == {"start": 1, "success": 1}
+    assert recorded.last_duration == 10.0 and recorded.open_runs == ()
+    newest = (await client.app[CORE].store.history("my-monitor"))[0]
+    assert newest["release"] == "1.0.0" and newest["environment"] == "production"
+
+
+async def test_monitor_config_upsert_creates_then_updates(client):
+    assert (await client.post("/api/42/envelope/", data=envelope(DOC_CONFIG), headers=AUTH)).status == 200
+    slug = DOC_CONFIG["monitor_slug"]
+    monitor = client.app[CORE].registry.monitors[slug]
+    assert monitor.source == "api" and monitor.owner == "web"
+    assert monitor.schedule.expression == "0 * * * *" and monitor.schedule.timezone == "America/Los_Angeles"
+    assert (monitor.grace, monitor.max_runtime) == (300, 1800)
+    assert (await facts(client, slug)).checkins == {"start": 1}
+    changed = {**DOC_CONFIG, "status": "ok", "monitor_config": {
+        "schedule": {"type": "interval", "value": 2, "unit": "hour"}, "failure_issue_threshold": 3,
+        "recovery_threshold": 2}}
+    await client.post("/api/42/envelope/", data=envelope(changed), headers=AUTH)
+    monitor = client.app[CORE].registry.monitors[slug]
+    assert monitor.schedule.seconds == 7200 and (monitor.failure_threshold, monitor.recovery_threshold) == (3, 2)
+    assert (monitor.grace, monitor.max_runtime) == (60, 1800)  # Sentry's defaults when not given
+
+
+async def test_yaml_monitor_keeps_its_config_and_read_key_cannot_create(client):
+    yaml_config = {**DOC_CONFIG, "monitor_slug": "my-monitor"}
+    await client.post("/api/42/envelope/", data=envelope(yaml_config), headers=AUTH)
+    assert client.app[CORE].registry.monitors["my-monitor"].schedule.seconds == 3600
+    assert (await facts(client, "my-monitor")).checkins == {"start": 1}
+    ro = {"X-Sentry-Auth": "Sentry sentry_key=readonlykey"}
+    other = {**DOC_CONFIG, "monitor_slug": "not-created"}
+    assert (await client.post("/api/42/envelope/", data=envelope(other), headers=ro)).status == 200
+    assert "not-created" not in client.app[CORE].registry.monitors
+
+
+async def test_all_zero_check_in_id_closes_the_newest_run(client, clock):
+    await client.post("/api/42/envelope/", data=envelope({"check_in_id": "a" * 32, "monitor_slug": "my-monitor", "status": "in_progress"}), headers=AUTH)
+    clock.advance(5)
+    await client.post("/api/42/envelope/", data=envelope({"check_in_id": "0" * 32, "monitor_slug": "my-monitor", "status": "error"}), headers=AUTH)
+    recorded = await facts(client, "my-monitor")
+    assert recorded.open_runs == () and recorded.last_duration == 5 and recorded.outcomes == {"error": 1}
+
+
+async def test_other_items_and_unknown_monitors_are_ignored(client):
+    body = envelope({"check_in_id": "b" * 32, "monitor_slug": "nobody", "status": "ok"},
+                    extra_items=[({"type": "event"}, b'{"message": "hi"}'), ({"type": "session"}, b"{}")])
+    response = await client.post("/api/42/envelope/?sentry_key=dsnkey123", data=body)
+    assert response.status == 200 and (await response.json())["id"] == "9ec79c33ec9942ab8353589fcb2e04dc"
+
+
+@pytest.mark.parametrize(
+    "headers, body, status",
+    [
+        ({}, envelope(), 401),
+        ({"X-Sentry-Auth": "Sentry sentry_key=wrong"}, envelope(), 401),
+        ({**AUTH, "Content-Encoding": "gzip"}, b"not gzip at all", 400),
+        ({**AUTH, "Content-Encoding": "br"}, b"not brotli", 400),
+        ({**AUTH, "Content-Encoding": "zstd"}, b"x", 400),
+        ({**AUTH, "Content-Encoding": "gzip"}, gzip.compress(b"\n" * 3_000_000), 413),  # expands too far
+    ],
+)
+async def test_envelope_errors(client, headers, body, status):
+    response = await client.post("/api/42/envelope/", data=body, headers=headers)
+    assert response.status == status
+    if headers.get("Content-Encoding") != "zstd":  # aiohttp itself refuses that one, in plain text
+        assert "detail" in await response.json()
+    assert (await facts(client, "my-monitor")).checkins == {}
+
+
+async def test_http_check_in_endpoint(client):
+    url = "/api/42/cron/my-monitor/dsnkey123/"
+    assert (await client.get(url + "?status=in_progress&check_in_id=c0ffee00c0ffee00c0ffee00c0ffee00")).status == 202
+    assert (await client.post(url + "?status=ok&check_in_id=c0ffee00c0ffee00c0ffee00c0ffee00")).status == 202
+    assert (await facts(client, "my-monitor")).checkins == {"start": 1, "success": 1}
+    assert (await client.get(url + "?status=bogus")).status == 400
+    assert (await client.get("/api/42/cron/my-monitor/wrongkey/?status=ok")).status == 401
+    assert (await client.get("/api/42/cron/nobody/dsnkey123/?status=ok")).status == 404
+
+
+SDK_JOB = """
+import sys
+if sys.argv[2] == "without-brotli":
+    sys.modules["brotli"] = None  # as on a machine without the brotli package
+import sentry_sdk
+from sentry_sdk.crons import capture_checkin, monitor
+sentry_sdk.init(dsn=f"http://dsnkey123@127.0.0.1:{sys.argv[1]}/42")
+config = {"schedule": {"type": "interval", "value": 1, "unit": "hour"}, "checkin_margin": 2, "max_runtime": 10}
+check_in_id = capture_checkin(monitor_slug="sdk-job", status="in_progress", monitor_config=config)
+capture_checkin(monitor_slug="sdk-job", check_in_id=check_in_id, status="ok", duration=3.5)
+
+@monitor(monitor_slug="my-monitor")
+def job():
+    raise RuntimeError("boom")
+
+try:
+    job()
+except RuntimeError:
+    pass
+sentry_sdk.flush()
+"""
+
+
+@pytest.mark.parametrize("variant", ["with-brotli", "without-brotli"])
+async def test_the_official_sentry_sdk_as_a_client(aiohttp_server, app_settings, tmp_path, env, variant):
+    server = await aiohttp_server(create_app(app_settings(write_config(tmp_path, CONFIG))))
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(SDK_JOB))
+    import asyncio
+
+    process = await asyncio.create_subprocess_exec(sys.executable, str(script), str(server.port), variant)
+    assert await asyncio.wait_for(process.wait(), 60) == 0
+    core = server.app[CORE]
+    job = core.registry.monitors["sdk-job"]
+    assert job.schedule.seconds == 3600 and job.grace == 120 and job.max_runtime == 600
+    sdk_facts = await core.store.facts("sdk-job")
+    assert sdk_facts.checkins == {"start": 1, "success": 1} and sdk_facts.last_duration == 3.5
+    decorated = await core.store.facts("my-monitor")
+    assert decorated.checkins == {"start": 1, "fail": 1} and decorated.outcomes == {"error": 1}
