@@ -97,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Boxwatch API: at most N cron checks per token owner (402 plan_limit_reached beyond; default 100)",
     )
     serve.add_argument(
+        "--auto-provision", action="store_true",
+        default=os.environ.get("CRONMON_AUTO_PROVISION", "") in ("1", "true", "yes"),
+        help=(
+            "let /ping/<ping key>/<slug>?create=1 create an unknown monitor (Healthchecks' "
+            "auto-provisioning: 1-day interval, 1-hour grace); env CRONMON_AUTO_PROVISION=1"
+        ),
+    )
+    serve.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
         help="log verbosity (default info)",
     )
@@ -150,6 +158,7 @@ def serve(args: argparse.Namespace) -> int:
         alertmanager_urls=tuple(u.strip() for u in args.alertmanager_url),
         alert_resend_interval=args.alert_resend_interval,
         boxwatch_plan_limit=args.boxwatch_plan_limit,
+        auto_provision=args.auto_provision,
     )
     from aiohttp import web
 

@@ -35,6 +35,8 @@ class Settings:
     alert_resend_interval: float = 30.0
     # Boxwatch's plan limit: at most this many checks per token owner.
     boxwatch_plan_limit: int = 100
+    # Healthchecks' ?create=1: a ping to an unknown slug creates the monitor.
+    auto_provision: bool = False
     boxwatch_plan: str = "self-hosted"
     limits: StoreLimits = field(default_factory=StoreLimits)
 

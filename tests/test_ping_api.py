@@ -183,3 +183,21 @@ async def test_store_down_is_503_and_ready_fails(aiohttp_client, app_settings, t
     metrics = await (await client.get("/metrics")).text()
     assert "cronmon_store_up 0.0" in metrics
     assert "cronmon_monitor_status" not in metrics.replace("# HELP cronmon_monitor_status", "")
+
+
+async def test_create_1_auto_provisions_when_allowed(aiohttp_client, app_settings, tmp_path, env, clock):
+    settings = app_settings(write_config(tmp_path, CONFIG), auto_provision=True)
+    client = await aiohttp_client(create_app(settings, clock=clock))
+    response = await client.get(f"/ping/{KEY}/new-job?create=1")
+    assert (response.status, await response.text()) == (201, "Created")
+    monitor = client.app[CORE].registry.monitors["new-job"]
+    assert monitor.schedule.seconds == 86400 and monitor.grace == 3600 and monitor.owner == "ping-key:ops"
+    assert (await client.get(f"/ping/{KEY}/new-job?create=1")).status == 200  # exists now: a plain ping
+    assert (await client.app[CORE].store.facts("new-job")).checkins == {"success": 2}
+    assert (await client.get(f"/ping/{KEY}/Bad Slug?create=1")).status == 400
+    assert (await client.get(f"/ping/wrong-key/other?create=1")).status == 404
+
+
+async def test_create_1_is_refused_unless_allowed(client):
+    assert (await client.get(f"/ping/{KEY}/new-job?create=1")).status == 404
+    assert "new-job" not in client.app[CORE].registry.monitors

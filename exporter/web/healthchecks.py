@@ -4,7 +4,8 @@
     /ping/<ping key>/<slug>[/start|/fail|/log|/<exit status>]
 
 GET, HEAD and POST; ``?rid=<uuid>`` pairs a start with its completion. A
-POST body becomes the run's log. Responses follow Healthchecks: 200 "OK";
+POST body becomes the run's log. With --auto-provision, ``?create=1`` on a
+slug URL creates an unknown monitor (201 "Created"). Responses follow Healthchecks: 200 "OK";
 400 "invalid url format" (exit status over 255) or "invalid uuid format"
 (a malformed rid); 404 "not found"; plus 413 for a body over the limit,
 429 (with Retry-After) over the monitor's rate_limit, and 503 while the
@@ -22,7 +23,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ..core import RateLimited
+from ..config import SpecError, parse_monitor_spec
+from ..core import MonitorExists, RateLimited
 from ..credentials import digest, key_allows, match_ping_key
 from ..model import CheckIn, Kind, Monitor
 from ..store import StoreUnavailable
@@ -93,8 +95,10 @@ def _action(text: str) -> tuple[Kind, int | None]:
     return (Kind.SUCCESS if code == 0 else Kind.FAIL), code
 
 
-def _find_monitor(request: web.Request, path: PingPath) -> Monitor:
-    registry = request.app[CORE].registry
+async def _find_monitor(request: web.Request, path: PingPath) -> tuple[Monitor, bool]:
+    """The monitor a ping is for, and whether this ping created it."""
+    core = request.app[CORE]
+    registry = core.registry
     if path.uuid is not None:
         monitor = registry.by_uuid_digest(digest(path.uuid))
     else:
@@ -104,9 +108,29 @@ def _find_monitor(request: web.Request, path: PingPath) -> Monitor:
         monitor = registry.monitors.get(path.slug) if key_name else None
         if monitor is not None and not key_allows(monitor, key_name):  # type: ignore[arg-type]
             monitor = None
+        if (
+            monitor is None and key_name and path.slug not in registry.monitors
+            and request.query.get("create") == "1" and request.app[SETTINGS].auto_provision
+        ):
+            return await _provision(request, path.slug, key_name), True
     if monitor is None:
         raise BadPing(404, "not found")
-    return monitor
+    return monitor, False
+
+
+async def _provision(request: web.Request, slug: str, key_name: str) -> Monitor:
+    """Healthchecks' auto-provisioning: its defaults (1 day, 1 hour grace),
+    owned by the ping key, so tokens of owner `ping-key:<name>` manage it."""
+    core = request.app[CORE]
+    try:
+        spec = parse_monitor_spec({"id": slug, "schedule": {"interval": "1d"}, "grace": "1h"}, core.clock())
+    except SpecError:
+        raise BadPing(400, "invalid slug: use a-z, 0-9, - and _ (1 to 63 characters)") from None
+    try:
+        return await core.create_monitor(spec, f"ping-key:{key_name}", None)
+    except MonitorExists:  # another request created it a moment ago
+        await core.sync_api_monitors(force=True)
+        return core.registry.monitors[slug]
 
 
 def cut_log(body: bytes, limit: int) -> tuple[str, bool]:
@@ -126,7 +150,7 @@ async def ping(request: web.Request) -> web.Response:
         if rid is not None and not _is_uuid(rid):
             raise BadPing(400, "invalid uuid format")
         exit_code, duration = _exit_and_duration(request, path)
-        monitor = _find_monitor(request, path)
+        monitor, created = await _find_monitor(request, path)
         body = b""
         if request.method == "POST":
             if request.content_length is not None and request.content_length > settings.max_body_bytes:
@@ -161,6 +185,8 @@ async def ping(request: web.Request) -> web.Response:
             text=f"rate limited: retry in {exc.retry_after} seconds",
             headers={**_HEADERS, "Retry-After": str(exc.retry_after)},
         )
+    if created:
+        return web.Response(status=201, text="Created", headers=_HEADERS)
     return web.Response(text="OK", headers=_HEADERS)
 
 
