@@ -150,12 +150,14 @@ class AlertBridge:
         else:
             ids, self._dirty = self._dirty, set()
         changed = False
+        known = [i for i in ids if i in registry.monitors]
+        all_facts = await self.core.store.snapshot(known)  # one round trip for the lot
         for monitor_id in ids:
             monitor = registry.monitors.get(monitor_id)
             wanted: dict[tuple, Monitor] = {}
             facts = None
             if monitor is not None:
-                facts = await self.core.store.facts(monitor_id)
+                facts = all_facts[monitor_id]
                 ev = evaluate(monitor, facts, now)
                 for name in firing_alerts(monitor, facts, ev):
                     wanted[(monitor_id, name)] = monitor

@@ -27,7 +27,7 @@ from ..config import MonitorSpec, SpecError, parse_monitor_spec
 from ..core import MonitorExists, ReadOnlyMonitor, UnknownMonitor
 from ..credentials import ApiToken, match_api_token
 from ..evaluate import evaluate
-from ..model import CronSchedule, Monitor, iso_utc
+from ..model import CronSchedule, Facts, Monitor, iso_utc
 from ..store import StoreUnavailable
 from .keys import CORE, SETTINGS
 
@@ -91,9 +91,10 @@ def _iso(ts: float | None) -> str | None:
     return iso_utc(ts) if ts is not None else None
 
 
-async def monitor_json(request: web.Request, monitor: Monitor, token: ApiToken) -> dict:
+async def monitor_json(request: web.Request, monitor: Monitor, token: ApiToken, facts: Facts | None = None) -> dict:
     core = request.app[CORE]
-    facts = await core.store.facts(monitor.id)
+    if facts is None:
+        facts = await core.store.facts(monitor.id)
     ev = evaluate(monitor, facts, core.clock())
     schedule = monitor.schedule
     body = {
@@ -138,7 +139,8 @@ async def monitor_json(request: web.Request, monitor: Monitor, token: ApiToken) 
 async def list_monitors(request: web.Request) -> web.Response:
     token = authenticate(request)
     monitors = [m for m in request.app[CORE].registry.monitors.values() if can_see(token, m)]
-    return web.json_response({"monitors": [await monitor_json(request, m, token) for m in monitors]})
+    facts = await request.app[CORE].store.snapshot(m.id for m in monitors)  # one round trip
+    return web.json_response({"monitors": [await monitor_json(request, m, token, facts[m.id]) for m in monitors]})
 
 
 async def create_monitor(request: web.Request) -> web.Response:

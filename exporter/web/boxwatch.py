@@ -29,7 +29,7 @@ from ..config import SpecError, parse_monitor_spec
 from ..core import UnknownMonitor
 from ..credentials import ApiToken, match_api_token
 from ..evaluate import evaluate
-from ..model import Monitor, iso_utc
+from ..model import Facts, Monitor, iso_utc
 from ..store import StoreUnavailable
 from .keys import CORE, SETTINGS
 
@@ -174,9 +174,10 @@ def _ping_urls(request: web.Request, monitor: Monitor) -> dict[str, str]:
     return {"success": base, "start": f"{base}/start", "fail": f"{base}/fail"}
 
 
-async def _check_json(request: web.Request, monitor: Monitor) -> dict[str, Any]:
+async def _check_json(request: web.Request, monitor: Monitor, facts: Facts | None = None) -> dict[str, Any]:
     core = request.app[CORE]
-    facts = await core.store.facts(monitor.id)
+    if facts is None:
+        facts = await core.store.facts(monitor.id)
     fields = _fields_of(monitor)
 
     def ts(value: float | None) -> str | None:
@@ -208,9 +209,10 @@ async def _check_json(request: web.Request, monitor: Monitor) -> dict[str, Any]:
 async def list_checks(request: web.Request) -> web.Response:
     token = _token(request)
     checks = _checks(request, token)
+    facts = await request.app[CORE].store.snapshot(m.id for m in checks)  # one round trip
     return web.json_response(
         {
-            "checks": [await _check_json(request, m) for m in checks],
+            "checks": [await _check_json(request, m, facts[m.id]) for m in checks],
             "plan_limit": request.app[SETTINGS].boxwatch_plan_limit,
             "current_count": sum(1 for m in checks if m.owner == token.owner),
             "plan": request.app[SETTINGS].boxwatch_plan,
