@@ -49,13 +49,20 @@ class ApiError(Exception):
         return web.json_response({"error": self.body}, status=self.status, headers=headers)
 
 
-def authenticate(request: web.Request, write: bool = False) -> ApiToken:
-    header = request.headers.get("Authorization", "")
-    scheme, _, presented = header.partition(" ")
+def bearer_token(request: web.Request) -> tuple[bool, ApiToken | None]:
+    """(was a bearer token sent, the API token it is) — for every API that
+    authenticates with `Authorization: Bearer`."""
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
-        raise ApiError(401, "unauthorized", "send an API token as 'Authorization: Bearer <token>'")
+        return False, None
     secrets = request.app[CORE].registry.secrets
-    token = match_api_token(presented.strip(), secrets.api_tokens if secrets else ())
+    return True, match_api_token(presented.strip(), secrets.api_tokens if secrets else ())
+
+
+def authenticate(request: web.Request, write: bool = False) -> ApiToken:
+    sent, token = bearer_token(request)
+    if not sent:
+        raise ApiError(401, "unauthorized", "send an API token as 'Authorization: Bearer <token>'")
     if token is None:
         raise ApiError(401, "unauthorized", "unknown API token")
     if write and not token.can_write:

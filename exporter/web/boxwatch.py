@@ -27,10 +27,11 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, ValidationErr
 from ..access import can_change, can_see
 from ..config import SpecError, parse_monitor_spec
 from ..core import UnknownMonitor
-from ..credentials import ApiToken, match_api_token
+from ..credentials import ApiToken
 from ..evaluate import evaluate
 from ..model import Facts, Monitor, iso_utc
 from ..store import StoreUnavailable
+from .api_v1 import bearer_token
 from .keys import CORE, SETTINGS
 
 PINGS_PAGE = 25
@@ -63,10 +64,7 @@ class CheckFields(BaseModel):
 
 
 def _token(request: web.Request, write: bool = False) -> ApiToken:
-    header = request.headers.get("Authorization", "")
-    scheme, _, presented = header.partition(" ")
-    secrets = request.app[CORE].registry.secrets
-    token = match_api_token(presented.strip(), secrets.api_tokens if secrets else ()) if scheme.lower() == "bearer" else None
+    _, token = bearer_token(request)
     if token is None:
         raise _Error(401, {"error": "unauthorized"})
     if write and not token.can_write:
