@@ -155,16 +155,21 @@ class Core:
 
     async def update_monitor(self, monitor: Monitor, spec: MonitorSpec, extras: dict | None = None) -> Monitor:
         """Replace an API monitor's definition (ownership stays; so do its
-        extras unless new ones are given)."""
+        extras unless new ones are given). An update that changes nothing
+        writes nothing: clients such as the Sentry SDK send their monitor
+        config with every check-in, and a write would make every replica
+        reload every definition."""
         if monitor.from_yaml:
             raise ReadOnlyMonitor(monitor)
-        _, definitions = await self.store.monitor_definitions()
-        current = definitions.get(monitor.id)
+        current = await self.store.monitor_definition(monitor.id)
         if current is None:
             raise UnknownMonitor(monitor.id)
-        definition = {**current, "spec": _spec_dict(spec), "updated_at": self.clock()}
-        if extras is not None:
-            definition["extras"] = extras
+        new_spec = _spec_dict(spec)
+        old_extras = current.get("extras") or {}
+        new_extras = old_extras if extras is None else extras
+        if current.get("spec") == new_spec and old_extras == new_extras:
+            return monitor
+        definition = {**current, "spec": new_spec, "extras": new_extras, "updated_at": self.clock()}
         if await self.store.define_monitor(monitor.id, "update", definition) == "missing":
             raise UnknownMonitor(monitor.id)
         return await self._after_write(monitor.id)

@@ -308,6 +308,14 @@ class Store:
             raise _translate(exc) from exc
         return int(revision or 0), {key: json.loads(value) for key, value in raw.items()}
 
+    async def monitor_definition(self, monitor_id: str) -> dict | None:
+        """One API monitor's definition (None: no such API monitor)."""
+        try:
+            raw = await self.client.hget(self._definitions_key, monitor_id)
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return json.loads(raw) if raw is not None else None
+
     async def define_monitor(self, monitor_id: str, mode: str, definition: dict | None = None) -> str:
         """mode create | update | delete; returns "ok", "exists" or "missing".
         Deleting also deletes the monitor's state, counters and history."""

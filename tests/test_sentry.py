@@ -195,3 +195,14 @@ async def test_the_official_sentry_sdk_as_a_client(aiohttp_server, app_settings,
     assert sdk_facts.checkins == {"start": 1, "success": 1} and sdk_facts.last_duration == 3.5
     decorated = await core.store.facts("my-monitor")
     assert decorated.checkins == {"start": 1, "fail": 1} and decorated.outcomes == {"error": 1}
+
+
+async def test_an_unchanged_monitor_config_writes_nothing(client):
+    await client.post("/api/42/envelope/", data=envelope(DOC_CONFIG), headers=AUTH)
+    store = client.app[CORE].store
+    revision = await store.monitors_revision()
+    for check_in_id, status in (("1" * 32, "in_progress"), ("1" * 32, "ok"), ("2" * 32, "in_progress"), ("2" * 32, "error")):
+        again = {**DOC_CONFIG, "check_in_id": check_in_id, "status": status}
+        assert (await client.post("/api/42/envelope/", data=envelope(again), headers=AUTH)).status == 200
+    assert await store.monitors_revision() == revision  # no rewrite, no replica reload
+    assert (await facts(client, DOC_CONFIG["monitor_slug"])).checkins == {"start": 3, "success": 1, "fail": 1}

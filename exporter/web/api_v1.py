@@ -186,8 +186,7 @@ async def patch_monitor(request: web.Request) -> web.Response:
         raise ApiError(400, "validation_failed", "send a JSON object with the fields to change", [])
     if changes.get("id", monitor.id) != monitor.id:
         raise ApiError(400, "validation_failed", "the id cannot change", [("id", "must be " + monitor.id)])
-    _, definitions = await request.app[CORE].store.monitor_definitions()
-    current = definitions.get(monitor.id, {}).get("spec", {})
+    current = ((await request.app[CORE].store.monitor_definition(monitor.id)) or {}).get("spec", {})
     return await _update(request, token, monitor, parse_spec(request, {**current, **changes}))
 
 
