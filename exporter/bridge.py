@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable
 
 import httpx
 
@@ -232,6 +232,3 @@ class AlertBridge:
             "endsAt": iso_utc(ends),
             "generatorURL": alert.annotations["link"],
         }
-
-    def firing(self) -> Mapping[tuple, _Alert]:
-        return {key: alert for key, alert in self._alerts.items() if alert.ends_at is None}

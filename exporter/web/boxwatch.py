@@ -269,7 +269,7 @@ async def get_check(request: web.Request) -> web.Response:
     facts = await store.facts(monitor.id)
     return web.json_response(
         {
-            "check": await _check_json(request, monitor),
+            "check": await _check_json(request, monitor, facts),
             "ping_urls": _ping_urls(request, monitor),
             "pings": pings,
             "pings_total": sum(facts.checkins.get(k, 0) for k in ("start", "success", "fail", "log")),
