@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, parse_network
 from .credentials import GENERATED_KEY_FILE
 from .embedded import EmbeddedRedisError
 from .settings import DEFAULT_PORT, Settings
@@ -105,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
+        "--trusted-proxy", action="append", type=_network, metavar="CIDR",
+        default=[_network(n) for n in os.environ.get("CRONMON_TRUSTED_PROXIES", "").split(",") if n.strip()],
+        help=(
+            "a reverse proxy (address or network) whose X-Forwarded-For header is believed for the "
+            "client address (IP allow lists, recorded source IPs); repeat for several; "
+            "env CRONMON_TRUSTED_PROXIES (comma-separated)"
+        ),
+    )
+    serve.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
         help="log verbosity (default info)",
     )
@@ -120,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("path", type=Path, metavar="PATH", help="a YAML file or a directory of them")
     return parser
+
+
+def _network(text: str):
+    try:
+        return parse_network(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,6 +175,7 @@ def serve(args: argparse.Namespace) -> int:
         alert_resend_interval=args.alert_resend_interval,
         boxwatch_plan_limit=args.boxwatch_plan_limit,
         auto_provision=args.auto_provision,
+        trusted_proxies=tuple(args.trusted_proxy),
     )
     from aiohttp import web
 

@@ -21,6 +21,7 @@ of ``cronmon check-config`` shows everything that is wrong.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 from dataclasses import dataclass, replace
@@ -65,6 +66,16 @@ def parse_meta_rule(text: str) -> MetaRule:
     if not match:
         raise ValueError(f"{text!r} is not a meta rule")
     return MetaRule(match.group(1), match.group(2), float(match.group(3)))
+
+
+def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address (10.0.0.7) or a network in CIDR form (10.0.0.0/8)."""
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an IP address or a network; write it like 203.0.113.7 or 10.0.0.0/8"
+        ) from None
 
 
 def parse_rate_limit(text: str) -> tuple[int, float]:
@@ -170,12 +181,25 @@ class PingSpec(_Strict):
     )
     uuid_env: Annotated[str, Field(pattern=ENV_NAME_PATTERN)] | None = None
     uuid_file: str | None = None
+    # A migrated CrossCheck flight's X-API-Key and short-URL code.
+    api_key_env: Annotated[str, Field(pattern=ENV_NAME_PATTERN)] | None = None
+    api_key_file: str | None = None
+    shortcode_env: Annotated[str, Field(pattern=ENV_NAME_PATTERN)] | None = None
+    shortcode_file: str | None = None
 
     @model_validator(mode="after")
     def _one_uuid_source(self) -> "PingSpec":
-        if self.uuid_env is not None and self.uuid_file is not None:
-            raise ValueError("give at most one of uuid_env and uuid_file")
+        for kind in ("uuid", "api_key", "shortcode"):
+            if getattr(self, f"{kind}_env") is not None and getattr(self, f"{kind}_file") is not None:
+                raise ValueError(f"give at most one of {kind}_env and {kind}_file")
         return self
+
+    def secret_refs(self) -> tuple[tuple[str, str | None, str | None], ...]:
+        return tuple(
+            (kind, getattr(self, f"{kind}_env"), getattr(self, f"{kind}_file"))
+            for kind in ("api_key", "shortcode")
+            if getattr(self, f"{kind}_env") is not None or getattr(self, f"{kind}_file") is not None
+        )
 
 
 class MonitorSpec(_Strict):
@@ -193,6 +217,14 @@ class MonitorSpec(_Strict):
     ping: PingSpec = PingSpec()
     meta_rules: list[str] = []
     rate_limit: str | None = None
+    allowed_ips: list[str] = []
+
+    @field_validator("allowed_ips")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            parse_network(value)
+        return values
 
     @field_validator("meta_rules")
     @classmethod
@@ -492,8 +524,10 @@ def _to_monitor(spec: MonitorSpec, source: str) -> Monitor:
         ping_key_names=tuple(spec.ping.keys) if spec.ping.keys is not None else None,
         uuid_env=spec.ping.uuid_env,
         uuid_file=spec.ping.uuid_file,
+        secret_refs=spec.ping.secret_refs(),
         meta_rules=tuple(parse_meta_rule(rule) for rule in spec.meta_rules),
         rate_limit=parse_rate_limit(spec.rate_limit) if spec.rate_limit else None,
+        allowed_networks=tuple(parse_network(value) for value in spec.allowed_ips),
     )
 
 

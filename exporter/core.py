@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 from .config import Config, ConfigError, MonitorSpec, monitor_from_definition
-from .credentials import ResolvedSecrets, derive_uuid, digest
+from .credentials import ResolvedSecrets, derive_secret, derive_uuid, digest
 from .evaluate import SWEEP_BATCH, SweepPlan, plan_arrival, plan_sweep
 from .model import CheckIn, Kind, Monitor
 from .schedule import next_slot
@@ -43,6 +43,14 @@ class RateLimited(Exception):
     def __init__(self, monitor_id: str, retry_after: int):
         super().__init__(f"monitor {monitor_id}: rate limit exceeded, retry in {retry_after} seconds")
         self.retry_after = retry_after
+
+
+class SourceNotAllowed(PermissionError):
+    """The check-in came from outside the monitor's allowed networks."""
+
+    def __init__(self, monitor_id: str, source_ip: str | None):
+        super().__init__(f"monitor {monitor_id}: check-ins from {source_ip or 'an unknown address'} are not allowed")
+        self.source_ip = source_ip
 
 
 class ReadOnlyMonitor(ValueError):
@@ -72,6 +80,8 @@ class Registry:
     api_revision: int = -1
     monitors: Mapping[str, Monitor] = field(init=False)
     _uuid_index: Mapping[bytes, str] = field(init=False, repr=False)
+    # kind -> {sha256(derived secret): monitor id}, built on first use.
+    _derived_index: dict[str, dict[bytes, str]] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         merged = {**{k: m for k, m in self.api.items() if k not in self.yaml}, **self.yaml}
@@ -93,6 +103,34 @@ class Registry:
 
     def by_uuid_digest(self, uuid_digest: bytes) -> Monitor | None:
         monitor_id = self._uuid_index.get(uuid_digest)
+        return self.monitors.get(monitor_id) if monitor_id else None
+
+    def secret(self, monitor: Monitor, kind: str) -> str | None:
+        """An API monitor's derived API key or shortcode (see
+        credentials.derive_secret); None for YAML monitors, whose secrets
+        come from env or files and are never shown."""
+        if monitor.from_yaml or self.secrets is None or self.secrets.uuid_key_digest is None:
+            return None
+        return derive_secret(self.secrets.uuid_key_digest, kind, monitor.id)
+
+    def by_secret(self, kind: str, presented: str) -> Monitor | None:
+        """The monitor whose API key / shortcode `presented` is. Looked up by
+        digest in a dict: the lookup itself reveals nothing about how close
+        a wrong guess was."""
+        if not presented or self.secrets is None:
+            return None
+        index = self._derived_index.get(kind)
+        if index is None:
+            index = {}
+            if self.secrets.uuid_key_digest is not None:
+                for monitor in self.monitors.values():
+                    if not monitor.from_yaml:
+                        index[digest(derive_secret(self.secrets.uuid_key_digest, kind, monitor.id))] = monitor.id
+            for (secret_kind, secret_digest), monitor_id in self.secrets.imported.items():
+                if secret_kind == kind:
+                    index[secret_digest] = monitor_id
+            self._derived_index[kind] = index
+        monitor_id = index.get(digest(presented))
         return self.monitors.get(monitor_id) if monitor_id else None
 
     def ping_uuid(self, monitor: Monitor) -> str | None:
@@ -140,8 +178,11 @@ class Core:
     # -- API-created monitors ----------------------------------------------
 
     async def create_monitor(
-        self, spec: MonitorSpec, owner: str, team: str | None, extras: dict | None = None
+        self, spec: MonitorSpec, owner: str, team: str | None, extras: dict | None = None,
+        audit: dict | None = None,
     ) -> Monitor:
+        """Create an API monitor. `audit` (who did what, in the API's words)
+        is stamped with the time and kept in the monitor's audit log."""
         yaml_monitor = self.registry.yaml.get(spec.id)
         if yaml_monitor is not None:
             raise ReadOnlyMonitor(yaml_monitor)
@@ -149,11 +190,13 @@ class Core:
             "spec": _spec_dict(spec), "owner": owner, "team": team, "created_at": self.clock(),
             "extras": extras or {},
         }
-        if await self.store.define_monitor(spec.id, "create", definition) == "exists":
+        if await self.store.define_monitor(spec.id, "create", definition, self._stamped(audit)) == "exists":
             raise MonitorExists(spec.id)
         return await self._after_write(spec.id)
 
-    async def update_monitor(self, monitor: Monitor, spec: MonitorSpec, extras: dict | None = None) -> Monitor:
+    async def update_monitor(
+        self, monitor: Monitor, spec: MonitorSpec, extras: dict | None = None, audit: dict | None = None
+    ) -> Monitor:
         """Replace an API monitor's definition (ownership stays; so do its
         extras unless new ones are given). An update that changes nothing
         writes nothing: clients such as the Sentry SDK send their monitor
@@ -170,7 +213,7 @@ class Core:
         if current.get("spec") == new_spec and old_extras == new_extras:
             return monitor
         definition = {**current, "spec": new_spec, "extras": new_extras, "updated_at": self.clock()}
-        if await self.store.define_monitor(monitor.id, "update", definition) == "missing":
+        if await self.store.define_monitor(monitor.id, "update", definition, self._stamped(audit)) == "missing":
             raise UnknownMonitor(monitor.id)
         return await self._after_write(monitor.id)
 
@@ -181,6 +224,9 @@ class Core:
         if await self.store.define_monitor(monitor.id, "delete") == "missing":
             raise UnknownMonitor(monitor.id)
         await self.sync_api_monitors(force=True)
+
+    def _stamped(self, audit: dict | None) -> dict | None:
+        return None if audit is None else {"at": self.clock(), **audit}
 
     async def _after_write(self, monitor_id: str) -> Monitor:
         # Serve the change from this process at once (other replicas see the
@@ -198,6 +244,8 @@ class Core:
         monitor = self.registry.monitors.get(checkin.monitor_id)
         if monitor is None:
             raise UnknownMonitor(checkin.monitor_id)
+        if not monitor.allows_source(checkin.source_ip):
+            raise SourceNotAllowed(monitor.id, checkin.source_ip)
         plan = plan_arrival(monitor, checkin.received_at)
         generated_run_id = str(uuid.uuid4())
         # A reported success whose numbers break a meta rule did not do its job.

@@ -22,12 +22,13 @@ presented key is compared in constant time.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -71,10 +72,32 @@ class ResolvedSecrets:
     # Digest of the key that API-created monitors derive their ping UUIDs
     # from (the first ping key).
     uuid_key_digest: bytes | None = None
+    # (kind, sha256(secret)) -> monitor id, for secrets YAML monitors import
+    # from env or files (ping.api_key_env, ping.shortcode_file, ...).
+    imported: Mapping[tuple[str, bytes], str] = field(default_factory=dict)
 
 
 def digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
+
+
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def derive_secret(key_digest: bytes, kind: str, monitor_id: str) -> str:
+    """An API monitor's API key ("api_key", 43 characters, 256 bits) or
+    short-URL code ("shortcode", 12 base62 characters, 71 bits), derived
+    like its ping UUID: unguessable without the ping key, the same on every
+    replica, never stored."""
+    mac = hmac.new(key_digest, f"cronmon-{kind}:{monitor_id}".encode(), hashlib.sha256).digest()
+    if kind == "api_key":
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    number = int.from_bytes(mac[:9], "big")
+    code = ""
+    for _ in range(12):
+        number, digit = divmod(number, 62)
+        code += _BASE62[digit]
+    return code
 
 
 def derive_uuid(key_digest: bytes, monitor_id: str) -> str:
@@ -119,6 +142,18 @@ def resolve(config: Config, data_dir: Path, env: Mapping[str, str] | None = None
         if first is not None:
             uuids[monitor.id] = derive_uuid(digest(first), monitor.id)
 
+    imported: dict[tuple[str, bytes], str] = {}
+    for monitor in config.monitors:
+        for kind, env_name, file in monitor.secret_refs:
+            where = f'{monitor.source}: monitor "{monitor.id}"'
+            value = _read_secret(env_name, file, env, where, problems, f"ping.{kind}_")
+            if value is None:
+                continue
+            if (kind, digest(value)) in imported:
+                other = imported[(kind, digest(value))]
+                problems.append(f'{where}: its ping.{kind} is also the {kind} of monitor "{other}"')
+            imported[(kind, digest(value))] = monitor.id
+
     tokens = []
     for ref in config.api_tokens:
         value = _read_secret(ref.env, ref.file, env, f'{ref.source}: api token "{ref.name}"', problems)
@@ -139,6 +174,7 @@ def resolve(config: Config, data_dir: Path, env: Mapping[str, str] | None = None
         monitor_uuids=uuids,
         api_tokens=tuple(tokens),
         uuid_key_digest=digest(next(iter(keys.values()))) if keys else None,
+        imported=imported,
     )
 
 

@@ -9,6 +9,7 @@ Nothing here does I/O. All timestamps are float seconds since the Unix epoch
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -147,6 +148,12 @@ class Monitor:
     meta_rules: tuple[MetaRule, ...] = ()
     # At most `count` check-ins per `seconds` (429 beyond); None: unlimited.
     rate_limit: tuple[int, float] | None = None
+    # Check-ins only from these networks (403 otherwise); empty: from anywhere.
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # Secrets a job already uses with the service it migrates from (a
+    # CrossCheck flight's API key and shortcode), as (kind, env, file)
+    # references, kind "api_key" | "shortcode". Resolved by credentials.py.
+    secret_refs: tuple[tuple[str, str | None, str | None], ...] = ()
     # Fields one API keeps for its own shape (Boxwatch's integer id and
     # alert switches, ...), stored with the definition; the core ignores them.
     extras: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
@@ -158,6 +165,13 @@ class Monitor:
     @property
     def display_name(self) -> str:
         return self.name or self.id
+
+    def allows_source(self, source_ip: str | None) -> bool:
+        """Whether a check-in from `source_ip` may be recorded. With an allow
+        list, an unknown or unparsable source is refused (fail closed)."""
+        if not self.allowed_networks:
+            return True
+        return in_networks(source_ip, self.allowed_networks)
 
     def schedule_fingerprint(self) -> str:
         """What, when changed, invalidates the stored slot accounting."""
@@ -189,6 +203,9 @@ class CheckIn:
     source_ip: str | None = None
     user_agent: str | None = None
     idempotency_key: str | None = None
+    # Facts one API keeps with the event for its own answers (CrossCheck's
+    # landing status, phase and pair_key, ...); the core does not read them.
+    annotations: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -244,6 +261,19 @@ class Evaluation:
     consecutive_failures: int
     running_runs: int
     pending_missed: int
+
+
+def in_networks(address: str | None, networks) -> bool:
+    """Whether the text address is in one of `networks` (False if it is not
+    an address). An IPv4-mapped IPv6 address (::ffff:10.0.0.1, as seen on a
+    dual-stack socket) is treated as the IPv4 address it carries."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
 
 
 def format_duration(seconds: float) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .store import StoreLimits
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Not in the Prometheus default port allocations we know of (node 9100,
 # pushgateway 9091, blackbox 9115, ...); see README.
@@ -38,6 +41,9 @@ class Settings:
     # Healthchecks' ?create=1: a ping to an unknown slug creates the monitor.
     auto_provision: bool = False
     boxwatch_plan: str = "self-hosted"
+    # Reverse proxies whose X-Forwarded-For is believed (networks); the
+    # client address of other requests is the peer address.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
     limits: StoreLimits = field(default_factory=StoreLimits)
 
     @property

@@ -12,9 +12,12 @@ all of them atomically::
     cronmon:{<id>}:history   list: newest-first events, capped
     cronmon:{<id>}:logs      hash: event seq -> log body, capped via :logids
     cronmon:{<id>}:meta      hash: last numeric meta values, capped in count
+    cronmon:{<id>}:uptime    hash: outcomes per UTC hour (48h) and day (31d)
+    cronmon:{<id>}:audit     list: API changes to the monitor, newest first, capped
     cronmon:due              zset: monitor id -> when the sweeper must look at it
     cronmon:monitors         hash: API-created monitor id -> definition (json)
     cronmon:monitors:revision  bumped on every definition change
+    cronmon:documents:<name>   hash: id -> small API document (CrossCheck flight groups)
 
 Every check-in is one round trip (record.lua). The deadline index is
 updated inside the same script, which keeps it exact and race-free on a
@@ -61,6 +64,7 @@ class StoreLimits:
     meta_keys: int = 32
     open_runs: int = 50
     closed_runs: int = 200
+    audit: int = 100
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,16 @@ class RecordResult:
     duration: float | None = None
     slot: float | None = None  # with "slot": the slot the plan must also offer
     retry_after: int | None = None  # with "limited": seconds until allowed again
+
+
+@dataclass(frozen=True)
+class Details:
+    """What the management APIs show of a monitor beyond its facts."""
+
+    facts: Facts
+    uptime: dict[str, int]  # "h<hour>:<outcome>" / "d<day>:<outcome>" -> count
+    audit: list[dict]  # newest first
+    history: list[dict]  # newest first
 
 
 _UNAVAILABLE = (
@@ -151,7 +165,7 @@ class Store:
                 keys=[
                     k(m, "state"), k(m, "runs"), k(m, "tmo"), k(m, "closed"), k(m, "counters"),
                     k(m, "history"), k(m, "logs"), k(m, "logids"), k(m, "meta"), self._due_key,
-                    k(m, "ratelimit"),
+                    k(m, "ratelimit"), k(m, "uptime"),
                 ],
                 args=[
                     m,
@@ -182,6 +196,7 @@ class Store:
                     Outcome.SILENT_FAILURE.value if silent_failure else "",
                     monitor.rate_limit[0] if monitor.rate_limit else 0,
                     repr(monitor.rate_limit[1]) if monitor.rate_limit else "0",
+                    json.dumps(dict(checkin.annotations)) if checkin.annotations else "",
                 ],
             )
         except Exception as exc:
@@ -234,7 +249,10 @@ class Store:
         k, m = self.key, monitor.id
         try:
             reply = await self._sweep(
-                keys=[k(m, "state"), k(m, "runs"), k(m, "tmo"), k(m, "counters"), k(m, "history"), self._due_key],
+                keys=[
+                    k(m, "state"), k(m, "runs"), k(m, "tmo"), k(m, "counters"), k(m, "history"), self._due_key,
+                    k(m, "uptime"),
+                ],
                 args=[
                     m,
                     repr(now),
@@ -316,18 +334,83 @@ class Store:
             raise _translate(exc) from exc
         return json.loads(raw) if raw is not None else None
 
-    async def define_monitor(self, monitor_id: str, mode: str, definition: dict | None = None) -> str:
+    async def define_monitor(
+        self, monitor_id: str, mode: str, definition: dict | None = None, audit: dict | None = None
+    ) -> str:
         """mode create | update | delete; returns "ok", "exists" or "missing".
-        Deleting also deletes the monitor's state, counters and history."""
+        Deleting also deletes the monitor's state, counters, history and
+        audit log. `audit` is appended to the monitor's audit log in the same
+        script as the change, so a change is never without its entry."""
         data_keys = [self.key(monitor_id, part) for part in _MONITOR_PARTS] if mode == "delete" else []
         try:
             reply = await self._define(
-                keys=[self._definitions_key, self._revision_key, self._due_key, *data_keys],
-                args=[monitor_id, mode, json.dumps(definition) if definition is not None else ""],
+                keys=[self._definitions_key, self._revision_key, self._due_key,
+                      self.key(monitor_id, "audit"), *data_keys],
+                args=[monitor_id, mode, json.dumps(definition) if definition is not None else "",
+                      json.dumps(audit) if audit is not None else "", self.limits.audit],
             )
         except Exception as exc:
             raise _translate(exc) from exc
         return reply[0]
+
+    async def audit(self, monitor_id: str) -> list[dict]:
+        """The monitor's audit log, newest first (at most limits.audit)."""
+        try:
+            raw = await self.client.lrange(self.key(monitor_id, "audit"), 0, self.limits.audit - 1)
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return [json.loads(item) for item in raw]
+
+    async def details(
+        self, monitor_ids: Iterable[str], *, audit: int = 0, history: int = 0
+    ) -> dict[str, Details]:
+        """For several monitors, in one round trip: facts, uptime buckets
+        (see count_uptime in lua/common.lua), the newest `audit` audit
+        entries and the newest `history` events."""
+        ids = list(monitor_ids)
+        if not ids:
+            return {}
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for monitor_id in ids:
+                    self._queue_facts(pipe, monitor_id)
+                    pipe.hgetall(self.key(monitor_id, "uptime"))
+                    pipe.lrange(self.key(monitor_id, "audit"), 0, audit - 1) if audit else pipe.echo("")
+                    pipe.lrange(self.key(monitor_id, "history"), 0, history - 1) if history else pipe.echo("")
+                replies = await pipe.execute()
+        except Exception as exc:
+            raise _translate(exc) from exc
+        found = {}
+        for i, monitor_id in enumerate(ids):
+            state, runs, counters, meta, uptime, audit_raw, history_raw = replies[i * 7 : i * 7 + 7]
+            found[monitor_id] = Details(
+                facts=_parse_facts(state, runs, counters, meta),
+                uptime={name: int(value) for name, value in uptime.items() if name != "hour"},
+                audit=[json.loads(item) for item in audit_raw or ()],
+                history=[json.loads(item) for item in history_raw or ()],
+            )
+        return found
+
+    # -- small documents of the APIs (CrossCheck's flight groups, ...) ------
+
+    async def documents(self, collection: str) -> dict[str, dict]:
+        try:
+            raw = await self.client.hgetall(f"{self.prefix}:documents:{collection}")
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return {key: json.loads(value) for key, value in raw.items()}
+
+    async def put_document(self, collection: str, document_id: str, document: dict) -> None:
+        try:
+            await self.client.hset(f"{self.prefix}:documents:{collection}", document_id, json.dumps(document))
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+    async def delete_document(self, collection: str, document_id: str) -> bool:
+        try:
+            return bool(await self.client.hdel(f"{self.prefix}:documents:{collection}", document_id))
+        except Exception as exc:
+            raise _translate(exc) from exc
 
     async def next_sequence(self, name: str) -> int:
         """1, 2, 3, ... per name, shared by all replicas (integer ids of APIs
@@ -362,7 +445,9 @@ class Store:
 
 
 # Every per-monitor key (see the layout at the top).
-_MONITOR_PARTS = ("state", "runs", "tmo", "closed", "counters", "history", "logs", "logids", "meta", "ratelimit")
+_MONITOR_PARTS = (
+    "state", "runs", "tmo", "closed", "counters", "history", "logs", "logids", "meta", "ratelimit", "uptime",
+)
 
 
 def _max_runtime_arg(monitor: Monitor) -> str:

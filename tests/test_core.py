@@ -108,7 +108,8 @@ class TestRuns:
         facts = await core.store.facts("job")
         assert facts.accounted_through is None and facts.checkins == {"log": 1}
         assert await core.store.log("job", result.seq) == "step 1 done"
-        assert await status(core, now=T0 + 1) is Status.UP  # checked in, nothing expected yet
+        # A log says nothing about the job running: still new (as in Healthchecks).
+        assert await status(core, now=T0 + 1) is Status.NEW
 
     async def test_open_runs_are_capped(self, make_core):
         core = make_core(HOURLY)  # test store caps open runs at 5

@@ -42,6 +42,31 @@ local function update_due(state, tmo, due, monitor, grace)
   if at then redis.call('ZADD', due, at, monitor) else redis.call('ZREM', due, monitor) end
 end
 
+-- Uptime statistics: outcomes counted per UTC hour (kept 48 hours) and per
+-- UTC day (kept 31 days), so 24h / 7d / 30d figures stay exact however
+-- short the capped event history is. Fields: h<hour>:<outcome>,
+-- d<day>:<outcome>; `hour` remembers when old buckets were last pruned.
+-- A timeout is not counted: the run still ends in an outcome of its own.
+local UPTIME_HOURS, UPTIME_DAYS = 48, 31
+local function count_uptime(uptime, outcome, n, now)
+  if outcome == 'timeout' then return end
+  local hour, day = math.floor(now / 3600), math.floor(now / 86400)
+  redis.call('HINCRBY', uptime, 'h' .. hour .. ':' .. outcome, n)
+  redis.call('HINCRBY', uptime, 'd' .. day .. ':' .. outcome, n)
+  local pruned = tonumber(redis.call('HGET', uptime, 'hour') or '0')
+  if hour > pruned then
+    -- At most once an hour per monitor, over at most ~200 fields.
+    redis.call('HSET', uptime, 'hour', hour)
+    for _, name in ipairs(redis.call('HKEYS', uptime)) do
+      local unit, index = string.match(name, '^([hd])(%d+):')
+      if (unit == 'h' and tonumber(index) <= hour - UPTIME_HOURS)
+        or (unit == 'd' and tonumber(index) <= day - UPTIME_DAYS) then
+        redis.call('HDEL', uptime, name)
+      end
+    end
+  end
+end
+
 local function push_history(history, entry, cap)
   redis.call('LPUSH', history, cjson.encode(entry))
   redis.call('LTRIM', history, 0, cap - 1)

@@ -1,7 +1,9 @@
 -- Create, update or delete an API monitor's definition and bump the
 -- definitions' revision, atomically (replicas reload when it changes).
--- KEYS: 1 definitions hash, 2 revision, 3 due index, 4.. the monitor's data keys
--- ARGV: 1 monitor id, 2 mode (create|update|delete), 3 definition (json)
+-- KEYS: 1 definitions hash, 2 revision, 3 due index, 4 audit list,
+--       5.. the monitor's data keys (deleted with it)
+-- ARGV: 1 monitor id, 2 mode (create|update|delete), 3 definition (json),
+--       4 audit entry (json, '' for none), 5 audit cap
 -- Returns {'ok', revision} | {'exists'} | {'missing'}
 local defs, rev, due, id, mode = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
 local present = redis.call('HEXISTS', defs, id) == 1
@@ -13,5 +15,9 @@ if mode == 'delete' then
   for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
 else
   redis.call('HSET', defs, id, ARGV[3])
+  if ARGV[4] ~= '' then
+    redis.call('LPUSH', KEYS[4], ARGV[4])
+    redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
+  end
 end
 return {'ok', redis.call('INCR', rev)}

@@ -1,7 +1,7 @@
 -- Record one check-in atomically: run pairing, accounting, counters,
 -- threshold state, capped history and log, meta, deadline index.
 -- KEYS: 1 state, 2 runs, 3 tmo, 4 closed, 5 counters, 6 history, 7 logs,
---       8 logids, 9 meta, 10 due, 11 rate-limit counter
+--       8 logids, 9 meta, 10 due, 11 rate-limit counter, 12 uptime
 -- ARGV: 1 monitor, 2 now, 3 kind, 4 run_id, 5 exit_code, 6 duration,
 --       7 message, 8 log, 9 log_truncated, 10 meta (json object),
 --       11 extra (json object), 12 arrival plan (json, see ArrivalPlan),
@@ -10,7 +10,7 @@
 --       19 buckets (json array), 20 generated_run_id, 21 meta_cap,
 --       22 open_runs_cap, 23 closed_cap, 24 outcome override for a
 --       success ('' or 'silent_failure'), 25 rate limit count (0: none),
---       26 rate limit window (seconds)
+--       26 rate limit window (seconds), 27 annotations (json object or '')
 -- Returns {'ok', seq, run_id, duration} | {'duplicate', run_id}
 --       | {'sweep'}: a deadline passed unrecorded; sweep, then call again
 --       | {'slot', s}: the arrival is for slot s, which the plan lacks
@@ -89,10 +89,13 @@ end
 local seq = redis.call('HINCRBY', state, 'seq', 1)
 redis.call('HINCRBY', state, 'v', 1)
 redis.call('HINCRBY', counters, 'c:' .. kind, 1)
-redis.call('HSETNX', state, 'first', ARGV[2])
+-- A log event says nothing about the job running (Healthchecks: /log does
+-- not change the status), so it does not end the monitor's "new" state.
+if kind ~= 'log' then redis.call('HSETNX', state, 'first', ARGV[2]) end
 redis.call('HSET', state, 'last', ARGV[2])
 local entry = {seq = seq, t = now, kind = kind}
 local extra = cjson.decode(ARGV[11])
+if ARGV[27] ~= '' then entry.ann = cjson.decode(ARGV[27]) end
 for k, v in pairs(extra) do entry[k] = v end
 if ARGV[7] ~= '' then entry.message = ARGV[7] end
 if exit_code then entry.exit_code = exit_code end
@@ -183,6 +186,7 @@ elseif completes then
     redis.call('HINCRBY', counters, 'dcount', 1)
   end
   apply_outcome(state, counters, outcome, 1, fthr, rthr)
+  count_uptime(KEYS[12], outcome, 1, now)
 else
   result_run = run_id
 end

@@ -1,6 +1,6 @@
 -- Apply one sweep plan if the monitor is still at the version it was read
 -- at (compare-and-set: two sweepers never record the same slot twice).
--- KEYS: 1 state, 2 runs, 3 tmo, 4 counters, 5 history, 6 due
+-- KEYS: 1 state, 2 runs, 3 tmo, 4 counters, 5 history, 6 due, 7 uptime
 -- ARGV: 1 monitor, 2 now, 3 expected_version, 4 missed, 5 acc, 6 next,
 --       7 timed_out (json array of run ids), 8 grace, 9 failure_threshold,
 --       10 recovery_threshold, 11 history_cap
@@ -16,6 +16,7 @@ version = redis.call('HINCRBY', state, 'v', 1)
 if ARGV[5] ~= '' then redis.call('HSET', state, 'acc', ARGV[5], 'next', ARGV[6]) end
 if missed > 0 then
   apply_outcome(state, counters, 'missed', missed, fthr, rthr)
+  count_uptime(KEYS[7], 'missed', missed, now)
   local seq = redis.call('HINCRBY', state, 'seq', 1)
   push_history(history, {seq = seq, t = now, kind = 'missed', outcome = 'missed', slots = missed, through = tonumber(ARGV[5])}, cap)
 end

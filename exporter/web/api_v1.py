@@ -49,11 +49,12 @@ class ApiError(Exception):
         return web.json_response({"error": self.body}, status=self.status, headers=headers)
 
 
-def bearer_token(request: web.Request) -> tuple[bool, ApiToken | None]:
-    """(was a bearer token sent, the API token it is) — for every API that
-    authenticates with `Authorization: Bearer`."""
+def bearer_token(request: web.Request, schemes: tuple[str, ...] = ("bearer",)) -> tuple[bool, ApiToken | None]:
+    """(was a token sent, the API token it is) — for every API that
+    authenticates with `Authorization: Bearer` (or another of `schemes`,
+    lower-case, such as Django REST framework's "token")."""
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
+    if scheme.lower() not in schemes or not presented.strip():
         return False, None
     secrets = request.app[CORE].registry.secrets
     return True, match_api_token(presented.strip(), secrets.api_tokens if secrets else ())

@@ -24,7 +24,7 @@ from ..reloader import Reloader
 from ..settings import Settings
 from ..store import Store, StoreUnavailable, connect
 from ..sweeper import Sweeper
-from . import api_v1, boxwatch, crontify, healthchecks, ops, sentry
+from . import api_v1, boxwatch, crontify, crosscheck, crosscheck_checkin, healthchecks, ops, sentry
 from .keys import BRIDGE, CORE, EMBEDDED, RELOADER, SELF_REGISTRY, SETTINGS, SWEEPER
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,8 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     api_v1.add_routes(app)
     crontify.add_routes(app)
     boxwatch.add_routes(app)
+    crosscheck_checkin.add_routes(app)  # before crosscheck's /api/flights/{id}/
+    crosscheck.add_routes(app)
     sentry.add_routes(app)
     return app
 

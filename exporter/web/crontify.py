@@ -22,10 +22,11 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
 from ..access import can_see
-from ..core import RateLimited
+from ..core import RateLimited, SourceNotAllowed
 from ..credentials import match_api_token
 from ..model import CheckIn, Kind, iso_utc
 from ..store import StoreUnavailable
+from .client import client_ip
 from .keys import CORE, SETTINGS
 
 LOG_LIMIT_CHARS = 10_000
@@ -79,11 +80,13 @@ async def ping(request: web.Request) -> web.Response:
         log=log[:LOG_LIMIT_CHARS] if log else None,
         log_truncated=bool(log) and len(log) > LOG_LIMIT_CHARS,
         meta={key: float(value) for key, value in body.meta.items()},
-        source_ip=request.remote,
+        source_ip=client_ip(request),
         user_agent=request.headers.get("User-Agent"),
     )
     try:
         result = await core.record(checkin)
+    except SourceNotAllowed:
+        return _fail(403, "Forbidden: pings from this address are not allowed for this monitor")
     except RateLimited as exc:
         return _fail(429, f"Rate limit exceeded. Try again in {exc.retry_after} seconds.", retryAfter=exc.retry_after)
     except StoreUnavailable:

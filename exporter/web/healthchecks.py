@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ..config import SpecError, parse_monitor_spec
-from ..core import MonitorExists, RateLimited
+from ..core import MonitorExists, RateLimited, SourceNotAllowed
 from ..credentials import digest, key_allows, match_ping_key
 from ..model import CheckIn, Kind, Monitor
 from ..store import StoreUnavailable
+from .client import client_ip
 from .keys import CORE, SETTINGS
 
 _SUFFIXES = {"start": Kind.START, "fail": Kind.FAIL, "log": Kind.LOG}
@@ -169,7 +170,7 @@ async def ping(request: web.Request) -> web.Response:
             duration=duration,
             log=log_text,
             log_truncated=truncated,
-            source_ip=request.remote,
+            source_ip=client_ip(request),
             user_agent=request.headers.get("User-Agent"),
         )
         await core.record(checkin)
@@ -179,6 +180,9 @@ async def ping(request: web.Request) -> web.Response:
         return web.Response(
             status=503, text="store unavailable: the ping was not recorded, retry later", headers=_HEADERS
         )
+    except SourceNotAllowed:
+        return web.Response(status=403, text="forbidden: pings from this address are not allowed for this monitor",
+                            headers=_HEADERS)
     except RateLimited as exc:
         return web.Response(
             status=429,

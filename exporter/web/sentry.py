@@ -24,10 +24,11 @@ from aiohttp import web
 
 from ..access import can_change, can_see
 from ..config import SpecError, parse_monitor_spec
-from ..core import RateLimited, ReadOnlyMonitor
+from ..core import RateLimited, ReadOnlyMonitor, SourceNotAllowed
 from ..credentials import ApiToken, match_api_token
 from ..model import CheckIn, Kind, Monitor
 from ..store import StoreUnavailable
+from .client import client_ip
 from .keys import CORE, SETTINGS
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ async def _check_in(request: web.Request, token: ApiToken, payload: dict) -> boo
         duration=float(duration) if isinstance(duration, (int, float)) and kind is not Kind.START else None,
         release=payload.get("release") if isinstance(payload.get("release"), str) else None,
         environment=payload.get("environment") if isinstance(payload.get("environment"), str) else None,
-        source_ip=request.remote,
+        source_ip=client_ip(request),
         user_agent=request.headers.get("User-Agent"),
     )
     await request.app[CORE].record(checkin)
@@ -176,6 +177,8 @@ async def envelope(request: web.Request) -> web.Response:
                 continue
             if isinstance(body, dict):
                 await _check_in(request, token, body)
+    except SourceNotAllowed:
+        return _error(403, "check-ins from this address are not allowed for this monitor")
     except RateLimited as exc:
         return web.json_response({"detail": "rate limited"}, status=429, headers={"Retry-After": str(exc.retry_after)})
     except StoreUnavailable:
@@ -205,6 +208,8 @@ async def http_check_in(request: web.Request) -> web.Response:
     try:
         if not await _check_in(request, token, payload):
             return _error(404, f"no monitor {payload['monitor_slug']!r} for this key")
+    except SourceNotAllowed:
+        return _error(403, "check-ins from this address are not allowed for this monitor")
     except RateLimited as exc:
         return web.json_response({"detail": "rate limited"}, status=429, headers={"Retry-After": str(exc.retry_after)})
     except StoreUnavailable:
