@@ -256,8 +256,7 @@ async def test_reorder_both_body_forms(client, wrap):
 ])
 async def test_bad_reorders_change_nothing(client, body, status):
     a = await create(client, name="a")
-    items = body if not isinstance(body, list) or not body or body[0].get("id") != "x" else body
-    response = await client.post("/api/flights/reorder/", json=items, headers=AUTH)
+    response = await client.post("/api/flights/reorder/", json=body, headers=AUTH)
     assert response.status == status
     assert (await (await client.get(f"/api/flights/{a['id']}/", headers=AUTH)).json())["order"] == 0
 
@@ -583,3 +582,22 @@ def test_uptime_windows_are_exact_at_the_edges():
     assert (summary["7d"].total, summary["7d"].successful, summary["7d"].percentage) == (3, 3, 100.0)
     assert (summary["30d"].total, summary["30d"].error) == (8, 5)
     assert uptime.UptimeCounts().percentage is None
+
+
+def test_imported_secrets_must_exist_and_be_unique(tmp_path):
+    from exporter import credentials
+    from exporter.config import ConfigError, load_config
+
+    path = write_config(tmp_path, """
+        monitors:
+          - {id: a, schedule: {interval: 1h}, ping: {api_key_env: KEY_A, shortcode_env: CODE}}
+          - {id: b, schedule: {interval: 1h}, ping: {shortcode_env: CODE, api_key_file: /nonexistent/key}}
+    """)
+    config = load_config(path, now=T0)
+    with pytest.raises(ConfigError) as caught:
+        credentials.resolve(config, tmp_path, {"CODE": "Ab1Cd2Ef", "CRONMON_PING_KEY": "k"})
+    assert caught.value.problems == [
+        f'{path}: monitor "a": field "ping.api_key_env": environment variable KEY_A is not set or empty',
+        f'{path}: monitor "b": field "ping.api_key_file": cannot read /nonexistent/key: No such file or directory',
+        f'{path}: monitor "b": its ping.shortcode is also the shortcode of monitor "a"',
+    ]
