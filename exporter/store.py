@@ -34,7 +34,7 @@ import logging
 import math
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import redis.asyncio as redis
 from redis import exceptions as redis_errors
@@ -229,16 +229,20 @@ class Store:
         scrape that straddles a check-in shows it either way.
         """
         ids = list(monitor_ids)
+        replies = await self._pipelined(ids, self._queue_facts)
+        return {monitor_id: _parse_facts(*replies[i * 4 : i * 4 + 4]) for i, monitor_id in enumerate(ids)}
+
+    async def _pipelined(self, ids: list[str], queue: Callable[[Any, str], None]) -> list:
+        """Queue each monitor's reads on one pipeline; all replies, in order."""
         if not ids:
-            return {}
+            return []
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for monitor_id in ids:
-                    self._queue_facts(pipe, monitor_id)
-                replies = await pipe.execute()
+                    queue(pipe, monitor_id)
+                return await pipe.execute()
         except Exception as exc:
             raise _translate(exc) from exc
-        return {monitor_id: _parse_facts(*replies[i * 4 : i * 4 + 4]) for i, monitor_id in enumerate(ids)}
 
     def _queue_facts(self, pipe: Any, monitor_id: str) -> None:
         for part in ("state", "runs", "counters", "meta"):
@@ -367,19 +371,14 @@ class Store:
         """For several monitors, in one round trip: facts, uptime buckets
         (see count_uptime in lua/common.lua), the newest `audit` audit
         entries and the newest `history` events."""
+        def queue(pipe: Any, monitor_id: str) -> None:
+            self._queue_facts(pipe, monitor_id)
+            pipe.hgetall(self.key(monitor_id, "uptime"))
+            pipe.lrange(self.key(monitor_id, "audit"), 0, audit - 1) if audit else pipe.echo("")
+            pipe.lrange(self.key(monitor_id, "history"), 0, history - 1) if history else pipe.echo("")
+
         ids = list(monitor_ids)
-        if not ids:
-            return {}
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for monitor_id in ids:
-                    self._queue_facts(pipe, monitor_id)
-                    pipe.hgetall(self.key(monitor_id, "uptime"))
-                    pipe.lrange(self.key(monitor_id, "audit"), 0, audit - 1) if audit else pipe.echo("")
-                    pipe.lrange(self.key(monitor_id, "history"), 0, history - 1) if history else pipe.echo("")
-                replies = await pipe.execute()
-        except Exception as exc:
-            raise _translate(exc) from exc
+        replies = await self._pipelined(ids, queue)
         found = {}
         for i, monitor_id in enumerate(ids):
             state, runs, counters, meta, uptime, audit_raw, history_raw = replies[i * 7 : i * 7 + 7]

@@ -601,3 +601,38 @@ def test_imported_secrets_must_exist_and_be_unique(tmp_path):
         f'{path}: monitor "b": field "ping.api_key_file": cannot read /nonexistent/key: No such file or directory',
         f'{path}: monitor "b": its ping.shortcode is also the shortcode of monitor "a"',
     ]
+
+
+def test_trusted_proxy_flag_and_environment(monkeypatch, capsys):
+    import ipaddress
+
+    from exporter.cli import build_parser
+
+    argv = ["serve", "--config", "x", "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "192.0.2.1"]
+    assert build_parser().parse_args(argv).trusted_proxy == [
+        ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.0.2.1/32")]
+    monkeypatch.setenv("CRONMON_TRUSTED_PROXIES", "172.16.0.0/12, fd00::/8")
+    assert build_parser().parse_args(["serve", "--config", "x"]).trusted_proxy == [
+        ipaddress.ip_network("172.16.0.0/12"), ipaddress.ip_network("fd00::/8")]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--config", "x", "--trusted-proxy", "proxy.example"])
+    assert "'proxy.example' is not an IP address or a network" in capsys.readouterr().err
+
+
+async def test_uptime_buckets_stay_bounded(make_core, clock, raw_redis):
+    """Hour buckets older than 48 hours and day buckets older than 31 days
+    are pruned as new hours start, so the hash does not grow with time."""
+    from exporter.model import CheckIn, Kind
+
+    core = make_core("monitors:\n  - {id: job, schedule: {interval: 1h}, grace: 1h}\n")
+    for _ in range(40 * 24 // 6):  # 40 days, a run every 6 hours
+        await core.record(CheckIn("job", Kind.SUCCESS, clock()))
+        clock.advance(6 * 3600)
+    await core.record(CheckIn("job", Kind.SUCCESS, clock()))
+    fields = await raw_redis.hkeys(core.store.key("job", "uptime"))
+    hour, day = int(clock() // 3600), int(clock() // 86400)
+    hours = [int(f[1:].split(":")[0]) for f in fields if f.startswith("h") and f != "hour"]
+    days = [int(f[1:].split(":")[0]) for f in fields if f.startswith("d")]
+    assert min(hours) > hour - 48 and max(hours) == hour
+    assert min(days) > day - 31 and max(days) == day
+    assert len(fields) <= 48 + 31 + 1
