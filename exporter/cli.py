@@ -114,6 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
+        "--probe-concurrency", type=int, default=64, metavar="N",
+        help="active checks: at most N running at once in this process (default 64)",
+    )
+    serve.add_argument(
+        "--probe-allow-network", action="append", type=_network, default=[], metavar="CIDR",
+        help=(
+            "active checks may only connect to addresses in these networks (repeat for several; "
+            "default: anywhere). Use it to keep API users from probing your internal network."
+        ),
+    )
+    serve.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
         help="log verbosity (default info)",
     )
@@ -176,6 +187,8 @@ def serve(args: argparse.Namespace) -> int:
         boxwatch_plan_limit=args.boxwatch_plan_limit,
         auto_provision=args.auto_provision,
         trusted_proxies=tuple(args.trusted_proxy),
+        probe_concurrency=args.probe_concurrency,
+        probe_allowed_networks=tuple(args.probe_allow_network),
     )
     from aiohttp import web
 

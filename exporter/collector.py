@@ -102,6 +102,10 @@ def monitor_metrics(snap: Snapshot) -> Iterable[Metric]:
             ("consecutive_failures", "Bad outcomes (error, missed, timeout) in a row."),
             ("run_meta", "Last value of each numeric meta key reported by the job."),
             ("last_outcome", "The latest recorded outcome: 1 for it, 0 for the others (all 0 before the first)."),
+            ("probe_success", "Active monitors: 1 if the latest HTTP check succeeded (a slow answer too), else 0."),
+            ("probe_duration_seconds", "Active monitors: duration of the latest HTTP check (0: none yet)."),
+            ("probe_status_code", "Active monitors: HTTP status of the latest check (0: no answer, or none yet)."),
+            ("probe_last_timestamp_seconds", "Active monitors: when the latest HTTP check finished (0: never)."),
         )
     }
     checkins = _family("cronmon_checkins", "Check-ins received, by kind.", "counter")
@@ -149,6 +153,11 @@ def monitor_metrics(snap: Snapshot) -> Iterable[Metric]:
         gauge("consecutive_failures", ev.consecutive_failures)
         for key in sorted(facts.meta):
             gauge("run_meta", facts.meta[key], {"key": key})
+        if monitor.probe is not None:
+            gauge("probe_success", 1 if facts.probe_success else 0)
+            gauge("probe_duration_seconds", facts.probe_duration or 0)
+            gauge("probe_status_code", facts.probe_status_code or 0)
+            gauge("probe_last_timestamp_seconds", facts.probe_last or 0)
 
         for kind in Kind:
             checkins.add_sample("cronmon_checkins_total", {**base, "kind": kind.value}, facts.checkins.get(kind.value, 0))

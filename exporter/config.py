@@ -40,7 +40,7 @@ from pydantic import (
     model_validator,
 )
 
-from .model import CronSchedule, IntervalSchedule, MetaRule, Monitor
+from .model import CronSchedule, HttpProbe, IntervalSchedule, MetaRule, Monitor
 from .schedule import ScheduleError, validate_cron
 
 MONITOR_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
@@ -173,6 +173,32 @@ class ScheduleSpec(_Strict):
         return CronSchedule(self.cron.strip(), self.timezone or "UTC")
 
 
+class HttpProbeSpec(_Strict):
+    """`http:` on a monitor: cronmon checks the URL itself (an active monitor)."""
+
+    url: Annotated[str, Field(max_length=2000)]
+    interval: Duration = 60.0
+    slow: Duration = 5.0
+    timeout: Duration = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/?#]+", value):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _sane_times(self) -> "HttpProbeSpec":
+        if self.interval < 1:
+            raise ValueError("interval must be at least 1s")
+        if not 0 < self.slow <= self.timeout:
+            raise ValueError("slow must be greater than 0 and not greater than timeout")
+        if self.timeout > self.interval:
+            raise ValueError("timeout must not be greater than interval (checks would overlap)")
+        return self
+
+
 class PingSpec(_Strict):
     """How pings authenticate. Secrets are referenced, never written here."""
 
@@ -206,7 +232,9 @@ class MonitorSpec(_Strict):
     id: Annotated[str, Field(pattern=MONITOR_ID_PATTERN)]
     name: str = ""
     description: str = ""
-    schedule: ScheduleSpec
+    # Optional for an active monitor (`http:`): it expects a landing per check.
+    schedule: ScheduleSpec | None = None
+    http: HttpProbeSpec | None = None
     grace: Duration = 300.0
     max_runtime: Duration | None = None
     failure_threshold: Annotated[int, Field(ge=1, le=1000)] = 1
@@ -218,6 +246,14 @@ class MonitorSpec(_Strict):
     meta_rules: list[str] = []
     rate_limit: str | None = None
     allowed_ips: list[str] = []
+
+    @model_validator(mode="after")
+    def _schedule_or_probe(self) -> "MonitorSpec":
+        if self.schedule is None and self.http is None:
+            raise ValueError("give a schedule (interval or cron), or an http probe")
+        if self.schedule is not None and self.http is not None:
+            raise ValueError("an http monitor's schedule is its probe interval: give schedule or http, not both")
+        return self
 
     @field_validator("allowed_ips")
     @classmethod
@@ -415,7 +451,7 @@ def _parse_file(file: Path, problems: list[str], now: float) -> ConfigFile | Non
         return None
     before = len(problems)
     for spec in parsed.monitors:
-        if spec.schedule.cron is not None:
+        if spec.schedule is not None and spec.schedule.cron is not None:
             try:
                 validate_cron(spec.schedule.cron, spec.schedule.timezone or "UTC", now)
             except ScheduleError as err:
@@ -485,7 +521,7 @@ def parse_monitor_spec(data: Any, now: float) -> MonitorSpec:
         spec = MonitorSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError([(field, message) for _, field, message in _issues(exc)]) from None
-    if spec.schedule.cron is not None:
+    if spec.schedule is not None and spec.schedule.cron is not None:
         try:
             validate_cron(spec.schedule.cron, spec.schedule.timezone or "UTC", now)
         except ScheduleError as err:
@@ -512,7 +548,8 @@ def _to_monitor(spec: MonitorSpec, source: str) -> Monitor:
         id=spec.id,
         name=spec.name,
         description=spec.description,
-        schedule=spec.schedule.to_schedule(),
+        schedule=spec.schedule.to_schedule() if spec.schedule else IntervalSchedule(spec.http.interval),
+        probe=HttpProbe(spec.http.url, spec.http.interval, spec.http.slow, spec.http.timeout) if spec.http else None,
         grace=spec.grace,
         max_runtime=spec.max_runtime,
         failure_threshold=spec.failure_threshold,

@@ -244,7 +244,8 @@ class Core:
         monitor = self.registry.monitors.get(checkin.monitor_id)
         if monitor is None:
             raise UnknownMonitor(checkin.monitor_id)
-        if not monitor.allows_source(checkin.source_ip):
+        # An active check's result comes from cronmon itself, not the network.
+        if checkin.probe_status_code is None and not monitor.allows_source(checkin.source_ip):
             raise SourceNotAllowed(monitor.id, checkin.source_ip)
         plan = plan_arrival(monitor, checkin.received_at)
         generated_run_id = str(uuid.uuid4())

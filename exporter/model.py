@@ -93,6 +93,18 @@ class CronSchedule:
 Schedule = IntervalSchedule | CronSchedule
 
 
+@dataclass(frozen=True)
+class HttpProbe:
+    """An active check: cronmon requests `url` every `interval` seconds.
+    Slower than `slow` is a warning; no answer within `timeout`, a
+    connection error or an HTTP error status (>= 400) is an error."""
+
+    url: str
+    interval: float = 60.0
+    slow: float = 5.0
+    timeout: float = 10.0
+
+
 _COMPARE = {
     "<": float.__lt__, "<=": float.__le__, ">": float.__gt__,
     ">=": float.__ge__, "==": float.__eq__, "!=": float.__ne__,
@@ -148,6 +160,8 @@ class Monitor:
     meta_rules: tuple[MetaRule, ...] = ()
     # At most `count` check-ins per `seconds` (429 beyond); None: unlimited.
     rate_limit: tuple[int, float] | None = None
+    # Active monitors: cronmon itself checks this URL on its interval.
+    probe: HttpProbe | None = None
     # Check-ins only from these networks (403 otherwise); empty: from anywhere.
     allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # Secrets a job already uses with the service it migrates from (a
@@ -203,6 +217,10 @@ class CheckIn:
     source_ip: str | None = None
     user_agent: str | None = None
     idempotency_key: str | None = None
+    # Set for the result of an active check (probes.py): the check-in also
+    # becomes the monitor's latest probe result (cronmon_probe_*), with this
+    # HTTP status code (0: no response).
+    probe_status_code: int | None = None
     # Facts one API keeps with the event for its own answers (CrossCheck's
     # landing status, phase and pair_key, ...); the core does not read them.
     annotations: Mapping[str, Any] = field(default_factory=dict)
@@ -235,6 +253,11 @@ class Facts:
     last_duration: float | None = None
     last_exit_code: int | None = None
     last_outcome: Outcome | None = None
+    # The latest active check (see probes.py), None before the first one.
+    probe_last: float | None = None
+    probe_success: bool = False
+    probe_duration: float | None = None
+    probe_status_code: int | None = None
     last_bad_outcome: Outcome | None = None
     accounted_through: float | None = None
     next_slot: float | None = None

@@ -44,6 +44,11 @@ class Settings:
     # Reverse proxies whose X-Forwarded-For is believed (networks); the
     # client address of other requests is the peer address.
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    # Active checks: how many run at once per process, which target
+    # networks they may reach (empty: any), how much of a body is read.
+    probe_concurrency: int = 64
+    probe_allowed_networks: tuple[IPNetwork, ...] = ()
+    probe_max_bytes: int = 65536
     limits: StoreLimits = field(default_factory=StoreLimits)
 
     @property

@@ -18,6 +18,8 @@ all of them atomically::
     cronmon:monitors         hash: API-created monitor id -> definition (json)
     cronmon:monitors:revision  bumped on every definition change
     cronmon:documents:<name>   hash: id -> small API document (CrossCheck flight groups)
+    cronmon:probes             hash: active monitor id -> its check's fingerprint (url, interval, ...)
+    cronmon:probes:schedule    zset: active monitor id -> when its next check is due
 
 Every check-in is one round trip (record.lua). The deadline index is
 updated inside the same script, which keeps it exact and race-free on a
@@ -122,6 +124,10 @@ class Store:
         self._sweep = client.register_script(_script("sweep"))
         self._resync = client.register_script(_script("resync"))
         self._define = client.register_script(_script("define"))
+        self._probe_sync = client.register_script(_script("probe_sync"))
+        self._probe_claim = client.register_script(_script("probe_claim"))
+        self._probes_key = f"{prefix}:probes"
+        self._probe_schedule_key = f"{prefix}:probes:schedule"
         self._due_key = f"{prefix}:due"
         self._definitions_key = f"{prefix}:monitors"
         self._revision_key = f"{prefix}:monitors:revision"
@@ -197,6 +203,7 @@ class Store:
                     monitor.rate_limit[0] if monitor.rate_limit else 0,
                     repr(monitor.rate_limit[1]) if monitor.rate_limit else "0",
                     json.dumps(dict(checkin.annotations)) if checkin.annotations else "",
+                    "" if checkin.probe_status_code is None else checkin.probe_status_code,
                 ],
             )
         except Exception as exc:
@@ -390,6 +397,30 @@ class Store:
             )
         return found
 
+    # -- active checks ---------------------------------------------------
+
+    async def sync_probes(self, probes: list[tuple[str, str, float]]) -> int:
+        """Make the shared probe schedule hold exactly these active monitors:
+        (monitor id, fingerprint json with the interval as "i", first due)."""
+        try:
+            return int(await self._probe_sync(
+                keys=[self._probes_key, self._probe_schedule_key],
+                args=[json.dumps([[m, fp, repr(first)] for m, fp, first in probes])],
+            ))
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+    async def claim_probes(self, now: float, limit: int) -> list[tuple[str, float]]:
+        """Checks due at `now` (at most `limit`), each given to one caller
+        only: (monitor id, when it was due)."""
+        try:
+            reply = await self._probe_claim(
+                keys=[self._probes_key, self._probe_schedule_key], args=[repr(now), limit]
+            )
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return [(reply[i], float(reply[i + 1])) for i in range(0, len(reply), 2)]
+
     # -- small documents of the APIs (CrossCheck's flight groups, ...) ------
 
     async def documents(self, collection: str) -> dict[str, dict]:
@@ -493,6 +524,10 @@ def _parse_facts(state: dict, runs: dict, counters: dict, meta: dict) -> Facts:
         last_exit_code=int(float(exit_code)) if exit_code not in (None, "") else None,
         last_outcome=Outcome(last_outcome) if last_outcome else None,
         last_bad_outcome=Outcome(last_bad) if last_bad else None,
+        probe_last=_float(state, "probe_t"),
+        probe_success=state.get("probe_ok") == "1",
+        probe_duration=_float(state, "probe_dur"),
+        probe_status_code=int(state["probe_code"]) if state.get("probe_code") else None,
         accounted_through=_float(state, "acc"),
         next_slot=_float(state, "next"),
         consecutive_bad=int(state.get("cbad", 0)),

@@ -10,7 +10,8 @@
 --       19 buckets (json array), 20 generated_run_id, 21 meta_cap,
 --       22 open_runs_cap, 23 closed_cap, 24 outcome override for a
 --       success ('' or 'silent_failure'), 25 rate limit count (0: none),
---       26 rate limit window (seconds), 27 annotations (json object or '')
+--       26 rate limit window (seconds), 27 annotations (json object or ''),
+--       28 probe HTTP status code ('' unless an active check's result)
 -- Returns {'ok', seq, run_id, duration} | {'duplicate', run_id}
 --       | {'sweep'}: a deadline passed unrecorded; sweep, then call again
 --       | {'slot', s}: the arrival is for slot s, which the plan lacks
@@ -209,6 +210,13 @@ for k, v in pairs(values) do
   else
     entry.meta_dropped = true
   end
+end
+
+if ARGV[28] ~= '' then
+  -- An active check's result is also the monitor's latest probe result.
+  entry.status_code = tonumber(ARGV[28])
+  redis.call('HSET', state, 'probe_t', ARGV[2], 'probe_ok', (kind == 'fail') and 0 or 1,
+    'probe_dur', reported_duration and fmt(reported_duration) or '0', 'probe_code', ARGV[28])
 end
 
 push_history(history, entry, history_cap)

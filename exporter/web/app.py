@@ -20,12 +20,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from ..bridge import AlertBridge
 from ..core import Core
 from ..embedded import EmbeddedRedis
+from ..probes import Prober, make_client
 from ..reloader import Reloader
 from ..settings import Settings
 from ..store import Store, StoreUnavailable, connect
 from ..sweeper import Sweeper
 from . import api_v1, boxwatch, crontify, crosscheck, crosscheck_checkin, healthchecks, ops, sentry
-from .keys import BRIDGE, CORE, EMBEDDED, RELOADER, SELF_REGISTRY, SETTINGS, SWEEPER
+from .keys import BRIDGE, CORE, EMBEDDED, PROBER, RELOADER, SELF_REGISTRY, SETTINGS, SWEEPER
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,21 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     )
 
+    probe_lag = Histogram(
+        "cronmon_probe_schedule_lag_seconds",
+        "How late active checks started after their due time (this process).",
+        registry=self_registry,
+        buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    )
+    prober = Prober(
+        core,
+        concurrency=settings.probe_concurrency,
+        allowed_networks=settings.probe_allowed_networks,
+        max_bytes=settings.probe_max_bytes,
+        clock=clock,
+        on_lag=probe_lag.observe,
+    )
+
     @web.middleware
     async def instrument(request: web.Request, handler):
         resource = request.match_info.route.resource
@@ -94,6 +110,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     app[CORE] = core
     app[RELOADER] = reloader
     app[SWEEPER] = sweeper
+    app[PROBER] = prober
     app[BRIDGE] = bridge
     app[EMBEDDED] = embedded
     app[SELF_REGISTRY] = self_registry
@@ -102,6 +119,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     app.cleanup_ctx.append(_redis_client)
     app.cleanup_ctx.append(_sweeper_task)
     app.cleanup_ctx.append(_bridge_task)
+    app.cleanup_ctx.append(_prober_task)
     ops.add_routes(app)
     healthchecks.add_routes(app)
     api_v1.add_routes(app)
@@ -150,6 +168,15 @@ async def _finish(task: asyncio.Task, grace: float = 10.0) -> None:
         log.warning("%s did not stop in %.0fs; cancelling it", task.get_name(), grace)
         task.cancel()
         await asyncio.wait({task}, timeout=grace)
+
+
+async def _prober_task(app: web.Application) -> AsyncIterator[None]:
+    prober = app[PROBER]
+    async with make_client(app[SETTINGS].probe_concurrency) as client:
+        task = asyncio.create_task(prober.run(client), name="cronmon-prober")
+        yield
+        prober.stop()
+        await _finish(task)
 
 
 async def _bridge_task(app: web.Application) -> AsyncIterator[None]:

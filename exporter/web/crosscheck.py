@@ -49,7 +49,7 @@ from ..model import CheckIn, Kind, Monitor, iso_utc
 from ..store import Details, StoreUnavailable
 from .api_v1 import bearer_token
 from .client import client_ip
-from .keys import CORE, SETTINGS
+from .keys import CORE, PROBER, SETTINGS
 
 FLIGHT_TYPES = ("PASSIVE", "ACTIVE", "QUICK_PASSIVE")
 LANDING_KINDS = ("start", "success", "fail", "warning", "log")
@@ -386,8 +386,11 @@ def monitor_spec(request: web.Request, monitor_id: str, fields: dict[str, Any], 
         "id": monitor_id,
         "name": fields["name"].strip(),
         "description": fields["description"],
-        # An active flight lands once per check; a passive one once per interval.
-        "schedule": {"interval": fields["monitor_interval"] if active else fields["expected_interval"]},
+        # An active flight lands once per check (its schedule is the check
+        # interval); a passive one once per expected_interval.
+        **({"http": {"url": fields["monitor_url"], "interval": fields["monitor_interval"],
+                     "slow": fields["slow_response_threshold"], "timeout": fields["timeout_threshold"]}}
+           if active else {"schedule": {"interval": fields["expected_interval"]}}),
         "grace": fields["grace_period"],
         "failure_threshold": (fields["consecutive_failure_threshold"] or fields["max_missed_checkins"])
         if active else fields["max_missed_checkins"],
@@ -592,16 +595,29 @@ async def flight_audit(request: web.Request) -> web.Response:
 
 @handles_problems
 async def test_now(request: web.Request) -> web.Response:
-    """A test landing, in-band: recorded through the same path as a real
-    check-in (rate limit and allow list included) and listed among the
-    landings with is_test, but it changes neither the schedule nor the
-    status: a test must never stand in for a real run."""
+    """An active flight: a real check, now, recorded as its landing (it
+    counts like any check). A passive one: a test landing, in-band:
+    recorded through the same path as a real check-in (rate limit and
+    allow list included) and listed with is_test, but changing neither the
+    schedule nor the status: a test must never stand in for a real run."""
     token = authenticate(request, write=True)
     monitor = find_flight(request, token)
     if not can_change(token, monitor) and not monitor.from_yaml:
         raise Problem(403, "You do not have permission to perform this action.")
     core = request.app[CORE]
     fields = flight_fields(monitor)
+    prober = request.app[PROBER]
+    if monitor.probe is not None:
+        if prober.client is None:
+            raise Problem(503, "Active checks are not running in this process; retry later.")
+        checkin, recorded = await prober.check(prober.client, monitor, test=True)
+        if recorded is None:
+            raise RateLimited(monitor.id, 60)
+        event = {"seq": recorded.seq, "t": checkin.received_at, "kind": checkin.kind.value,
+                 "ann": dict(checkin.annotations), "metadata": dict(checkin.metadata), "duration": checkin.duration}
+        return web.json_response({
+            "status": "ok", "landing": landing_json(event, fields["id"]), "override_seconds": TEST_OVERRIDE_SECONDS,
+        })
     annotations = {"status": "SUCCESS", "phase": "SINGLE", "test": True}
     checkin = CheckIn(
         monitor_id=monitor.id, kind=Kind.LOG, received_at=core.clock(), message="test_now",

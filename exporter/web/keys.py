@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 from ..bridge import AlertBridge
 from ..core import Core
 from ..embedded import EmbeddedRedis
+from ..probes import Prober
 from ..reloader import Reloader
 from ..settings import Settings
 from ..sweeper import Sweeper
@@ -16,6 +17,7 @@ SETTINGS = web.AppKey("settings", Settings)
 CORE = web.AppKey("core", Core)
 RELOADER = web.AppKey("reloader", Reloader)
 SWEEPER = web.AppKey("sweeper", Sweeper)
+PROBER = web.AppKey("prober", Prober)
 BRIDGE = web.AppKey("bridge", AlertBridge | None)
 EMBEDDED = web.AppKey("embedded", EmbeddedRedis | None)
 # Metrics about cronmon's own HTTP handling and process.

@@ -1,0 +1,283 @@
+"""Active monitors: cronmon requests each monitor's URL on its interval.
+
+A check's result is an ordinary check-in through the core (a landing, in
+CrossCheck's words): success, warning (slower than `slow`) or fail (no
+answer within `timeout`, a connection error, an HTTP status >= 400, a
+refused redirect). The monitor's failure_threshold turns consecutive
+failures into the `failed` status (alert CronProbeDown); its latest result
+is also kept for the cronmon_probe_* metrics.
+
+Scheduling is shared through Redis (store.sync_probes / claim_probes):
+every active monitor has a due time; a process claims due checks
+atomically, which moves the due time one interval on, so among any number
+of processes exactly one runs each check, and when a process dies the
+next check is simply claimed by another (handover within one interval).
+A monitor's first due time has a phase derived from its id, which spreads
+checks evenly over the interval instead of firing them all at once.
+
+Targets are whatever a monitor's owner configured, so a check: follows at
+most MAX_REDIRECTS redirects and never to another scheme, reads at most
+`max_bytes` of the body, has connect/read/total timeouts of `timeout`, and,
+with `allowed_networks` set, only connects to addresses inside them (every
+address the name resolves to must be allowed; a name that resolves
+differently between our check and httpx's connect — DNS rebinding — is not
+prevented, so pair the allow list with a resolver you trust).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import httpx
+
+from . import __version__
+from .core import Core, RateLimited
+from .model import CheckIn, HttpProbe, Kind, Monitor, in_networks
+from .store import RecordResult, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 5
+USER_AGENT = f"cronmon/{__version__} (active check)"
+_LANDING_STATUS = {Kind.SUCCESS: "SUCCESS", Kind.WARNING: "WARNING", Kind.FAIL: "ERROR"}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    kind: Kind  # SUCCESS, WARNING or FAIL
+    duration: float
+    status_code: int  # 0: no HTTP answer
+    error: str | None = None
+
+
+def classify(probe: HttpProbe, status_code: int, duration: float, error: str | None) -> ProbeResult:
+    """Pure: what one check's answer means for the monitor."""
+    if error is not None:
+        return ProbeResult(Kind.FAIL, duration, status_code, error)
+    if status_code >= 400:
+        return ProbeResult(Kind.FAIL, duration, status_code, f"HTTP {status_code}")
+    if duration > probe.slow:
+        return ProbeResult(Kind.WARNING, duration, status_code, f"slow: {duration:.3f}s > {probe.slow:g}s")
+    return ProbeResult(Kind.SUCCESS, duration, status_code)
+
+
+def first_due(monitor_id: str, interval: float, now: float) -> float:
+    """The first check of a monitor: at its id's phase within the interval,
+    so checks of many monitors are spread out, not bunched."""
+    phase = int.from_bytes(hashlib.sha256(monitor_id.encode()).digest()[:8], "big") / 2**64 * interval
+    due = now - (now % interval) + phase
+    return due if due >= now else due + interval
+
+
+def fingerprint(probe: HttpProbe) -> str:
+    return json.dumps({"i": probe.interval, "u": probe.url, "s": probe.slow, "t": probe.timeout}, sort_keys=True)
+
+
+class _Refused(Exception):
+    pass
+
+
+async def _check_target(url: httpx.URL, allowed_networks: Sequence) -> None:
+    if url.scheme not in ("http", "https"):
+        raise _Refused(f"scheme {url.scheme!r} is not http or https")
+    if not allowed_networks:
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(url.host, url.port or (443 if url.scheme == "https" else 80),
+                                       type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise _Refused(f"cannot resolve {url.host}: {exc}") from None
+    for *_, sockaddr in infos:
+        if not in_networks(sockaddr[0], allowed_networks):
+            raise _Refused(f"{url.host} resolves to {sockaddr[0]}, outside the allowed probe networks")
+
+
+async def run_check(
+    client: httpx.AsyncClient,
+    probe: HttpProbe,
+    *,
+    allowed_networks: Sequence = (),
+    max_bytes: int = 65536,
+    clock: Callable[[], float] = time.perf_counter,
+) -> ProbeResult:
+    """One check of `probe.url`. Never raises for anything the target does."""
+    started = clock()
+    status_code, error = 0, None
+    try:
+        async with asyncio.timeout(probe.timeout):  # total, whatever the server drips
+            url = httpx.URL(probe.url)
+            for hop in range(MAX_REDIRECTS + 1):
+                await _check_target(url, allowed_networks)
+                async with client.stream("GET", url, timeout=httpx.Timeout(probe.timeout)) as response:
+                    status_code = response.status_code
+                    location = response.headers.get("Location")
+                    if response.is_redirect and location:
+                        target = url.join(location)
+                        if target.scheme != url.scheme:
+                            raise _Refused(f"redirect from {url.scheme} to {target.scheme} refused")
+                        if hop == MAX_REDIRECTS:
+                            raise _Refused(f"more than {MAX_REDIRECTS} redirects")
+                        url = target
+                        continue
+                    read = 0
+                    async for chunk in response.aiter_raw():
+                        read += len(chunk)
+                        if read >= max_bytes:
+                            break  # enough: the rest is not ours to download
+                    break
+    except TimeoutError:
+        error = f"no answer within {probe.timeout:g}s"
+        status_code = 0
+    except _Refused as exc:
+        error = str(exc)
+    except httpx.HTTPError as exc:
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        status_code = 0
+    return classify(probe, status_code, clock() - started, error)
+
+
+def checkin_for(monitor: Monitor, result: ProbeResult, now: float, test: bool = False) -> CheckIn:
+    annotations = {"status": _LANDING_STATUS[result.kind], "phase": "SINGLE", "probe": True}
+    if test:
+        annotations["test"] = True
+    metadata = {"status_code": result.status_code, "response_time": round(result.duration, 6)}
+    if result.error:
+        metadata["error"] = result.error
+    return CheckIn(
+        monitor_id=monitor.id,
+        kind=result.kind,
+        received_at=now,
+        duration=result.duration,
+        message=result.error,
+        metadata=metadata,
+        probe_status_code=result.status_code,
+        annotations=annotations,
+    )
+
+
+class Prober:
+    """Runs the checks this process claims, at most `concurrency` at once."""
+
+    def __init__(
+        self,
+        core: Core,
+        *,
+        concurrency: int = 64,
+        allowed_networks: Sequence = (),
+        max_bytes: int = 65536,
+        tick: float = 0.25,
+        clock: Callable[[], float] = time.time,
+        on_lag: Callable[[float], None] | None = None,
+    ):
+        self.core = core
+        self.concurrency = concurrency
+        self.allowed_networks = tuple(allowed_networks)
+        self.max_bytes = max_bytes
+        self.tick = tick
+        self.clock = clock
+        self.on_lag = on_lag  # told how late each claimed check starts
+        self.checks = 0  # checks finished by this process (tests, benchmarks)
+        self._synced = None
+        # The shared HTTP client, while run() runs (test_now checks with it).
+        self.client: httpx.AsyncClient | None = None
+        self._running: set[asyncio.Task] = set()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def sync(self) -> None:
+        """Publish this process's active monitors to the shared schedule
+        (only when its registry changed)."""
+        registry = self.core.registry
+        if registry is self._synced:
+            return
+        now = self.clock()
+        probes = [
+            (m.id, fingerprint(m.probe), first_due(m.id, m.probe.interval, now))
+            for m in registry.monitors.values() if m.probe is not None
+        ]
+        await self.core.store.sync_probes(probes)
+        self._synced = registry
+
+    async def check(
+        self, client: httpx.AsyncClient, monitor: Monitor, test: bool = False
+    ) -> tuple[CheckIn, RecordResult | None]:
+        """Check one monitor now and record the result (None: refused by the
+        monitor's rate limit)."""
+        assert monitor.probe is not None
+        result = await run_check(client, monitor.probe, allowed_networks=self.allowed_networks, max_bytes=self.max_bytes)
+        checkin = checkin_for(monitor, result, self.clock(), test)
+        try:
+            recorded = await self.core.record(checkin)
+        except RateLimited:
+            log.warning("active check of %s not recorded: over the monitor's rate limit", monitor.id)
+            recorded = None
+        self.checks += 1
+        return checkin, recorded
+
+    async def run_once(self, client: httpx.AsyncClient) -> int:
+        await self.sync()
+        free = self.concurrency - len(self._running)
+        if free <= 0:
+            return 0
+        now = self.clock()
+        claimed = await self.core.store.claim_probes(now, free)
+        for monitor_id, due in claimed:
+            monitor = self.core.registry.monitors.get(monitor_id)
+            if monitor is None or monitor.probe is None:
+                continue  # another replica's config; ours will re-sync
+            if self.on_lag is not None:
+                self.on_lag(max(0.0, now - due))
+            task = asyncio.create_task(self._guarded(client, monitor))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        return len(claimed)
+
+    async def _guarded(self, client: httpx.AsyncClient, monitor: Monitor) -> None:
+        try:
+            await self.check(client, monitor)
+        except StoreUnavailable as exc:
+            log.warning("active check of %s not recorded: %s", monitor.id, exc)
+        except Exception:
+            log.exception("active check of %s failed unexpectedly", monitor.id)
+
+    async def run(self, client: httpx.AsyncClient) -> None:
+        """Claim and run checks until stop(); then wait for those in flight
+        (they are bounded by their timeouts)."""
+        self.client = client
+        backoff = self.tick
+        while not self._stopping.is_set():
+            try:
+                await self.run_once(client)
+                backoff = self.tick
+            except StoreUnavailable as exc:
+                log.warning("prober: %s; retrying in %.1fs", exc, backoff)
+                backoff = min(backoff * 2, 30.0)
+            except Exception:
+                log.exception("prober: unexpected error")
+                backoff = min(backoff * 2, 30.0)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
+        if self._running:
+            await asyncio.wait(set(self._running))
+        self.client = None
+
+
+def make_client(concurrency: int) -> httpx.AsyncClient:
+    """The one client every check shares (connection reuse, bounded pool).
+    Redirects are followed by run_check itself, to refuse scheme changes."""
+    return httpx.AsyncClient(
+        follow_redirects=False,
+        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        headers={"User-Agent": USER_AGENT},
+    )
