@@ -41,6 +41,7 @@ DEFAULT_SEVERITY = {
     "CronJobStuck": "critical",
     "CronJobTooLong": "warning",
     "CronJobSilentFailure": "warning",
+    "CronProbeDown": "critical",
 }
 _BY_STATUS = {Status.DOWN: "CronJobMissed", Status.FAILED: "CronJobFailed", Status.STUCK: "CronJobStuck"}
 _SUMMARY = {
@@ -49,6 +50,7 @@ _SUMMARY = {
     "CronJobStuck": "Cron job {m} is stuck",
     "CronJobTooLong": "Cron job {m} took longer than its max_runtime",
     "CronJobSilentFailure": "Cron job {m} succeeded but its reported numbers say otherwise",
+    "CronProbeDown": "HTTP check {m} is failing",
 }
 # How long resolved alerts keep being sent (Prometheus does the same), so an
 # Alertmanager that was down when the job recovered still hears of it.
@@ -59,7 +61,9 @@ LOG_TAIL_CHARS = 1000
 def firing_alerts(monitor: Monitor, facts: Facts, ev: Evaluation) -> list[str]:
     """Names of the alerts that fire for a monitor in this state (pure)."""
     names = []
-    if ev.status in _BY_STATUS:
+    if ev.status is Status.FAILED and monitor.probe is not None:
+        names.append("CronProbeDown")  # as in the rules: an active monitor's failures
+    elif ev.status in _BY_STATUS:
         names.append(_BY_STATUS[ev.status])
     if (
         monitor.max_runtime

@@ -51,6 +51,17 @@ class TestWhichAlerts:
         long_run = Facts(**base, last_duration=61.0)
         assert self.names(long_run) == ["CronJobTooLong"]
 
+    def test_an_active_monitor_that_fails_is_a_probe_down(self):
+        from dataclasses import replace
+
+        from exporter.model import HttpProbe
+
+        active = replace(self.monitor, probe=HttpProbe("https://example.com/health"))
+        failed = Facts(first_checkin=T0, accounted_through=T0, next_slot=T0 + 3600,
+                       alerting=True, last_bad_outcome=Outcome.ERROR)
+        assert firing_alerts(active, failed, evaluate(active, failed, T0 + 10)) == ["CronProbeDown"]
+        assert alert_labels(active, "CronProbeDown")["severity"] == "critical"
+
     def test_labels_carry_monitor_labels_and_default_severity(self):
         assert alert_labels(self.monitor, "CronJobMissed") == {
             "alertname": "CronJobMissed", "monitor": "job", "team": "data", "severity": "critical",
