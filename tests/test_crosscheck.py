@@ -14,7 +14,7 @@ from exporter.web.keys import CORE
 
 from .conftest import T0, write_config
 
-SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+SEEDS = Path(__file__).resolve().parent / "data" / "seeds"  # copies of shared/seeds/
 CONFIG = """
 api_tokens:
   - {name: cc-ops, env: T_OPS, owner: alice, team: ops, scope: write}
