@@ -3,7 +3,6 @@
 import pytest
 
 from exporter.web.app import create_app
-from exporter.web.keys import CORE
 
 from .conftest import write_config
 

@@ -8,7 +8,7 @@ import pytest
 
 from exporter.core import Core
 from exporter.evaluate import SWEEP_BATCH, evaluate
-from exporter.model import CheckIn, Kind, Outcome, Status
+from exporter.model import CheckIn, Kind, Status
 from exporter.store import Store, StoreLimits, StoreUnavailable, connect
 from exporter.sweeper import Sweeper
 

@@ -11,7 +11,7 @@ from exporter.evaluate import evaluate
 from exporter.web.app import create_app
 from exporter.web.keys import CORE
 
-from .conftest import T0, free_port, write_config
+from .conftest import free_port, write_config
 
 KEY = "test-ping-key-0123456789"
 HC_UUID = "5bf66975-d4c7-4bf5-bcc8-b8d8a82ea278"
@@ -195,7 +195,7 @@ async def test_create_1_auto_provisions_when_allowed(aiohttp_client, app_setting
     assert (await client.get(f"/ping/{KEY}/new-job?create=1")).status == 200  # exists now: a plain ping
     assert (await client.app[CORE].store.facts("new-job")).checkins == {"success": 2}
     assert (await client.get(f"/ping/{KEY}/Bad Slug?create=1")).status == 400
-    assert (await client.get(f"/ping/wrong-key/other?create=1")).status == 404
+    assert (await client.get("/ping/wrong-key/other?create=1")).status == 404
 
 
 async def test_create_1_is_refused_unless_allowed(client):

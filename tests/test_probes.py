@@ -8,7 +8,6 @@ import subprocess
 import threading
 import time
 
-import httpx
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.model import HttpProbe, Kind
 from exporter.probes import classify, first_due, make_client, run_check
 from exporter.web.app import create_app
-from exporter.web.keys import CORE, PROBER
+from exporter.web.keys import PROBER
 
 from .conftest import free_port, write_config
 

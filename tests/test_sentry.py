@@ -4,7 +4,6 @@ brotli), the HTTP check-in endpoint, and the error paths."""
 
 import gzip
 import json
-import subprocess
 import sys
 import textwrap
 

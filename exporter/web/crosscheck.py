@@ -37,7 +37,7 @@ import uuid
 from typing import Annotated, Any, Awaitable, Callable, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from .. import uptime
 from ..access import can_change, can_see
