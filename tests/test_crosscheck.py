@@ -25,6 +25,9 @@ monitors:
   - id: migrated-backup
     schedule: {interval: 1h}
     ping: {api_key_env: OLD_CC_KEY, shortcode_env: OLD_CC_CODE}
+  - id: fenced
+    schedule: {interval: 1h}
+    allowed_ips: ["203.0.113.0/24"]
 """
 AUTH = {"Authorization": "Bearer ops-token"}
 DRF_AUTH = {"Authorization": "Token ops-token"}
@@ -636,3 +639,15 @@ async def test_uptime_buckets_stay_bounded(make_core, clock, raw_redis):
     assert min(hours) > hour - 48 and max(hours) == hour
     assert min(days) > day - 31 and max(days) == day
     assert len(fields) <= 48 + 31 + 1
+
+
+@pytest.mark.parametrize("method, path, headers", [
+    ("GET", "/ping/cc-test-ping-key/fenced", {}),
+    ("POST", "/api/v1/ping/fenced/success", {"X-API-Key": "ops-token"}),
+    ("GET", "/api/1/cron/fenced/ops-token/?status=ok", {}),
+])
+async def test_allowed_ips_hold_for_every_api(client, method, path, headers):
+    """The core enforces a monitor's allow list, whichever API reaches it."""
+    response = await client.request(method, path, headers=headers)
+    assert response.status == 403
+    assert await metric(client, "cronmon_checkins_total", monitor="fenced", kind="success") == 0

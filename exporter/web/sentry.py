@@ -47,6 +47,15 @@ def _error(status: int, detail: str) -> web.Response:
     return web.json_response({"detail": detail}, status=status)
 
 
+def _refused(exc: Exception) -> web.Response:
+    """The answer when the core did not record a check-in."""
+    if isinstance(exc, SourceNotAllowed):
+        return _error(403, "check-ins from this address are not allowed for this monitor")
+    if isinstance(exc, RateLimited):
+        return web.json_response({"detail": "rate limited"}, status=429, headers={"Retry-After": str(exc.retry_after)})
+    return _error(503, "store unavailable; retry later")
+
+
 def _token(request: web.Request, key: str | None) -> ApiToken | None:
     secrets = request.app[CORE].registry.secrets
     return match_api_token(key, secrets.api_tokens if secrets else ()) if key else None
@@ -177,12 +186,8 @@ async def envelope(request: web.Request) -> web.Response:
                 continue
             if isinstance(body, dict):
                 await _check_in(request, token, body)
-    except SourceNotAllowed:
-        return _error(403, "check-ins from this address are not allowed for this monitor")
-    except RateLimited as exc:
-        return web.json_response({"detail": "rate limited"}, status=429, headers={"Retry-After": str(exc.retry_after)})
-    except StoreUnavailable:
-        return _error(503, "store unavailable; retry later")
+    except (SourceNotAllowed, RateLimited, StoreUnavailable) as exc:
+        return _refused(exc)
     return web.json_response({"id": (json.loads(data.partition(b"\n")[0] or b"{}") or {}).get("event_id")})
 
 
@@ -208,12 +213,8 @@ async def http_check_in(request: web.Request) -> web.Response:
     try:
         if not await _check_in(request, token, payload):
             return _error(404, f"no monitor {payload['monitor_slug']!r} for this key")
-    except SourceNotAllowed:
-        return _error(403, "check-ins from this address are not allowed for this monitor")
-    except RateLimited as exc:
-        return web.json_response({"detail": "rate limited"}, status=429, headers={"Retry-After": str(exc.retry_after)})
-    except StoreUnavailable:
-        return _error(503, "store unavailable; retry later")
+    except (SourceNotAllowed, RateLimited, StoreUnavailable) as exc:
+        return _refused(exc)
     return web.json_response({"id": payload["check_in_id"]}, status=202)
 
 
