@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from .config import Config, ConfigError, MonitorSpec, monitor_from_definition
 from .credentials import ResolvedSecrets, derive_secret, derive_uuid, digest
@@ -62,6 +62,17 @@ class ReadOnlyMonitor(ValueError):
             "(YAML-declared monitors are read-only through the APIs)"
         )
         self.monitor = monitor
+
+
+@dataclass(frozen=True)
+class MonitorUpdate:
+    """A new definition for an API monitor: spec, extras (None: keep them)
+    and the audit entry that explains it (None: none)."""
+
+    monitor: Monitor
+    spec: MonitorSpec
+    extras: dict | None = None
+    audit: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -202,20 +213,44 @@ class Core:
         writes nothing: clients such as the Sentry SDK send their monitor
         config with every check-in, and a write would make every replica
         reload every definition."""
+        return (await self.update_monitors([MonitorUpdate(monitor, spec, extras, audit)]))[0]
+
+    async def update_monitors(self, updates: Sequence[MonitorUpdate]) -> list[Monitor]:
+        """Several updates (a reorder, a group's flights), then one reload of
+        the definitions, not one per monitor. Not atomic across monitors:
+        each write is; one that fails (UnknownMonitor, ReadOnlyMonitor)
+        stops the rest, and those written before it stay written."""
+        written: list[str] = []
+        try:
+            for update in updates:
+                if await self._write_update(update):
+                    written.append(update.monitor.id)
+        finally:
+            if written:
+                await self.sync_api_monitors(force=True)
+                now = self.clock()
+                for monitor_id in written:
+                    if monitor_id in self.registry.monitors:
+                        await self.resync(self.registry.monitors[monitor_id], now)
+        return [self.registry.monitors.get(u.monitor.id, u.monitor) for u in updates]
+
+    async def _write_update(self, update: MonitorUpdate) -> bool:
+        """Write one update; False if it would change nothing."""
+        monitor = update.monitor
         if monitor.from_yaml:
             raise ReadOnlyMonitor(monitor)
         current = await self.store.monitor_definition(monitor.id)
         if current is None:
             raise UnknownMonitor(monitor.id)
-        new_spec = _spec_dict(spec)
+        new_spec = _spec_dict(update.spec)
         old_extras = current.get("extras") or {}
-        new_extras = old_extras if extras is None else extras
+        new_extras = old_extras if update.extras is None else update.extras
         if current.get("spec") == new_spec and old_extras == new_extras:
-            return monitor
+            return False
         definition = {**current, "spec": new_spec, "extras": new_extras, "updated_at": self.clock()}
-        if await self.store.define_monitor(monitor.id, "update", definition, self._stamped(audit)) == "missing":
+        if await self.store.define_monitor(monitor.id, "update", definition, self._stamped(update.audit)) == "missing":
             raise UnknownMonitor(monitor.id)
-        return await self._after_write(monitor.id)
+        return True
 
     async def delete_monitor(self, monitor: Monitor) -> None:
         """Delete an API monitor with its state, counters and history."""

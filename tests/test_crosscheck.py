@@ -253,6 +253,23 @@ async def test_reorder_both_body_forms(client, wrap):
     assert (await (await client.get(f"/api/flights/{a['id']}/audit/", headers=AUTH)).json())[0]["action"] == "reordered"
 
 
+async def test_a_reorder_reloads_the_definitions_once(client, monkeypatch):
+    flights = [await create(client, name=f"f{i}") for i in range(5)]
+    store = client.app[CORE].store
+    reads = []
+    original = store.monitor_definitions
+
+    async def counted():
+        reads.append(1)
+        return await original()
+
+    monkeypatch.setattr(store, "monitor_definitions", counted)
+    items = [{"id": f["id"], "order": 10 - i} for i, f in enumerate(flights)]
+    assert (await client.post("/api/flights/reorder/", json=items, headers=AUTH)).status == 200
+    assert len(reads) == 1
+    assert [f["name"] for f in await api_flights(client)] == ["f4", "f3", "f2", "f1", "f0"]
+
+
 @pytest.mark.parametrize("body, status", [
     ([], 400), ({"items": "x"}, 400), ([{"id": "x"}], 400), ([{"id": "x", "order": "1"}], 400),
     ([{"id": "0b1e7f43-0000-4000-8000-000000000000", "order": 1}], 404),

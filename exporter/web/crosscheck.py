@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from .. import uptime
 from ..access import can_change, can_see
 from ..config import SpecError, parse_monitor_spec, parse_network
-from ..core import MonitorExists, RateLimited, ReadOnlyMonitor, SourceNotAllowed, UnknownMonitor
+from ..core import MonitorExists, MonitorUpdate, RateLimited, ReadOnlyMonitor, SourceNotAllowed, UnknownMonitor
 from ..credentials import ApiToken
 from ..evaluate import evaluate
 from ..model import CheckIn, Kind, Monitor, iso_utc
@@ -231,8 +231,11 @@ def find_flight(request: web.Request, token: ApiToken, flight_id: str | None = N
     raise Problem(404, "Not found.")
 
 
-def writable_flight(request: web.Request, token: ApiToken, flight_id: str | None = None) -> Monitor:
-    monitor = find_flight(request, token, flight_id)
+def writable_flight(request: web.Request, token: ApiToken) -> Monitor:
+    return _writable(token, find_flight(request, token))
+
+
+def _writable(token: ApiToken, monitor: Monitor) -> Monitor:
     if monitor.from_yaml:
         raise ReadOnlyMonitor(monitor)
     if not can_change(token, monitor):
@@ -416,24 +419,37 @@ def _audit(token: ApiToken, action: str, changes: dict | None = None) -> dict[st
     return {"action": action, "actor": token.owner, "token": token.name, "changes": changes or {}}
 
 
+def flight_update(
+    request: web.Request, token: ApiToken, monitor: Monitor, new_fields: dict[str, Any], action: str,
+    groups: dict[str, dict],
+) -> MonitorUpdate | None:
+    """The update storing changed CrossCheck fields of a flight (and the
+    monitor derived from them) with its audit entry; None if nothing changed."""
+    changes = _changes(flight_fields(monitor), new_fields)
+    if not changes:
+        return None
+    stored = {**new_fields, "updated_at": request.app[CORE].clock()}
+    return MonitorUpdate(
+        monitor, monitor_spec(request, monitor.id, stored, groups),
+        {**monitor.extras, "crosscheck": stored}, _audit(token, action, changes),
+    )
+
+
+async def write_flights(request: web.Request, updates: list[MonitorUpdate | None]) -> None:
+    """Several flights' updates with one reload of the definitions."""
+    await request.app[CORE].update_monitors([u for u in updates if u is not None])
+
+
 async def write_flight(
     request: web.Request, token: ApiToken, monitor: Monitor, new_fields: dict[str, Any], action: str,
     groups: dict[str, dict] | None = None,
 ) -> Monitor:
-    """Store changed CrossCheck fields of a flight (and the monitor derived
-    from them), with an audit entry; nothing is written if nothing changed."""
-    core = request.app[CORE]
     if groups is None:
-        groups = await core.store.documents(GROUPS)
-    old_fields = flight_fields(monitor)
-    changes = _changes(old_fields, new_fields)
-    if not changes:
+        groups = await request.app[CORE].store.documents(GROUPS)
+    update = flight_update(request, token, monitor, new_fields, action, groups)
+    if update is None:
         return monitor
-    stored = {**new_fields, "updated_at": core.clock()}
-    spec = monitor_spec(request, monitor.id, stored, groups)
-    return await core.update_monitor(
-        monitor, spec, {**monitor.extras, "crosscheck": stored}, _audit(token, action, changes)
-    )
+    return (await request.app[CORE].update_monitors([update]))[0]
 
 
 # -- flight handlers -----------------------------------------------------------
@@ -634,10 +650,17 @@ async def test_now(request: web.Request) -> web.Response:
 async def reorder_flights(request: web.Request) -> web.Response:
     token = authenticate(request, write=True)
     items = parse_order_items(await read_body(request))
-    targets = [(writable_flight(request, token, item.id), item.order) for item in items]
+    visible = {flight_fields(m)["id"]: m for m in visible_flights(request, token)}
+    targets = []
+    for item in items:  # every id is checked before anything is written
+        if item.id.lower() not in visible:
+            raise Problem(404, f"No flight {item.id}.")
+        targets.append((_writable(token, visible[item.id.lower()]), item.order))
     groups = await request.app[CORE].store.documents(GROUPS)
-    for monitor, order in targets:
-        await write_flight(request, token, monitor, {**flight_fields(monitor), "order": order}, "reordered", groups)
+    await write_flights(request, [
+        flight_update(request, token, monitor, {**flight_fields(monitor), "order": order}, "reordered", groups)
+        for monitor, order in targets
+    ])
     return web.json_response({"status": "ok", "updated": len(targets)})
 
 
@@ -753,10 +776,15 @@ async def _refresh_group_members(request: web.Request, token: ApiToken, group_id
     """A group's name is its flights' `group` in /metrics: re-derive them."""
     core = request.app[CORE]
     groups = await core.store.documents(GROUPS)
-    for monitor in list(core.registry.monitors.values()):
-        fields = monitor.extras.get("crosscheck")
-        if fields is not None and fields.get("group") == group_id:
-            await core.update_monitor(monitor, monitor_spec(request, monitor.id, fields, groups))
+    await core.update_monitors([
+        MonitorUpdate(monitor, monitor_spec(request, monitor.id, monitor.extras["crosscheck"], groups))
+        for monitor in _group_members(core, group_id)
+    ])
+
+
+def _group_members(core, group_id: str) -> list[Monitor]:
+    return [m for m in core.registry.monitors.values()
+            if "crosscheck" in m.extras and m.extras["crosscheck"].get("group") == group_id]
 
 
 @handles_problems
@@ -767,9 +795,10 @@ async def delete_group(request: web.Request) -> web.Response:
     group = await _group(request, token)
     core = request.app[CORE]
     groups = {gid: g for gid, g in (await core.store.documents(GROUPS)).items() if gid != group["id"]}
-    for monitor in list(core.registry.monitors.values()):
-        if "crosscheck" in monitor.extras and flight_fields(monitor).get("group") == group["id"]:
-            await write_flight(request, token, monitor, {**flight_fields(monitor), "group": None}, "ungrouped", groups)
+    await write_flights(request, [
+        flight_update(request, token, monitor, {**flight_fields(monitor), "group": None}, "ungrouped", groups)
+        for monitor in _group_members(core, group["id"])
+    ])
     await core.store.delete_document(GROUPS, group["id"])
     return web.Response(status=204)
 
