@@ -1,176 +1,272 @@
-"""Metric families for /metrics, built fresh per scrape from a snapshot.
+"""What /metrics says: the metric families, and each monitor's rendered block.
 
-The snapshot (facts of every monitor, read from Redis in one pipelined
-round trip by the web handler) is taken *before* collection, so collect()
-does no I/O at all. Every series is emitted on every scrape, with 0 for
-"never happened", so alert expressions never see a series vanish.
+A monitor's block is its samples in the Prometheus text format, one
+fragment per family (FAMILIES order), plus the instant until which the
+block stays right without any new fact (`valid_until`, from
+evaluate.next_change). Blocks are pure functions of (monitor, facts, now):
+the scrape cache (scrape.py) keeps them and re-renders a monitor only when
+its facts, its config or the clock say so, so a scrape costs what changed.
+
+Series budget. A default passive monitor has 29 series; the richer sets in
+OPTIONAL_SERIES are opt-in per monitor (`metrics:`) or YAML group. The
+README's "Metric reference" lists every series.
+
+Every series of a monitor is emitted on every scrape, with 0 for "never
+happened", so alert expressions never see a series vanish.
 """
 
 from __future__ import annotations
 
+import math
 import platform
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping
-
-from prometheus_client.core import Metric
-from prometheus_client.utils import floatToGoString
+from typing import Mapping
 
 from . import __version__
-from .evaluate import evaluate
+from .evaluate import evaluate, next_change
 from .model import CronSchedule, Facts, Kind, Monitor, Outcome, Status
 from .store import DURATION_BUCKETS
 
 # Statuses for which cronmon_up is 0.
 _NOT_UP = frozenset({Status.DOWN, Status.FAILED, Status.STUCK})
 
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
 
 @dataclass(frozen=True)
-class Snapshot:
-    now: float
-    monitors: tuple[Monitor, ...]
-    facts: Mapping[str, Facts]
+class Family:
+    """A per-monitor metric family. `name` is the family name (a counter's
+    samples add `_total`); `option` is None for the default set, else the
+    opt-in set it belongs to."""
+
+    name: str
+    type: str
+    help: str
+    option: str | None = None
+
+    def text_header(self) -> str:
+        name = self.name + "_total" if self.type == "counter" else self.name
+        return f"# HELP {name} {_escape_help(self.help)}\n# TYPE {name} {self.type}\n"
+
+    def openmetrics_header(self) -> str:
+        return f"# HELP {self.name} {_escape_help(self.help)}\n# TYPE {self.name} {self.type}\n"
+
+
+# Opt-in series sets: name -> (series per monitor, what they are).
+OPTIONAL_SERIES: Mapping[str, tuple[int, str]] = {
+    "checkins": (len(Kind), "cronmon_checkins_total{kind}: check-ins received, by kind"),
+    "duration_histogram": (len(DURATION_BUCKETS) + 3, "cronmon_run_duration_seconds: histogram of run durations"),
+    "last_outcome": (len(Outcome), "cronmon_last_outcome{outcome}: the latest recorded outcome"),
+}
+
+FAMILIES: tuple[Family, ...] = (
+    Family("cronmon_monitor_info", "gauge", "Monitor metadata; always 1."),
+    Family("cronmon_monitor_status", "gauge", "Current status: 1 for the monitor's status, 0 for the others."),
+    Family("cronmon_up", "gauge", "1 unless the monitor is down, failed or stuck."),
+    Family("cronmon_silent_failure", "gauge",
+           "1 while the latest completed run reported success but broke a meta rule, else 0."),
+    Family("cronmon_last_checkin_timestamp_seconds", "gauge", "Last check-in of any kind (0: never)."),
+    Family("cronmon_last_start_timestamp_seconds", "gauge", "Last start check-in (0: never)."),
+    Family("cronmon_last_success_timestamp_seconds", "gauge", "Last successful completion (0: never)."),
+    Family("cronmon_last_failure_timestamp_seconds", "gauge", "Last failed completion (0: never)."),
+    Family("cronmon_last_duration_seconds", "gauge", "Duration of the last completed run (0: none yet)."),
+    Family("cronmon_last_exit_code", "gauge", "Exit code of the last completion that reported one (0: none yet)."),
+    Family("cronmon_next_expected_timestamp_seconds", "gauge",
+           "When the next (or overdue) arrival is expected (0: not known yet)."),
+    Family("cronmon_deadline_timestamp_seconds", "gauge",
+           "next_expected + grace: after it the slot is missed (0: not known yet)."),
+    Family("cronmon_grace_seconds", "gauge", "Configured grace period."),
+    Family("cronmon_max_runtime_seconds", "gauge", "Configured maximum run time (0: none)."),
+    Family("cronmon_running_runs", "gauge", "Runs started and not yet finished."),
+    Family("cronmon_consecutive_failures", "gauge", "Bad outcomes (error, missed, timeout) in a row."),
+    Family("cronmon_runs", "counter", "Run outcomes recorded (missed slots and timeouts included), by outcome."),
+    Family("cronmon_run_meta", "gauge", "Last value of each numeric meta key reported by the job."),
+    Family("cronmon_probe_success", "gauge",
+           "Active monitors: 1 if the latest HTTP check succeeded (a slow answer too), else 0."),
+    Family("cronmon_probe_duration_seconds", "gauge", "Active monitors: duration of the latest HTTP check (0: none yet)."),
+    Family("cronmon_probe_status_code", "gauge",
+           "Active monitors: HTTP status of the latest check (0: no answer, or none yet)."),
+    Family("cronmon_probe_last_timestamp_seconds", "gauge",
+           "Active monitors: when the latest HTTP check finished (0: never)."),
+    Family("cronmon_checkins", "counter", "Check-ins received, by kind (opt-in: checkins).", "checkins"),
+    Family("cronmon_last_outcome", "gauge",
+           "The latest recorded outcome: 1 for it, 0 for the others (all 0 before the first; opt-in: last_outcome).",
+           "last_outcome"),
+    Family("cronmon_run_duration_seconds", "histogram",
+           "Durations of completed runs (opt-in: duration_histogram).", "duration_histogram"),
+)
+_INDEX = {family.name: i for i, family in enumerate(FAMILIES)}
+
+
+@dataclass(frozen=True)
+class MonitorBlock:
+    """One monitor's samples, one text fragment per family (FAMILIES order),
+    right until `valid_until` unless its facts or config change."""
+
+    fragments: tuple[str, ...]
+    valid_until: float
+
+
+def _escape_value(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", r"\\").replace("\n", r"\n")
+
+
+def _num(value: float | int) -> str:
+    """A sample value as Go's strconv would print it (what Prometheus and
+    promtool parse): integers without a fraction, floats in full precision."""
+    if isinstance(value, int):
+        return str(value)
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    if math.isfinite(value):
+        return repr(value)
+    return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+
+
+# Bucket bounds as prometheus_client writes them (le="10.0"), so queries keep matching.
+_BUCKET_BOUNDS = tuple(repr(float(b)) for b in DURATION_BUCKETS) + ("+Inf",)
+
+
+def label_string(monitor: Monitor) -> str:
+    """`monitor="id",team="..."`: the labels every series of `monitor` carries."""
+    pairs = [("monitor", monitor.id), *monitor.labels]
+    return ",".join(f'{name}="{_escape_value(value)}"' for name, value in pairs)
+
+
+def render_monitor(monitor: Monitor, facts: Facts, now: float, base_url: str) -> MonitorBlock:
+    """Every sample of one monitor at `now`, and until when they hold."""
+    ev = evaluate(monitor, facts, now)
+    base = label_string(monitor)
+    out = [""] * len(FAMILIES)
+
+    def put(family: str, value: float | int) -> None:
+        out[_INDEX[family]] = f"{family}{{{base}}} {_num(value)}\n"
+
+    schedule = monitor.schedule
+    info = {
+        "name": monitor.display_name,
+        "schedule": schedule.expression if isinstance(schedule, CronSchedule) else f"@every {schedule.seconds:g}s",
+        "timezone": schedule.timezone if isinstance(schedule, CronSchedule) else "UTC",
+        "source": "api" if monitor.source == "api" else "yaml",
+        "group": monitor.group,
+        "url": f"{base_url}/monitors/{monitor.id}",
+    }
+    extra = ",".join(f'{name}="{_escape_value(value)}"' for name, value in info.items())
+    out[_INDEX["cronmon_monitor_info"]] = f"cronmon_monitor_info{{{base},{extra}}} 1\n"
+    out[_INDEX["cronmon_monitor_status"]] = "".join(
+        f'cronmon_monitor_status{{{base},status="{status.value}"}} {1 if ev.status is status else 0}\n'
+        for status in Status
+    )
+    put("cronmon_up", 0 if ev.status in _NOT_UP else 1)
+    put("cronmon_silent_failure", 1 if facts.last_outcome is Outcome.SILENT_FAILURE else 0)
+    put("cronmon_last_checkin_timestamp_seconds", facts.last_checkin or 0)
+    put("cronmon_last_start_timestamp_seconds", facts.last_start or 0)
+    put("cronmon_last_success_timestamp_seconds", facts.last_success or 0)
+    put("cronmon_last_failure_timestamp_seconds", facts.last_failure or 0)
+    put("cronmon_last_duration_seconds", facts.last_duration or 0)
+    put("cronmon_last_exit_code", facts.last_exit_code or 0)
+    put("cronmon_next_expected_timestamp_seconds", ev.next_expected or 0)
+    put("cronmon_deadline_timestamp_seconds", ev.deadline or 0)
+    put("cronmon_grace_seconds", monitor.grace)
+    put("cronmon_max_runtime_seconds", monitor.max_runtime or 0)
+    put("cronmon_running_runs", ev.running_runs)
+    put("cronmon_consecutive_failures", ev.consecutive_failures)
+    # Pending misses are not counted here: counters only move when the
+    # sweeper records them, so a counter never goes back down.
+    out[_INDEX["cronmon_runs"]] = "".join(
+        f'cronmon_runs_total{{{base},outcome="{o.value}"}} {facts.outcomes.get(o.value, 0)}\n' for o in Outcome
+    )
+    if facts.meta:
+        out[_INDEX["cronmon_run_meta"]] = "".join(
+            f'cronmon_run_meta{{{base},key="{_escape_value(key)}"}} {_num(facts.meta[key])}\n'
+            for key in sorted(facts.meta)
+        )
+    if monitor.probe is not None:
+        put("cronmon_probe_success", 1 if facts.probe_success else 0)
+        put("cronmon_probe_duration_seconds", facts.probe_duration or 0)
+        put("cronmon_probe_status_code", facts.probe_status_code or 0)
+        put("cronmon_probe_last_timestamp_seconds", facts.probe_last or 0)
+    options = monitor.metrics
+    if "checkins" in options:
+        out[_INDEX["cronmon_checkins"]] = "".join(
+            f'cronmon_checkins_total{{{base},kind="{k.value}"}} {facts.checkins.get(k.value, 0)}\n' for k in Kind
+        )
+    if "last_outcome" in options:
+        out[_INDEX["cronmon_last_outcome"]] = "".join(
+            f'cronmon_last_outcome{{{base},outcome="{o.value}"}} {1 if facts.last_outcome is o else 0}\n'
+            for o in Outcome
+        )
+    if "duration_histogram" in options:
+        buckets = facts.duration_buckets or (0,) * (len(DURATION_BUCKETS) + 1)
+        lines, cumulative = [], 0
+        for bound, count in zip(_BUCKET_BOUNDS, buckets):
+            cumulative += count
+            lines.append(f'cronmon_run_duration_seconds_bucket{{{base},le="{bound}"}} {cumulative}\n')
+        lines.append(f"cronmon_run_duration_seconds_count{{{base}}} {facts.duration_count}\n")
+        lines.append(f"cronmon_run_duration_seconds_sum{{{base}}} {_num(facts.duration_sum)}\n")
+        out[_INDEX["cronmon_run_duration_seconds"]] = "".join(lines)
+    return MonitorBlock(tuple(out), next_change(monitor, facts, ev, now))
+
+
+def default_series_count(monitor: Monitor) -> int:
+    """How many series `monitor` costs Prometheus without reported meta."""
+    count = 1 + len(Status) + 14 + len(Outcome)
+    if monitor.probe is not None:
+        count += 4
+    return count + sum(OPTIONAL_SERIES[name][0] for name in monitor.metrics)
+
+
+@dataclass(frozen=True)
+class SelfState:
+    """cronmon's own state at scrape time (not per monitor)."""
+
     store_up: bool
     reload_successful: bool
     reload_success_timestamp: float
-    # Base of the monitor links in cronmon_monitor_info{url} (--public-url).
-    base_url: str = ""
+    monitors: tuple[Monitor, ...] = ()
 
 
-def _family(name: str, doc: str, typ: str, unit: str = "") -> Metric:
-    return Metric(name, doc, typ, unit)
-
-
-class SnapshotCollector:
-    """A prometheus_client collector over one snapshot."""
-
-    def __init__(self, snapshot: Snapshot):
-        self.snapshot = snapshot
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self_metrics(self.snapshot)
-        if self.snapshot.store_up:
-            yield from monitor_metrics(self.snapshot)
-
-
-def self_metrics(snap: Snapshot) -> Iterable[Metric]:
-    build = _family("cronmon_build_info", "cronmon build information; always 1.", "gauge")
-    build.add_sample(
-        "cronmon_build_info",
-        {"version": __version__, "python_version": platform.python_version()},
-        1,
-    )
-    store = _family("cronmon_store_up", "1 if the last read from Redis succeeded, else 0.", "gauge")
-    store.add_sample("cronmon_store_up", {}, 1 if snap.store_up else 0)
-    reload_ok = _family(
-        "cronmon_config_last_reload_successful", "1 if the last config (re)load succeeded, else 0.", "gauge"
-    )
-    reload_ok.add_sample("cronmon_config_last_reload_successful", {}, 1 if snap.reload_successful else 0)
-    reload_ts = _family(
-        "cronmon_config_last_reload_success_timestamp_seconds",
-        "When the config was last loaded successfully.",
-        "gauge",
-    )
-    reload_ts.add_sample("cronmon_config_last_reload_success_timestamp_seconds", {}, snap.reload_success_timestamp)
-    count = _family("cronmon_monitors", "Number of monitors configured, by source.", "gauge")
-    by_source: dict[str, int] = {}
-    for monitor in snap.monitors:
-        kind = "api" if monitor.source == "api" else "yaml"
-        by_source[kind] = by_source.get(kind, 0) + 1
-    for source in ("yaml", "api"):
-        count.add_sample("cronmon_monitors", {"source": source}, by_source.get(source, 0))
-    return (build, store, reload_ok, reload_ts, count)
-
-
-def monitor_metrics(snap: Snapshot) -> Iterable[Metric]:
-    g = {
-        name: _family(f"cronmon_{name}", doc, "gauge")
-        for name, doc in (
-            ("monitor_info", "Monitor metadata; always 1."),
-            ("monitor_status", "Current status: 1 for the monitor's status, 0 for the others."),
-            ("up", "1 unless the monitor is down, failed or stuck."),
-            ("last_checkin_timestamp_seconds", "Last check-in of any kind (0: never)."),
-            ("last_start_timestamp_seconds", "Last start check-in (0: never)."),
-            ("last_success_timestamp_seconds", "Last successful completion (0: never)."),
-            ("last_failure_timestamp_seconds", "Last failed completion (0: never)."),
-            ("last_duration_seconds", "Duration of the last completed run (0: none yet)."),
-            ("last_exit_code", "Exit code of the last completion that reported one (0: none yet)."),
-            ("next_expected_timestamp_seconds", "When the next (or overdue) arrival is expected (0: not known yet)."),
-            ("deadline_timestamp_seconds", "next_expected + grace: after it the slot is missed (0: not known yet)."),
-            ("grace_seconds", "Configured grace period."),
-            ("max_runtime_seconds", "Configured maximum run time (0: none)."),
-            ("running_runs", "Runs started and not yet finished."),
-            ("consecutive_failures", "Bad outcomes (error, missed, timeout) in a row."),
-            ("run_meta", "Last value of each numeric meta key reported by the job."),
-            ("last_outcome", "The latest recorded outcome: 1 for it, 0 for the others (all 0 before the first)."),
-            ("probe_success", "Active monitors: 1 if the latest HTTP check succeeded (a slow answer too), else 0."),
-            ("probe_duration_seconds", "Active monitors: duration of the latest HTTP check (0: none yet)."),
-            ("probe_status_code", "Active monitors: HTTP status of the latest check (0: no answer, or none yet)."),
-            ("probe_last_timestamp_seconds", "Active monitors: when the latest HTTP check finished (0: never)."),
+def render_self(state: SelfState) -> str:
+    """cronmon_build_info, store and reload state, monitor counts."""
+    by_source = {"yaml": 0, "api": 0}
+    for monitor in state.monitors:
+        by_source["api" if monitor.source == "api" else "yaml"] += 1
+    python = _escape_value(platform.python_version())
+    return "".join(
+        (
+            "# HELP cronmon_build_info cronmon build information; always 1.\n# TYPE cronmon_build_info gauge\n",
+            f'cronmon_build_info{{version="{_escape_value(__version__)}",python_version="{python}"}} 1\n',
+            "# HELP cronmon_store_up 1 if the last read from Redis succeeded, else 0.\n",
+            "# TYPE cronmon_store_up gauge\n",
+            f"cronmon_store_up {1 if state.store_up else 0}\n",
+            "# HELP cronmon_config_last_reload_successful 1 if the last config (re)load succeeded, else 0.\n",
+            "# TYPE cronmon_config_last_reload_successful gauge\n",
+            f"cronmon_config_last_reload_successful {1 if state.reload_successful else 0}\n",
+            "# HELP cronmon_config_last_reload_success_timestamp_seconds "
+            "When the config was last loaded successfully.\n",
+            "# TYPE cronmon_config_last_reload_success_timestamp_seconds gauge\n",
+            f"cronmon_config_last_reload_success_timestamp_seconds {_num(state.reload_success_timestamp)}\n",
+            "# HELP cronmon_monitors Number of monitors configured, by source.\n# TYPE cronmon_monitors gauge\n",
+            f'cronmon_monitors{{source="yaml"}} {by_source["yaml"]}\n',
+            f'cronmon_monitors{{source="api"}} {by_source["api"]}\n',
         )
-    }
-    checkins = _family("cronmon_checkins", "Check-ins received, by kind.", "counter")
-    runs = _family("cronmon_runs", "Run outcomes recorded (missed slots and timeouts included), by outcome.", "counter")
-    durations = _family("cronmon_run_duration_seconds", "Durations of completed runs.", "histogram")
-    bucket_bounds = [floatToGoString(b) for b in DURATION_BUCKETS] + ["+Inf"]
+    )
 
-    for monitor in snap.monitors:
-        facts = snap.facts.get(monitor.id, Facts())
-        ev = evaluate(monitor, facts, snap.now)
-        base = {"monitor": monitor.id, **dict(monitor.labels)}
 
-        def gauge(family: str, value: float, extra: dict[str, str] | None = None) -> None:
-            g[family].add_sample(f"cronmon_{family}", {**base, **extra} if extra else base, value)
-
-        schedule = monitor.schedule
-        gauge(
-            "monitor_info",
-            1,
-            {
-                "name": monitor.display_name,
-                "schedule": schedule.expression if isinstance(schedule, CronSchedule) else f"@every {schedule.seconds:g}s",
-                "timezone": schedule.timezone if isinstance(schedule, CronSchedule) else "UTC",
-                "source": "api" if monitor.source == "api" else "yaml",
-                "group": monitor.group,
-                "url": f"{snap.base_url}/monitors/{monitor.id}",
-            },
-        )
-        for status in Status:
-            gauge("monitor_status", 1 if ev.status is status else 0, {"status": status.value})
-        gauge("up", 0 if ev.status in _NOT_UP else 1)
-        for outcome in Outcome:
-            gauge("last_outcome", 1 if facts.last_outcome is outcome else 0, {"outcome": outcome.value})
-        gauge("last_checkin_timestamp_seconds", facts.last_checkin or 0)
-        gauge("last_start_timestamp_seconds", facts.last_start or 0)
-        gauge("last_success_timestamp_seconds", facts.last_success or 0)
-        gauge("last_failure_timestamp_seconds", facts.last_failure or 0)
-        gauge("last_duration_seconds", facts.last_duration or 0)
-        gauge("last_exit_code", facts.last_exit_code or 0)
-        gauge("next_expected_timestamp_seconds", ev.next_expected or 0)
-        gauge("deadline_timestamp_seconds", ev.deadline or 0)
-        gauge("grace_seconds", monitor.grace)
-        gauge("max_runtime_seconds", monitor.max_runtime or 0)
-        gauge("running_runs", ev.running_runs)
-        gauge("consecutive_failures", ev.consecutive_failures)
-        for key in sorted(facts.meta):
-            gauge("run_meta", facts.meta[key], {"key": key})
-        if monitor.probe is not None:
-            gauge("probe_success", 1 if facts.probe_success else 0)
-            gauge("probe_duration_seconds", facts.probe_duration or 0)
-            gauge("probe_status_code", facts.probe_status_code or 0)
-            gauge("probe_last_timestamp_seconds", facts.probe_last or 0)
-
-        for kind in Kind:
-            checkins.add_sample("cronmon_checkins_total", {**base, "kind": kind.value}, facts.checkins.get(kind.value, 0))
-        for outcome in Outcome:
-            # Pending misses are not counted here: counters only move when
-            # the sweeper records them, so a counter never goes back down.
-            runs.add_sample("cronmon_runs_total", {**base, "outcome": outcome.value}, facts.outcomes.get(outcome.value, 0))
-        cumulative = 0
-        buckets = facts.duration_buckets or (0,) * (len(DURATION_BUCKETS) + 1)
-        for bound, count in zip(bucket_bounds, buckets):
-            cumulative += count
-            durations.add_sample("cronmon_run_duration_seconds_bucket", {**base, "le": bound}, cumulative)
-        durations.add_sample("cronmon_run_duration_seconds_count", base, facts.duration_count)
-        durations.add_sample("cronmon_run_duration_seconds_sum", base, facts.duration_sum)
-
-    return (*g.values(), checkins, runs, durations)
+def render_full(
+    monitors: Mapping[str, Monitor], facts: Mapping[str, Facts], now: float, base_url: str, openmetrics: bool = False
+) -> str:
+    """The per-monitor part of /metrics rendered from scratch: what the
+    scrape cache must always equal (its tests compare the two)."""
+    blocks = [render_monitor(m, facts.get(m.id, Facts()), now, base_url) for m in monitors.values()]
+    parts = []
+    for i, family in enumerate(FAMILIES):
+        body = "".join(block.fragments[i] for block in blocks)
+        if body:
+            parts.append((family.openmetrics_header() if openmetrics else family.text_header()) + body)
+    return "".join(parts)

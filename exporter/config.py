@@ -24,9 +24,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -199,6 +199,11 @@ class HttpProbeSpec(_Strict):
         return self
 
 
+# Series a monitor can opt into beyond its default set (README, "Metric
+# reference"); each costs Prometheus that many series per monitor.
+OptionalSeries = Literal["checkins", "duration_histogram", "last_outcome"]
+
+
 class PingSpec(_Strict):
     """How pings authenticate. Secrets are referenced, never written here."""
 
@@ -246,6 +251,7 @@ class MonitorSpec(_Strict):
     meta_rules: list[str] = []
     rate_limit: str | None = None
     allowed_ips: list[str] = []
+    metrics: list[OptionalSeries] = []
 
     @model_validator(mode="after")
     def _schedule_or_probe(self) -> "MonitorSpec":
@@ -333,9 +339,18 @@ class ApiTokenSpec(_Strict):
         return self
 
 
+class GroupSpec(_Strict):
+    """Settings every monitor of a group (its `group:` field) shares, API
+    monitors included."""
+
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+    metrics: list[OptionalSeries] = []
+
+
 class ConfigFile(_Strict):
     ping_keys: list[PingKeySpec] = []
     api_tokens: list[ApiTokenSpec] = []
+    groups: list[GroupSpec] = []
     monitors: list[MonitorSpec] = []
 
 
@@ -366,6 +381,8 @@ class Config:
     ping_keys: tuple[PingKeyRef, ...]
     files: tuple[str, ...]
     api_tokens: tuple[ApiTokenRef, ...] = ()
+    # group name -> optional series its monitors opt into
+    group_metrics: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 def load_config(path: str | Path, *, now: float | None = None) -> Config:
@@ -391,7 +408,9 @@ def load_config(path: str | Path, *, now: float | None = None) -> Config:
     seen_ids: dict[str, str] = {}
     seen_keys: dict[str, str] = {}
     seen_tokens: dict[str, str] = {}
+    seen_groups: dict[str, str] = {}
     api_tokens: list[ApiTokenRef] = []
+    group_metrics: dict[str, frozenset[str]] = {}
     for file in files:
         parsed = _parse_file(file, problems, now)
         if parsed is None:
@@ -404,6 +423,9 @@ def load_config(path: str | Path, *, now: float | None = None) -> Config:
                 api_tokens.append(
                     ApiTokenRef(token.name, token.env, token.file, token.owner, token.team, token.scope, str(file))
                 )
+        for group in parsed.groups:
+            if _first_declaration(seen_groups, group.name, file, 'group "{}": field "name"', problems):
+                group_metrics[group.name] = frozenset(group.metrics)
         for spec in parsed.monitors:
             if _first_declaration(seen_ids, spec.id, file, 'monitor "{}": field "id"', problems):
                 monitors.append(_to_monitor(spec, str(file)))
@@ -416,7 +438,9 @@ def load_config(path: str | Path, *, now: float | None = None) -> Config:
                 )
     if problems:
         raise ConfigError(problems)
-    return Config(tuple(monitors), tuple(ping_keys), tuple(str(f) for f in files), tuple(api_tokens))
+    return Config(
+        tuple(monitors), tuple(ping_keys), tuple(str(f) for f in files), tuple(api_tokens), group_metrics
+    )
 
 
 def _first_declaration(seen: dict[str, str], name: str, file: Path, subject: str, problems: list[str]) -> bool:
@@ -460,7 +484,10 @@ def _parse_file(file: Path, problems: list[str], now: float) -> ConfigFile | Non
 
 
 # Top-level list sections: how their items are named in messages.
-_SECTIONS = {"monitors": ("monitor", "id"), "ping_keys": ("ping key", "name"), "api_tokens": ("api token", "name")}
+_SECTIONS = {
+    "monitors": ("monitor", "id"), "ping_keys": ("ping key", "name"), "api_tokens": ("api token", "name"),
+    "groups": ("group", "name"),
+}
 
 
 def _describe(file: Path, raw: dict, exc: ValidationError) -> list[str]:
@@ -565,6 +592,7 @@ def _to_monitor(spec: MonitorSpec, source: str) -> Monitor:
         meta_rules=tuple(parse_meta_rule(rule) for rule in spec.meta_rules),
         rate_limit=parse_rate_limit(spec.rate_limit) if spec.rate_limit else None,
         allowed_networks=tuple(parse_network(value) for value in spec.allowed_ips),
+        metrics=frozenset(spec.metrics),
     )
 
 

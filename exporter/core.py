@@ -87,6 +87,8 @@ class Registry:
 
     yaml: Mapping[str, Monitor] = field(default_factory=dict)
     secrets: ResolvedSecrets | None = None
+    # YAML `groups:`: group name -> optional series its monitors opt into.
+    group_metrics: Mapping[str, frozenset[str]] = field(default_factory=dict)
     api: Mapping[str, Monitor] = field(default_factory=dict)
     api_revision: int = -1
     monitors: Mapping[str, Monitor] = field(init=False)
@@ -96,6 +98,11 @@ class Registry:
 
     def __post_init__(self) -> None:
         merged = {**{k: m for k, m in self.api.items() if k not in self.yaml}, **self.yaml}
+        if self.group_metrics:
+            for monitor_id, monitor in merged.items():
+                extra = self.group_metrics.get(monitor.group)
+                if extra and not extra <= monitor.metrics:
+                    merged[monitor_id] = replace(monitor, metrics=monitor.metrics | extra)
         index = dict(self.secrets.uuid_digests) if self.secrets else {}
         key_digest = self.secrets.uuid_key_digest if self.secrets else None
         if key_digest is not None:
@@ -107,7 +114,7 @@ class Registry:
 
     @classmethod
     def build(cls, config: Config, secrets: ResolvedSecrets) -> "Registry":
-        return cls({m.id: m for m in config.monitors}, secrets)
+        return cls({m.id: m for m in config.monitors}, secrets, config.group_metrics)
 
     def with_api(self, api: Mapping[str, Monitor], revision: int) -> "Registry":
         return replace(self, api=api, api_revision=revision)

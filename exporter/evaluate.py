@@ -13,6 +13,7 @@ that no sweeper has recorded yet counts here already ("pending"), so
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from .model import CronSchedule, Evaluation, Facts, IntervalSchedule, Monitor, Outcome, Schedule, Status
@@ -159,3 +160,24 @@ def _first_expected(monitor: Monitor, now: float) -> float | None:
     if isinstance(monitor.schedule, CronSchedule):
         return next_slot(monitor.schedule, now)
     return None
+
+
+def next_change(monitor: Monitor, facts: Facts, ev: Evaluation, now: float) -> float:
+    """The first instant after `now` at which `evaluate(monitor, facts, t)`
+    can differ from `ev` (= evaluate at `now`) with no new fact: when the
+    expected arrival passes (late), its deadline passes (a pending miss,
+    down), or an open run passes max_runtime (stuck). Until then a rendered
+    block stays right, which is what lets the scrape cache skip it.
+    `inf` when only a new fact can change it."""
+    if monitor.paused:
+        return math.inf
+    if ev.deadline is not None and ev.deadline <= now:
+        # More slots passed than one evaluation walks (SWEEP_BATCH): the
+        # answer moves with every call until the sweeper catches up.
+        return now
+    candidates = [t for t in (ev.next_expected, ev.deadline) if t is not None and t > now]
+    if monitor.max_runtime is not None:
+        candidates.extend(
+            end for run in facts.open_runs if (end := run.started + monitor.max_runtime) > now
+        )
+    return min(candidates, default=math.inf)

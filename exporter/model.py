@@ -168,6 +168,9 @@ class Monitor:
     # CrossCheck flight's API key and shortcode), as (kind, env, file)
     # references, kind "api_key" | "shortcode". Resolved by credentials.py.
     secret_refs: tuple[tuple[str, str | None, str | None], ...] = ()
+    # Opt-in series sets beyond the default budget (see collector.OPTIONAL_SERIES):
+    # the monitor's own and its YAML group's.
+    metrics: frozenset[str] = frozenset()
     # Fields one API keeps for its own shape (Boxwatch's integer id and
     # alert switches, ...), stored with the definition; the core ignores them.
     extras: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)

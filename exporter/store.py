@@ -15,6 +15,8 @@ all of them atomically::
     cronmon:{<id>}:uptime    hash: outcomes per UTC hour (48h) and day (31d)
     cronmon:{<id>}:audit     list: API changes to the monitor, newest first, capped
     cronmon:due              zset: monitor id -> when the sweeper must look at it
+    cronmon:changes          zset: monitor id -> feed sequence number of its latest change
+    cronmon:changes:seq      the feed's sequence counter (see changes_since)
     cronmon:monitors         hash: API-created monitor id -> definition (json)
     cronmon:monitors:revision  bumped on every definition change
     cronmon:documents:<name>   hash: id -> small API document (CrossCheck flight groups)
@@ -131,6 +133,8 @@ class Store:
         self._due_key = f"{prefix}:due"
         self._definitions_key = f"{prefix}:monitors"
         self._revision_key = f"{prefix}:monitors:revision"
+        self._feed_key = f"{prefix}:changes"
+        self._feed_seq_key = f"{prefix}:changes:seq"
 
     def key(self, monitor_id: str, part: str) -> str:
         return f"{self.prefix}:{{{monitor_id}}}:{part}"
@@ -171,7 +175,7 @@ class Store:
                 keys=[
                     k(m, "state"), k(m, "runs"), k(m, "tmo"), k(m, "closed"), k(m, "counters"),
                     k(m, "history"), k(m, "logs"), k(m, "logids"), k(m, "meta"), self._due_key,
-                    k(m, "ratelimit"), k(m, "uptime"),
+                    k(m, "ratelimit"), k(m, "uptime"), self._feed_key, self._feed_seq_key,
                 ],
                 args=[
                     m,
@@ -229,15 +233,22 @@ class Store:
             raise _translate(exc) from exc
         return _parse_facts(*replies)
 
-    async def snapshot(self, monitor_ids: Iterable[str]) -> dict[str, Facts]:
-        """Facts of many monitors in one round trip (for /metrics).
+    async def snapshot(self, monitor_ids: Iterable[str], chunk: int = 500) -> dict[str, Facts]:
+        """Facts of many monitors, pipelined `chunk` monitors a round trip
+        (for /metrics). Chunks keep the event loop free: parsing the replies
+        of 10,000 monitors at once would hold it for ~100 ms.
 
         Not one transaction: each monitor's reads are consecutive, and a
         scrape that straddles a check-in shows it either way.
         """
         ids = list(monitor_ids)
-        replies = await self._pipelined(ids, self._queue_facts)
-        return {monitor_id: _parse_facts(*replies[i * 4 : i * 4 + 4]) for i, monitor_id in enumerate(ids)}
+        found: dict[str, Facts] = {}
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            replies = await self._pipelined(part, self._queue_facts)
+            for i, monitor_id in enumerate(part):
+                found[monitor_id] = _parse_facts(*replies[i * 4 : i * 4 + 4])
+        return found
 
     async def _pipelined(self, ids: list[str], queue: Callable[[Any, str], None]) -> list:
         """Queue each monitor's reads on one pipeline; all replies, in order."""
@@ -262,7 +273,7 @@ class Store:
             reply = await self._sweep(
                 keys=[
                     k(m, "state"), k(m, "runs"), k(m, "tmo"), k(m, "counters"), k(m, "history"), self._due_key,
-                    k(m, "uptime"),
+                    k(m, "uptime"), self._feed_key, self._feed_seq_key,
                 ],
                 args=[
                     m,
@@ -288,7 +299,7 @@ class Store:
         k, m = self.key, monitor.id
         try:
             reply = await self._resync(
-                keys=[k(m, "state"), k(m, "runs"), k(m, "tmo"), self._due_key],
+                keys=[k(m, "state"), k(m, "runs"), k(m, "tmo"), self._due_key, self._feed_key, self._feed_seq_key],
                 args=[
                     m,
                     expected_version,
@@ -302,6 +313,23 @@ class Store:
         except Exception as exc:
             raise _translate(exc) from exc
         return reply[0] == "ok"
+
+    async def changes_since(self, cursor: int | None) -> tuple[int, list[str] | None]:
+        """The change feed: (the feed's position now, the monitors changed
+        after `cursor`), read atomically in one round trip. The list is
+        None when the caller must re-read everything: it has no cursor yet,
+        or the feed went backwards (Redis lost its data or was flushed)."""
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.get(self._feed_seq_key)
+                pipe.zrangebyscore(self._feed_key, f"({cursor}" if cursor is not None else "+inf", "+inf")
+                raw_position, changed = await pipe.execute()
+        except Exception as exc:
+            raise _translate(exc) from exc
+        position = int(raw_position or 0)
+        if cursor is None or position < cursor:
+            return position, None
+        return position, changed
 
     async def due(self, now: float, limit: int) -> list[str]:
         """Monitors whose next deadline or run timeout is at or before `now`."""
@@ -355,8 +383,8 @@ class Store:
         data_keys = [self.key(monitor_id, part) for part in _MONITOR_PARTS] if mode == "delete" else []
         try:
             reply = await self._define(
-                keys=[self._definitions_key, self._revision_key, self._due_key,
-                      self.key(monitor_id, "audit"), *data_keys],
+                keys=[self._definitions_key, self._revision_key, self._due_key, self._feed_key,
+                      self._feed_seq_key, self.key(monitor_id, "audit"), *data_keys],
                 args=[monitor_id, mode, json.dumps(definition) if definition is not None else "",
                       json.dumps(audit) if audit is not None else "", self.limits.audit],
             )
@@ -544,8 +572,24 @@ def _parse_facts(state: dict, runs: dict, counters: dict, meta: dict) -> Facts:
     )
 
 
-def connect(url: str) -> redis.Redis:
+# Connections per process. A check-in holds one for a single round trip,
+# so a few dozen serve thousands of concurrent clients; beyond that,
+# requests queue for a free connection instead of failing.
+DEFAULT_MAX_CONNECTIONS = 64
+# How long a request waits for a free connection before the store counts
+# as unavailable (503). Only a store that stopped answering gets there:
+# a healthy Redis frees a connection within milliseconds.
+POOL_WAIT_SECONDS = 10.0
+
+
+def connect(url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> redis.Redis:
     """A client with timeouts, so a dead Redis answers 503 instead of hanging.
+
+    The pool blocks: a burst of more concurrent requests than connections
+    (a top-of-the-hour fleet) waits its turn for up to POOL_WAIT_SECONDS
+    rather than being refused while Redis is healthy. (redis-py's default
+    pool raises at once when its connections are all in use, which a burst
+    of 150 clients turned into 503s.)
 
     No automatic retries: redis-py retries on timeouts and connection errors
     by default, and a script whose reply was lost may already have run, so
@@ -553,11 +597,15 @@ def connect(url: str) -> redis.Redis:
     --retry on the 503) is the right place, and a retried start or finish
     with a run id is deduplicated by the store.
     """
-    return redis.Redis.from_url(
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=POOL_WAIT_SECONDS,
         decode_responses=True,
         socket_timeout=5,
         socket_connect_timeout=3,
         health_check_interval=30,
         retry=Retry(NoBackoff(), 0),
     )
+    # from_pool: closing the client also closes its pool.
+    return redis.Redis.from_pool(pool)

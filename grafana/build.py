@@ -192,9 +192,9 @@ def overview() -> dict:
     )
     layout.add(
         timeseries(
-            "Check-ins by kind",
-            [target(f'sum by (kind) (max by (monitor, kind) (rate(cronmon_checkins_total{{{SEL}}}[$__rate_interval])){IN_GROUP})', legend="{{kind}}")],
-            unit="reqps",
+            "Monitors by status",
+            [target(f'sum by (status) (max by (monitor, status) (cronmon_monitor_status{{{SEL}}}){IN_GROUP})', legend="{{status}}")],
+            description="How many monitors were in each status over time.",
         ),
         12, 8,
     )
@@ -241,19 +241,22 @@ def monitor_drilldown() -> dict:
             "Run duration",
             [
                 target(f"max(cronmon_last_duration_seconds{{{one}}})", "A", "last run"),
-                target(f"histogram_quantile(0.5, sum by (le) (rate(cronmon_run_duration_seconds_bucket{{{one}}}[$__range])))", "B", "p50 over the range"),
-                target(f"histogram_quantile(0.9, sum by (le) (rate(cronmon_run_duration_seconds_bucket{{{one}}}[$__range])))", "C", "p90 over the range"),
+                target(f"max(quantile_over_time(0.5, cronmon_last_duration_seconds{{{one}}}[$__range]))", "B", "p50 over the range"),
+                target(f"max(quantile_over_time(0.9, cronmon_last_duration_seconds{{{one}}}[$__range]))", "C", "p90 over the range"),
                 target(f"max(cronmon_max_runtime_seconds{{{one}}})", "D", "max_runtime"),
             ],
             unit="s",
-            description="The last run's duration, percentiles of all runs in the time range (from the histogram), and max_runtime (0: none).",
+            description=(
+                "The last run's duration, percentiles of it over the time range, and max_runtime (0: none). "
+                "Per-run percentiles need the opt-in duration histogram (metrics: [duration_histogram])."
+            ),
         ),
         12, 8,
     )
     layout.add(
         timeseries(
-            "Check-ins",
-            [target(f"max by (kind) (increase(cronmon_checkins_total{{{one}}}[$__rate_interval]))", legend="{{kind}}")],
+            "Runs by outcome",
+            [target(f"max by (outcome) (increase(cronmon_runs_total{{{one}}}[$__rate_interval]))", legend="{{outcome}}")],
             bars=True,
         ),
         12, 8,

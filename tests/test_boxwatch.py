@@ -127,4 +127,4 @@ async def test_checks_show_up_in_metrics(client):
     check = (await create(client))["check"]
     await client.get(f"/ping/{check['slug']}")
     metrics = await (await client.get("/metrics")).text()
-    assert 'cronmon_checkins_total{monitor="nightly-db-backup-1",kind="success"} 1.0' in metrics
+    assert 'cronmon_runs_total{monitor="nightly-db-backup-1",outcome="ok"} 1\n' in metrics

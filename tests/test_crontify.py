@@ -90,7 +90,7 @@ async def test_meta_on_success_and_silent_failure(client):
     }
     assert samples[("cronmon_runs_total", "silent_failure")] == 1
     assert samples[("cronmon_runs_total", "ok")] == 1
-    assert samples[("cronmon_last_outcome", "silent_failure")] == 1
+    assert samples[("cronmon_silent_failure", None)] == 1
     status = [s for f in text_string_to_metric_families(text) for s in f.samples
               if s.name == "cronmon_monitor_status" and s.labels["monitor"] == "nightly-report" and s.value == 1]
     assert status[0].labels["status"] == "up"  # a silent failure is not a threshold failure

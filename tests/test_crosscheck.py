@@ -581,7 +581,7 @@ async def test_yaml_flight_keeps_its_crosscheck_key_and_shortcode(client):
     key = {"X-API-Key": "old-crosscheck-key-123"}
     assert (await client.post("/api/flights/check-in/", json={"status": "SUCCESS"}, headers=key)).status == 201
     assert (await client.get("/c/Ab1Cd2Ef/")).status == 200
-    assert await metric(client, "cronmon_checkins_total", monitor="migrated-backup", kind="success") == 2
+    assert await metric(client, "cronmon_runs_total", monitor="migrated-backup", outcome="ok") == 2
     listed = await (await client.get("/api/flights/", headers=OTHER)).json()
     assert [f["path"] for f in listed] == ["migrated-backup"]
     assert listed[0]["api_key"] is None and listed[0]["last_landing_status"] == "SUCCESS"
@@ -667,4 +667,4 @@ async def test_allowed_ips_hold_for_every_api(client, method, path, headers):
     """The core enforces a monitor's allow list, whichever API reaches it."""
     response = await client.request(method, path, headers=headers)
     assert response.status == 403
-    assert await metric(client, "cronmon_checkins_total", monitor="fenced", kind="success") == 0
+    assert await metric(client, "cronmon_runs_total", monitor="fenced", outcome="ok") == 0

@@ -23,8 +23,10 @@ monitors:
     schedule: {interval: 1s}
     grace: 0
     labels: {team: sre}
+    metrics: [checkins]
   - id: backup
     schedule: {cron: "0 3 * * *", timezone: Europe/Berlin}
+    metrics: [checkins]
 """
 
 

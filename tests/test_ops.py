@@ -12,6 +12,9 @@ from exporter.web.keys import CORE, SWEEPER
 from .conftest import T0, wait_for, write_config
 
 CONFIG = """
+groups:
+  - name: heartbeats
+    metrics: [checkins, duration_histogram, last_outcome]
 monitors:
   - id: backup
     name: Nightly backup
@@ -20,16 +23,20 @@ monitors:
     max_runtime: 2h
     labels: {team: data, severity: critical}
     group: backups
+    metrics: [checkins, duration_histogram, last_outcome]
   - id: beat
     schedule: {interval: 5m}
     labels: {team: platform}
+    group: heartbeats
+  - id: plain
+    schedule: {interval: 1h}
 """
 
 PER_MONITOR = [
     "cronmon_monitor_info", "cronmon_monitor_status", "cronmon_up",
     "cronmon_last_checkin_timestamp_seconds", "cronmon_last_start_timestamp_seconds",
     "cronmon_last_success_timestamp_seconds", "cronmon_last_failure_timestamp_seconds",
-    "cronmon_last_duration_seconds", "cronmon_last_exit_code",
+    "cronmon_last_duration_seconds", "cronmon_last_exit_code", "cronmon_silent_failure",
     "cronmon_next_expected_timestamp_seconds", "cronmon_deadline_timestamp_seconds",
     "cronmon_grace_seconds", "cronmon_max_runtime_seconds", "cronmon_running_runs",
     "cronmon_consecutive_failures", "cronmon_checkins_total", "cronmon_runs_total",
@@ -103,7 +110,7 @@ async def test_every_metric_for_every_monitor_with_its_labels(client, clock):
     assert info.labels["name"] == "Nightly backup" and info.labels["timezone"] == "Europe/Berlin"
     assert info.labels["schedule"] == "0 3 * * *" and info.labels["group"] == "backups"
     assert value(text, "cronmon_store_up") == 1
-    assert value(text, "cronmon_monitors", source="yaml") == 2
+    assert value(text, "cronmon_monitors", source="yaml") == 3
     assert value(text, "cronmon_http_requests_total", handler="/ping/{tail}", code="200") == 2
 
 
@@ -140,14 +147,14 @@ async def test_health_and_index(client):
     ready = await client.get("/-/ready")
     assert ready.status == 200 and await ready.text() == "OK\n"
     index = await client.get("/")
-    assert "2 monitors configured" in await index.text()
+    assert "3 monitors configured" in await index.text()
 
 
 async def test_reload_swaps_good_config_and_keeps_old_on_bad(client, config_path):
     key = "k" * 22
     config_path.write_text(CONFIG + "  - {id: added, schedule: {interval: 1m}}\n")
     response = await client.post("/-/reload")
-    assert response.status == 200 and "3 monitors" in await response.text()
+    assert response.status == 200 and "4 monitors" in await response.text()
     text = await scrape(client)
     assert value(text, "cronmon_config_last_reload_successful") == 1
     assert value(text, "cronmon_monitor_status", monitor="added", status="new") == 1
@@ -205,6 +212,44 @@ async def test_text_encoder_matches_prometheus_client(client, clock):
     om = [s for family in parse_openmetrics(openmetrics) for s in family.samples]
     assert normalized(samples(text)) == normalized(om)
     assert len(normalized(om)) > 100
+
+
+async def test_a_default_monitor_costs_at_most_30_series(client, clock):
+    """The series budget: opt-in sets stay out unless asked for, by the
+    monitor (backup) or its YAML group (beat)."""
+    key = "k" * 22
+    for monitor in ("plain", "beat", "backup"):
+        await client.get(f"/ping/{key}/{monitor}/start")
+        clock.advance(2)
+        await client.get(f"/ping/{key}/{monitor}")
+    text = await scrape(client)
+
+    def series(monitor):
+        return [s for s in samples(text) if s.labels.get("monitor") == monitor]
+
+    plain = {s.name for s in series("plain")}
+    assert len(series("plain")) <= 30
+    assert not plain & {"cronmon_checkins_total", "cronmon_last_outcome", "cronmon_run_duration_seconds_bucket"}
+    for monitor in ("beat", "backup"):
+        names = {s.name for s in series(monitor)}
+        assert {"cronmon_checkins_total", "cronmon_last_outcome", "cronmon_run_duration_seconds_bucket"} <= names
+        assert len(series(monitor)) == len(series("plain")) + 5 + 6 + 19
+
+
+async def test_gzip_when_asked(client, clock):
+    import gzip
+
+    await client.get("/ping/" + "k" * 22 + "/plain")
+    plain = await client.get("/metrics", headers={"Accept-Encoding": "identity"}, auto_decompress=False)
+    assert "Content-Encoding" not in plain.headers
+    text = await plain.read()
+    zipped = await client.get("/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    body = gzip.decompress(await zipped.read())
+    # Same samples either way (self metrics such as request counts move between scrapes).
+    monitor_part = [line for line in body.decode().splitlines() if 'monitor="' in line]
+    assert monitor_part == [line for line in text.decode().splitlines() if 'monitor="' in line]
+    assert len(monitor_part) > 50
 
 
 async def test_monitor_page_and_link(client, clock):

@@ -181,7 +181,7 @@ async def test_store_down_is_503_and_ready_fails(aiohttp_client, app_settings, t
     assert ready.status == 503 and "not ready: store unavailable" in await ready.text()
     assert (await client.get("/-/healthy")).status == 200
     metrics = await (await client.get("/metrics")).text()
-    assert "cronmon_store_up 0.0" in metrics
+    assert "cronmon_store_up 0\n" in metrics
     assert "cronmon_monitor_status" not in metrics.replace("# HELP cronmon_monitor_status", "")
 
 

@@ -67,6 +67,13 @@ local function count_uptime(uptime, outcome, n, now)
   end
 end
 
+-- The change feed: every script that changes what /metrics shows of a
+-- monitor stamps it with the next feed sequence number, so each replica's
+-- scrape cache asks "what changed since N" in one round trip.
+local function mark_changed(feed, feed_seq, monitor)
+  redis.call('ZADD', feed, redis.call('INCR', feed_seq), monitor)
+end
+
 local function push_history(history, entry, cap)
   redis.call('LPUSH', history, cjson.encode(entry))
   redis.call('LTRIM', history, 0, cap - 1)

@@ -1,7 +1,8 @@
 -- Record one check-in atomically: run pairing, accounting, counters,
 -- threshold state, capped history and log, meta, deadline index.
 -- KEYS: 1 state, 2 runs, 3 tmo, 4 closed, 5 counters, 6 history, 7 logs,
---       8 logids, 9 meta, 10 due, 11 rate-limit counter, 12 uptime
+--       8 logids, 9 meta, 10 due, 11 rate-limit counter, 12 uptime,
+--       13 change feed, 14 change feed sequence
 -- ARGV: 1 monitor, 2 now, 3 kind, 4 run_id, 5 exit_code, 6 duration,
 --       7 message, 8 log, 9 log_truncated, 10 meta (json object),
 --       11 extra (json object), 12 arrival plan (json, see ArrivalPlan),
@@ -221,4 +222,5 @@ end
 
 push_history(history, entry, history_cap)
 update_due(state, tmo, due, monitor, grace)
+mark_changed(KEYS[13], KEYS[14], monitor)
 return {'ok', seq, result_run, duration and fmt(duration) or ''}

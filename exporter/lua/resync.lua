@@ -1,6 +1,6 @@
 -- Re-base a monitor on a changed schedule, grace, max_runtime or pause
 -- (compare-and-set like sweep.lua).
--- KEYS: 1 state, 2 runs, 3 tmo, 4 due
+-- KEYS: 1 state, 2 runs, 3 tmo, 4 due, 5 change feed, 6 change feed sequence
 -- ARGV: 1 monitor, 2 expected_version, 3 acc ('' keeps it), 4 next,
 --       5 grace, 6 max_runtime ('' none), 7 fingerprint
 -- Returns {'ok'} | {'conflict'}
@@ -20,4 +20,5 @@ if max_runtime then
 end
 redis.call('HSET', state, 'fp', ARGV[7])
 update_due(state, tmo, due, ARGV[1], tonumber(ARGV[5]))
+mark_changed(KEYS[5], KEYS[6], ARGV[1])
 return {'ok'}

@@ -1,6 +1,7 @@
 -- Apply one sweep plan if the monitor is still at the version it was read
 -- at (compare-and-set: two sweepers never record the same slot twice).
--- KEYS: 1 state, 2 runs, 3 tmo, 4 counters, 5 history, 6 due, 7 uptime
+-- KEYS: 1 state, 2 runs, 3 tmo, 4 counters, 5 history, 6 due, 7 uptime,
+--       8 change feed, 9 change feed sequence
 -- ARGV: 1 monitor, 2 now, 3 expected_version, 4 missed, 5 acc, 6 next,
 --       7 timed_out (json array of run ids), 8 grace, 9 failure_threshold,
 --       10 recovery_threshold, 11 history_cap
@@ -35,4 +36,5 @@ for _, rid in ipairs(cjson.decode(ARGV[7])) do
   end
 end
 update_due(state, tmo, due, monitor, grace)
+mark_changed(KEYS[8], KEYS[9], monitor)
 return {'ok', version}

@@ -15,18 +15,19 @@ from typing import AsyncIterator, Callable
 
 import httpx
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
 
 from ..bridge import AlertBridge
 from ..core import Core
 from ..embedded import EmbeddedRedis
 from ..probes import Prober, make_client
 from ..reloader import Reloader
+from ..scrape import Scraper
 from ..settings import Settings
 from ..store import Store, StoreUnavailable, connect
 from ..sweeper import Sweeper
 from . import api_v1, boxwatch, crontify, crosscheck, crosscheck_checkin, healthchecks, ops, sentry
-from .keys import BRIDGE, CORE, EMBEDDED, PROBER, RELOADER, SELF_REGISTRY, SETTINGS, SWEEPER
+from .keys import BRIDGE, CORE, EMBEDDED, PROBER, RELOADER, SCRAPER, SELF_REGISTRY, SETTINGS, SWEEPER
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
         )
         core.listeners.append(bridge.notify)
 
+    # The text format has no place for _created samples (they became gauges).
+    disable_created_metrics()
     self_registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=self_registry)
     requests_total = Counter(
@@ -114,6 +117,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     app[BRIDGE] = bridge
     app[EMBEDDED] = embedded
     app[SELF_REGISTRY] = self_registry
+    app[SCRAPER] = Scraper(core, settings.base_url)
 
     app.cleanup_ctx.append(_embedded_redis)
     app.cleanup_ctx.append(_redis_client)

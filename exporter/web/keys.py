@@ -10,6 +10,7 @@ from ..core import Core
 from ..embedded import EmbeddedRedis
 from ..probes import Prober
 from ..reloader import Reloader
+from ..scrape import Scraper
 from ..settings import Settings
 from ..sweeper import Sweeper
 
@@ -22,3 +23,5 @@ BRIDGE = web.AppKey("bridge", AlertBridge | None)
 EMBEDDED = web.AppKey("embedded", EmbeddedRedis | None)
 # Metrics about cronmon's own HTTP handling and process.
 SELF_REGISTRY = web.AppKey("self_registry", CollectorRegistry)
+# /metrics' cache of rendered monitors (see scrape.py).
+SCRAPER = web.AppKey("scraper", Scraper)

@@ -3,50 +3,49 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 
 from aiohttp import web
+from prometheus_client import exposition as prometheus_exposition
+from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
-from ..collector import Snapshot, SnapshotCollector
+from ..collector import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, SelfState, render_self
 from ..config import ConfigError
 from ..evaluate import evaluate
-from ..exposition import encoder_for
 from ..store import StoreUnavailable
-from .keys import CORE, RELOADER, SELF_REGISTRY, SETTINGS
+from .keys import CORE, RELOADER, SCRAPER, SELF_REGISTRY
 
 _TEXT = "text/plain"
 
 
+def _wants_openmetrics(accept: str) -> bool:
+    """client_golang's rule: the text format whenever the client accepts
+    it (Prometheus always does); OpenMetrics only for a client that asks
+    for it and accepts nothing else."""
+    types = [part.split(";")[0].strip() for part in accept.split(",")] if accept else []
+    if not types or any(t in ("text/plain", "*/*", "text/*") for t in types):
+        return False
+    return "application/openmetrics-text" in types
+
+
 async def metrics(request: web.Request) -> web.Response:
-    core = request.app[CORE]
-    registry = core.registry  # one registry for the whole scrape
-    monitors = tuple(registry.monitors.values())
-    try:
-        facts = await core.store.snapshot(m.id for m in monitors)
-        store_up = True
-    except StoreUnavailable:
-        facts, store_up = {}, False
+    scraper = request.app[SCRAPER]
+    store_up = await scraper.refresh()
     state = request.app[RELOADER].state
-    snapshot = Snapshot(
-        now=core.clock(),
-        monitors=monitors,
-        facts=facts,
-        store_up=store_up,
-        reload_successful=state.successful,
-        reload_success_timestamp=state.success_timestamp,
-        base_url=request.app[SETTINGS].base_url,
+    own = render_self(
+        SelfState(store_up, state.successful, state.success_timestamp, tuple(scraper.core.registry.monitors.values()))
     )
-    encode, content_type = encoder_for(request.headers.get("Accept", ""))
     self_registry = request.app[SELF_REGISTRY]
-
-    def build() -> bytes:
-        families = itertools.chain(SnapshotCollector(snapshot).collect(), self_registry.collect())
-        return encode(families)
-
-    # Evaluating and encoding tens of thousands of series is CPU work; keep
-    # it off the event loop so pings are not queued behind a scrape.
-    body = await asyncio.get_running_loop().run_in_executor(None, build)
-    return web.Response(body=body, headers={"Content-Type": content_type})
+    if _wants_openmetrics(request.headers.get("Accept", "")):
+        tail = own.encode() + openmetrics_exposition.generate_latest(self_registry)
+        body = scraper.cache.openmetrics_body(tail) if store_up else tail
+        return web.Response(body=body, headers={"Content-Type": OPENMETRICS_CONTENT_TYPE})
+    tail = own.encode() + prometheus_exposition.generate_latest(self_registry)
+    gzip = "gzip" in request.headers.get("Accept-Encoding", "")
+    body = scraper.cache.body(tail, gzip, include_monitors=store_up)
+    headers = {"Content-Type": TEXT_CONTENT_TYPE, "Vary": "Accept-Encoding"}
+    if gzip:
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, headers=headers)
 
 
 async def monitor_page(request: web.Request) -> web.Response:

@@ -1,0 +1,276 @@
+"""The scrape cache: /metrics costs what changed, not what exists.
+
+Each monitor's rendered block (collector.render_monitor) is kept with the
+facts it came from. A scrape re-renders only the monitors that
+
+* changed in Redis since the previous scrape, on any replica (the store's
+  change feed: one round trip tells which),
+* changed in the config (reload, API monitors), or
+* reached the instant at which time alone changes what they show (late,
+  missed, stuck: `MonitorBlock.valid_until`, known from the deadlines).
+
+The text format wants each family's samples together, so the exposition is
+laid out family by family; within a family, monitors are split into shards
+(by a hash of the id) and each (family, shard) is one piece, kept both as
+text and as raw-deflate data flushed to a byte boundary. A scrape joins
+pieces: the gzip body is the deflate pieces back to back inside one gzip
+member (a deflate stream may be cut at any flush point and continued by an
+independent compressor), so a scrape compresses only the pieces that
+changed plus cronmon's own few self metrics, which go last so the cached
+part's CRC is reused.
+
+`update` is plain CPU work on data already read; the web handler runs it in
+a worker thread so the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from .collector import FAMILIES, MonitorBlock, render_monitor
+from .core import Core
+from .model import Facts, Monitor
+from .store import StoreUnavailable
+
+# Monitors per shard (on average): small enough that one changed monitor
+# recompresses little, large enough that pieces compress well.
+SHARD_SIZE = 64
+# zlib level: 6 (the default) compresses /metrics ~10% better than 1 at
+# about twice the cost; pieces are compressed once per change, not per
+# scrape, so the better ratio wins.
+COMPRESS_LEVEL = 6
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, no mtime, OS unknown
+
+
+def _deflate(raw: bytes) -> bytes:
+    """Raw deflate of `raw`, ended by a sync flush: byte-aligned, not final,
+    with no back-reference before its own start, so pieces concatenate."""
+    compressor = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, -15)
+    return compressor.compress(raw) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+def _deflate_final(raw: bytes) -> bytes:
+    compressor = zlib.compressobj(1, zlib.DEFLATED, -15)
+    return compressor.compress(raw) + compressor.flush(zlib.Z_FINISH)
+
+
+@dataclass(frozen=True)
+class _Piece:
+    text: bytes
+    deflated: bytes
+
+
+_EMPTY = _Piece(b"", b"")
+
+
+@dataclass(frozen=True)
+class _Assembled:
+    """The per-monitor part of the exposition, ready to serve."""
+
+    texts: tuple[bytes, ...]
+    deflated: bytes
+    crc: int
+    length: int
+
+
+class ScrapeCache:
+    def __init__(self, base_url: str, shard_size: int = SHARD_SIZE):
+        self.base_url = base_url
+        self.shard_size = shard_size
+        # Feed position the cached facts are at (None: read everything).
+        self.cursor: int | None = None
+        self._monitors: dict[str, Monitor] = {}
+        self._facts: dict[str, Facts] = {}
+        self._blocks: dict[str, MonitorBlock] = {}
+        self._shard_bits = -1
+        self._shards: list[list[str]] = []
+        self._pieces: list[list[_Piece]] = []  # [family][shard]
+        self._headers = [(f.text_header().encode(), f.openmetrics_header().encode()) for f in FAMILIES]
+        self._header_deflated = [_deflate(text) for text, _ in self._headers]
+        self._assembled: _Assembled | None = None
+        self._lock = threading.Lock()
+        self.rendered_last = 0  # monitors rendered by the last update (tests and benchmarks)
+
+    # -- what to read -----------------------------------------------------
+
+    def missing(self, monitors: Iterable[str]) -> list[str]:
+        """Monitors the cache has no facts for (new, or never read)."""
+        return [monitor_id for monitor_id in monitors if monitor_id not in self._facts]
+
+    def forget_facts(self) -> None:
+        """Drop every cached fact (the store was lost or flushed): the next
+        update must be given facts for every monitor."""
+        self._facts.clear()
+        self.cursor = None
+
+    # -- the update -------------------------------------------------------
+
+    def update(self, monitors: Mapping[str, Monitor], fetched: Mapping[str, Facts], now: float) -> None:
+        """Bring the cache to `monitors` (the registry now), `fetched` (facts
+        read since the last update) and `now`. Every monitor not in
+        `fetched` must already be cached (see `missing`)."""
+        with self._lock:
+            self._update(monitors, fetched, now)
+
+    def _update(self, monitors: Mapping[str, Monitor], fetched: Mapping[str, Facts], now: float) -> None:
+        dirty: set[tuple[int, str]] = set()  # (family index, monitor id) whose fragment changed
+        removed = [m for m in self._monitors if m not in monitors]
+        for monitor_id in removed:
+            block = self._blocks.pop(monitor_id)
+            dirty.update((i, monitor_id) for i, text in enumerate(block.fragments) if text)
+            del self._monitors[monitor_id]
+            self._facts.pop(monitor_id, None)
+        self._facts.update({k: v for k, v in fetched.items() if k in monitors})
+
+        added: list[str] = []
+        rendered = 0
+        for monitor_id, monitor in monitors.items():
+            old_monitor = self._monitors.get(monitor_id)
+            block = self._blocks.get(monitor_id)
+            if (
+                block is not None
+                and monitor_id not in fetched
+                and block.valid_until > now
+                # identity first: unchanged registries hand over the same objects
+                and (old_monitor is monitor or old_monitor == monitor)
+            ):
+                self._monitors[monitor_id] = monitor
+                continue
+            new = render_monitor(monitor, self._facts[monitor_id], now, self.base_url)
+            rendered += 1
+            if block is None:
+                added.append(monitor_id)
+            self._monitors[monitor_id] = monitor
+            self._blocks[monitor_id] = new
+            old = block.fragments if block is not None else ("",) * len(FAMILIES)
+            dirty.update((i, monitor_id) for i, (a, b) in enumerate(zip(old, new.fragments)) if a != b)
+        self.rendered_last = rendered
+
+        bits = self._bits_for(len(self._monitors))
+        if bits != self._shard_bits or self._assembled is None:
+            self._reshard(bits)
+            return
+        if not dirty:
+            return
+        mask = (1 << bits) - 1
+        for monitor_id in removed:
+            self._shards[_shard_of(monitor_id, mask)].remove(monitor_id)
+        for monitor_id in added:
+            bisect.insort(self._shards[_shard_of(monitor_id, mask)], monitor_id)
+        stale: set[tuple[int, int]] = {(family, _shard_of(m, mask)) for family, m in dirty}
+        for family, shard in stale:
+            self._pieces[family][shard] = self._piece(family, shard)
+        self._assemble()
+
+    def _bits_for(self, count: int) -> int:
+        bits = 0
+        while (1 << bits) * self.shard_size < count:
+            bits += 1
+        return bits
+
+    def _reshard(self, bits: int) -> None:
+        self._shard_bits = bits
+        mask = (1 << bits) - 1
+        shards: list[list[str]] = [[] for _ in range(1 << bits)]
+        for monitor_id in sorted(self._monitors):
+            shards[_shard_of(monitor_id, mask)].append(monitor_id)
+        self._shards = shards
+        self._pieces = [[self._piece(f, s) for s in range(len(shards))] for f in range(len(FAMILIES))]
+        self._assemble()
+
+    def _piece(self, family: int, shard: int) -> _Piece:
+        text = "".join(self._blocks[m].fragments[family] for m in self._shards[shard]).encode()
+        return _Piece(text, _deflate(text)) if text else _EMPTY
+
+    def _assemble(self) -> None:
+        texts: list[bytes] = []
+        deflated: list[bytes] = []
+        for family, pieces in enumerate(self._pieces):
+            if not any(piece.text for piece in pieces):
+                continue  # no monitor has this family: no header either
+            texts.append(self._headers[family][0])
+            deflated.append(self._header_deflated[family])
+            for piece in pieces:
+                if piece.text:
+                    texts.append(piece.text)
+                    deflated.append(piece.deflated)
+        crc = 0
+        for text in texts:
+            crc = zlib.crc32(text, crc)
+        self._assembled = _Assembled(tuple(texts), b"".join(deflated), crc, sum(map(len, texts)))
+
+    # -- serving ----------------------------------------------------------
+
+    def body(self, tail: bytes, gzip: bool, include_monitors: bool = True) -> bytes:
+        """The text exposition: the cached monitor part, then `tail`
+        (cronmon's self metrics). gzip'd as one gzip member if asked."""
+        assembled = self._assembled if include_monitors else None
+        if not gzip:
+            return b"".join(assembled.texts) + tail if assembled else tail
+        if assembled is None:
+            return _GZIP_HEADER + _deflate_final(tail) + struct.pack("<II", zlib.crc32(tail), len(tail) & 0xFFFFFFFF)
+        return b"".join(
+            (
+                _GZIP_HEADER,
+                assembled.deflated,
+                _deflate_final(tail),
+                struct.pack("<II", zlib.crc32(tail, assembled.crc), (assembled.length + len(tail)) & 0xFFFFFFFF),
+            )
+        )
+
+    def openmetrics_body(self, tail: bytes) -> bytes:
+        """The same samples in OpenMetrics (family headers differ; `tail`
+        must end with `# EOF`). Uncached: only a client that accepts
+        nothing else asks for it."""
+        with self._lock:
+            parts = []
+            for family, pieces in enumerate(self._pieces):
+                texts = [piece.text for piece in pieces if piece.text]
+                if texts:
+                    parts.append(self._headers[family][1])
+                    parts.extend(texts)
+        return b"".join(parts) + tail
+
+
+class Scraper:
+    """/metrics: brings the scrape cache up to date (one change-feed read,
+    then the facts of what changed) and serves its body. One refresh at a
+    time; concurrent scrapes (an HA pair of Prometheus servers) wait for it
+    and share its result."""
+
+    def __init__(self, core: Core, base_url: str):
+        self.core = core
+        self.cache = ScrapeCache(base_url)
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> bool:
+        """Update the cache; False if Redis could not be read."""
+        async with self._lock:
+            core, cache = self.core, self.cache
+            monitors = core.registry.monitors  # one registry for the whole scrape
+            now = core.clock()
+            try:
+                position, changed = await core.store.changes_since(cache.cursor)
+                if changed is None:
+                    cache.forget_facts()
+                    wanted = list(monitors)
+                else:
+                    wanted = [m for m in changed if m in monitors]
+                    wanted.extend(cache.missing(monitors))
+                fetched = await core.store.snapshot(dict.fromkeys(wanted))
+            except StoreUnavailable:
+                return False
+            # Rendering and compressing is CPU work: off the event loop.
+            await asyncio.get_running_loop().run_in_executor(None, cache.update, monitors, fetched, now)
+            cache.cursor = position
+            return True
+
+
+def _shard_of(monitor_id: str, mask: int) -> int:
+    return zlib.crc32(monitor_id.encode()) & mask if mask else 0
