@@ -121,22 +121,28 @@ def _group_alive(pgid: int) -> bool:
 
 
 def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM (the whole process group for a session leader), then SIGKILL."""
+    """SIGTERM, then SIGKILL after timeout. For a session leader (cronmon,
+    pushgateway) SIGTERM goes to the leader first, so cronmon stops its own
+    redis-server and workers; whatever is left of its group is then sent
+    SIGTERM and finally SIGKILL."""
     group = _is_group_leader(proc)
-    if proc.poll() is not None and not (group and _group_alive(proc.pid)):
-        return
-    _signal(proc, signal.SIGTERM, group)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None and not (group and _group_alive(proc.pid)):
-            return
-        time.sleep(0.1)
-    log(f"pid {proc.pid} ({proc.args[0]}) did not stop in {timeout:.0f}s; killing it")
-    _signal(proc, signal.SIGKILL, group)
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        pass
+    if proc.poll() is None:
+        _signal(proc, signal.SIGTERM, False)
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    if group and _group_alive(proc.pid):
+        _signal(proc, signal.SIGTERM, True)
+        while _group_alive(proc.pid) and time.monotonic() < deadline + 5:
+            proc.poll()
+            time.sleep(0.1)
+    if proc.poll() is None or (group and _group_alive(proc.pid)):
+        log(f"pid {proc.pid} ({proc.args[0]}) did not stop in time; killing it")
+        _signal(proc, signal.SIGKILL, group)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def _is_group_leader(proc: subprocess.Popen) -> bool:
@@ -226,13 +232,18 @@ def start_cronmon(children: Children, tmp: Path, config: Path, workers: int | No
 def start_pushgateway(children: Children, tmp: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     logfile = open(tmp / "pushgateway.log", "ab")
+    # An explicit empty --persistence.file: Debian's build defaults it to
+    # /var/lib/prometheus/pushgateway.data, which would carry groups between runs.
     proc = start_session(children, [PUSHGATEWAY, f"--web.listen-address={HOST}:{port}",
-                                    "--push.disable-consistency-check"],
+                                    "--persistence.file=", "--push.disable-consistency-check"],
                          stdout=subprocess.DEVNULL, stderr=logfile)
     logfile.close()
     base = f"http://{HOST}:{port}"
     took = wait_until(lambda: ready(base + "/-/ready"), 30, "pushgateway", proc)
     log(f"pushgateway ready on {base} in {took:.1f}s")
+    groups = http_get(base + "/metrics")[2].count(b"\npush_time_seconds{")
+    if groups:
+        raise RuntimeError(f"pushgateway started with {groups} groups already in it")
     return proc, base
 
 
@@ -359,8 +370,11 @@ def parse_wrk(out: str) -> dict:
 
 
 def wrk(children: Children, url: str, seconds: int, threads: int, conns: int, script: str | None = None,
-        env: dict | None = None, headers: dict | None = None, timeout_s: int = 5) -> dict:
-    args = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", f"--timeout={timeout_s}s", "--latency"]
+        env: dict | None = None, headers: dict | None = None, timeout_s: int | None = None) -> dict:
+    """Run wrk; timeout_s None keeps wrk's default request timeout (2 s)."""
+    args = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency"]
+    if timeout_s:
+        args.append(f"--timeout={timeout_s}s")
     if script:
         args += ["-s", str(BENCH / script)]
     for name, value in (headers or {}).items():
@@ -607,7 +621,7 @@ def render(rep: dict) -> str:
                                       ["ratio cronmon/pgw", rfmt(ratio(c["rps"], p["rps"])), "",
                                        rfmt(ratio(c["p99_ms"], p["p99_ms"])), "", "", ""]]))
         out.append("")
-    if "state" in ph:
+    if ph.get("state"):
         rows = []
         for s in ph["state"]:
             rows.append([f"cronmon, {s['n']:,} monitors", fmt(s["cronmon"]["requests"]), fmt(s["cronmon"]["seconds"], " s"),
@@ -619,7 +633,7 @@ def render(rep: dict) -> str:
         out.append(table("2. State (cronmon: start + success, 10% fail, per monitor; pushgateway: PUT 5 series per group)",
                          ["", "requests", "took", "statuses", "reload to N"], rows))
         out.append("")
-    if "metrics" in ph:
+    if ph.get("metrics"):
         rows = []
         for m in ph["metrics"]:
             c, p = m["cronmon"], m["pushgateway"]
@@ -646,7 +660,7 @@ def render(rep: dict) -> str:
         out.append(table(f"4. Series per monitor in cronmon's /metrics ({s['n']:,} monitors)", ["monitor", "series"], rows))
         out.append(f"  families for {next(iter(s['per_monitor']))}: {', '.join(s['families'])}")
         out.append("")
-    if "rss" in ph:
+    if ph.get("rss"):
         rows = []
         for r in ph["rss"]:
             procs = ", ".join(f"{p['comm']} {p['mb']:.0f}" for p in r["cronmon"]["processes"])
@@ -767,7 +781,14 @@ def run(args: argparse.Namespace, children: Children, tmp: Path, rep: dict) -> N
         if n > done and done:
             write_config(config, n)
             log(f"reloading cronmon with {n:,} monitors (SIGHUP)")
-            state["reload_seconds"] = reload_cronmon(serve, cbase, n)
+            try:
+                state["reload_seconds"] = reload_cronmon(serve, cbase, n)
+            except RuntimeError as exc:  # fall back to a restart on the same data dir
+                log(f"WARNING: {exc}; restarting cronmon instead")
+                rep["notes"].append(f"reload to {n:,} monitors failed ({exc}); restarted cronmon instead")
+                stop(serve)
+                children.procs.remove(serve)
+                serve, cbase = start_cronmon(children, tmp, config, workers)
         log(f"phase 2: state for {n:,} monitors / groups")
         counts, took = give_cronmon_state(cbase, range(n))
         state["cronmon"] = {"requests": sum(counts.values()), "seconds": took, "statuses": dict(counts)}
@@ -811,8 +832,8 @@ def server_logs(tmp: Path) -> list[str]:
     lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     if not lines:
         return ["cronmon logged nothing at level warning or above"]
-    kinds = Counter(" ".join(ln.split()[2:5]) for ln in lines)  # level, logger, start of the message
-    notes = [f"cronmon logged {len(lines)} lines at warning or above; most common:"]
+    kinds = Counter(" ".join(ln.split()[2:6]) for ln in lines)  # level, logger, start of the message
+    notes = [f"cronmon logged {len(lines)} line(s) at warning or above; most common:"]
     notes += [f"  {count} x {kind}" for kind, count in kinds.most_common(5)]
     notes += ["  last: " + lines[-1][:200]]
     return notes
@@ -831,7 +852,10 @@ def main() -> int:
         if not shutil.which(tool):
             print(f"{tool} is needed (Debian packages wrk, prometheus-pushgateway)", file=sys.stderr)
             return 1
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
+    # Ctrl-C and SIGTERM unwind through the finally blocks that stop every child
+    # (SIGINT explicitly: a shell starting us in the background ignores it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rep: dict = {"machine_line": machine_line(), "setup_line": "", "seconds": args.seconds, "quick": args.quick,
                  "phases": {}, "checks": [], "notes": []}
     print(rep["machine_line"], file=sys.stderr)

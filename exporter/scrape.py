@@ -244,9 +244,9 @@ class Scraper:
     time; concurrent scrapes (an HA pair of Prometheus servers) wait for it
     and share its result."""
 
-    def __init__(self, core: Core, base_url: str):
+    def __init__(self, core: Core, base_url: str, shard_size: int = SHARD_SIZE):
         self.core = core
-        self.cache = ScrapeCache(base_url)
+        self.cache = ScrapeCache(base_url, shard_size)
         self._lock = asyncio.Lock()
 
     async def refresh(self) -> bool:
