@@ -33,6 +33,7 @@ done yet.)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -112,6 +113,79 @@ def _translate(exc: Exception) -> Exception:
     return exc
 
 
+class _Batcher:
+    """Sends the scripts called in one turn of the event loop as one
+    pipeline: check-ins that arrive together cost one Redis round trip and
+    one pooled connection, not one each.
+
+    Each script still runs atomically on its own and replies on its own, in
+    the order called; the pipeline is not a transaction, so batching
+    changes no semantics. A script Redis does not have yet (NOSCRIPT: it
+    did not run) is loaded and its call sent again. A connection failure
+    fails every call of the batch with StoreUnavailable (their scripts may
+    or may not have run, exactly as for a single call whose reply is lost).
+    """
+
+    def __init__(self, client: redis.Redis, limit: int = 256):
+        self.client = client
+        self.limit = limit
+        self._pending: list[tuple[Any, list, list, asyncio.Future]] = []
+        self._scheduled = False
+        self._sending: set[asyncio.Task] = set()  # the loop keeps only weak references
+
+    def call(self, script: Any, keys: list, args: list) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append((script, keys, args, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        while self._pending:
+            batch, self._pending = self._pending[: self.limit], self._pending[self.limit :]
+            task = asyncio.ensure_future(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list) -> None:
+        try:
+            replies = await self._execute(batch)
+            missing = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
+            if missing:
+                for script in {id(batch[i][0]): batch[i][0] for i in missing}.values():
+                    await self.client.script_load(script.script)
+                for i, reply in zip(missing, await self._execute([batch[i] for i in missing])):
+                    replies[i] = reply
+        except Exception as exc:
+            error = _translate(exc)
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (*_, future), reply in zip(batch, replies):
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(_translate(reply))
+            else:
+                future.set_result(reply)
+
+    async def _execute(self, batch: list) -> list:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for script, keys, args, _ in batch:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return await pipe.execute(raise_on_error=False)
+
+
+def _is_noscript(reply: Any) -> bool:
+    return isinstance(reply, redis_errors.NoScriptError) or (
+        isinstance(reply, redis_errors.ResponseError) and str(reply).startswith("NOSCRIPT")
+    )
+
+
 def _script(name: str) -> str:
     common = resources.files("exporter").joinpath("lua/common.lua").read_text()
     return common + "\n" + resources.files("exporter").joinpath(f"lua/{name}.lua").read_text()
@@ -133,6 +207,11 @@ class Store:
         self._due_key = f"{prefix}:due"
         self._definitions_key = f"{prefix}:monitors"
         self._revision_key = f"{prefix}:monitors:revision"
+        self._limits_json = json.dumps({
+            "history": limits.history, "logs": limits.logs, "meta_keys": limits.meta_keys,
+            "open_runs": limits.open_runs, "closed_runs": limits.closed_runs, "buckets": DURATION_BUCKETS,
+        })
+        self._batch = _Batcher(client)
         self._feed_key = f"{prefix}:changes"
         self._feed_seq_key = f"{prefix}:changes:seq"
 
@@ -170,48 +249,33 @@ class Store:
         }
         if checkin.metadata:
             extra["metadata"] = dict(checkin.metadata)
-        try:
-            reply = await self._record(
-                keys=[
-                    k(m, "state"), k(m, "runs"), k(m, "tmo"), k(m, "closed"), k(m, "counters"),
-                    k(m, "history"), k(m, "logs"), k(m, "logids"), k(m, "meta"), self._due_key,
-                    k(m, "ratelimit"), k(m, "uptime"), self._feed_key, self._feed_seq_key,
-                ],
-                args=[
-                    m,
-                    repr(checkin.received_at),
-                    checkin.kind.value,
-                    checkin.run_id or "",
-                    "" if checkin.exit_code is None else checkin.exit_code,
-                    "" if checkin.duration is None else repr(float(checkin.duration)),
-                    checkin.message or "",
-                    checkin.log or "",
-                    "1" if checkin.log_truncated else "0",
-                    json.dumps(dict(checkin.meta)) if checkin.meta else "{}",
-                    json.dumps(extra) if extra else "{}",
-                    json.dumps(
-                        {"anchored": plan.anchored, "first": plan.first, "candidates": plan.candidates}
-                    ),
-                    repr(monitor.grace),
-                    _max_runtime_arg(monitor),
-                    monitor.failure_threshold,
-                    monitor.recovery_threshold,
-                    self.limits.history,
-                    self.limits.logs,
-                    json.dumps(DURATION_BUCKETS),
-                    generated_run_id,
-                    self.limits.meta_keys,
-                    self.limits.open_runs,
-                    self.limits.closed_runs,
-                    Outcome.SILENT_FAILURE.value if silent_failure else "",
-                    monitor.rate_limit[0] if monitor.rate_limit else 0,
-                    repr(monitor.rate_limit[1]) if monitor.rate_limit else "0",
-                    json.dumps(dict(checkin.annotations)) if checkin.annotations else "",
-                    "" if checkin.probe_status_code is None else checkin.probe_status_code,
-                ],
-            )
-        except Exception as exc:
-            raise _translate(exc) from exc
+        # One named table per concern (the Lua side reads fields by name);
+        # absent values are left out, which Lua sees as nil.
+        fields: dict[str, Any] = {
+            "monitor": m, "now": checkin.received_at, "kind": checkin.kind.value,
+            "plan": {"anchored": plan.anchored, "first": plan.first, "candidates": plan.candidates},
+            "generated_run_id": generated_run_id,
+        }
+        for name, value in (
+            ("run_id", checkin.run_id), ("exit_code", checkin.exit_code), ("duration", checkin.duration),
+            ("message", checkin.message), ("meta", dict(checkin.meta) if checkin.meta else None),
+            ("extra", extra or None), ("annotations", dict(checkin.annotations) if checkin.annotations else None),
+            ("probe_code", checkin.probe_status_code),
+            ("outcome", Outcome.SILENT_FAILURE.value if silent_failure else None),
+        ):
+            if value is not None and value != "":
+                fields[name] = value
+        if checkin.log_truncated:
+            fields["log_truncated"] = True
+        reply = await self._batch.call(
+            self._record,
+            [
+                k(m, "state"), k(m, "runs"), k(m, "tmo"), k(m, "closed"), k(m, "counters"),
+                k(m, "history"), k(m, "logs"), k(m, "logids"), k(m, "meta"), self._due_key,
+                k(m, "ratelimit"), k(m, "uptime"), self._feed_key, self._feed_seq_key,
+            ],
+            [json.dumps(fields), _monitor_settings(monitor), self._limits_json, checkin.log or ""],
+        )
         status = reply[0]
         if status == "ok":
             return RecordResult("ok", int(reply[1]), reply[2] or None, float(reply[3]) if reply[3] else None)
@@ -506,6 +570,20 @@ class Store:
 _MONITOR_PARTS = (
     "state", "runs", "tmo", "closed", "counters", "history", "logs", "logids", "meta", "ratelimit", "uptime",
 )
+
+
+def _monitor_settings(monitor: Monitor) -> str:
+    """What record.lua needs of a monitor's config, as its json table."""
+    settings: dict[str, Any] = {
+        "grace": monitor.grace,
+        "failure_threshold": monitor.failure_threshold,
+        "recovery_threshold": monitor.recovery_threshold,
+        "rate_count": monitor.rate_limit[0] if monitor.rate_limit else 0,
+        "rate_window": monitor.rate_limit[1] if monitor.rate_limit else 0,
+    }
+    if monitor.max_runtime is not None and not monitor.paused:
+        settings["max_runtime"] = monitor.max_runtime  # nothing times out while paused
+    return json.dumps(settings)
 
 
 def _max_runtime_arg(monitor: Monitor) -> str:

@@ -404,3 +404,42 @@ async def test_paused_monitor_runs_do_not_wake_the_sweeper(make_core, clock):
     core = make_core(HOURLY.replace("max_runtime: 10m", "max_runtime: 10m\n    paused: true"))
     await core.record(ci(Kind.START, T0, run_id="r"))
     assert await core.store.due(T0 + 601, 10) == []
+
+
+class TestBatchingAndPool:
+    """Check-ins that arrive together share one pipeline; a burst larger
+    than the connection pool waits for a connection instead of failing."""
+
+    async def test_a_burst_is_recorded_exactly_once_through_a_tiny_pool(self, redis_server, prefix, clock, tmp_path):
+        from .conftest import registry_from, write_config
+
+        yaml = "monitors:\n" + "".join(f"  - {{id: m{i}, schedule: {{interval: 1h}}}}\n" for i in range(20))
+        store = Store(connect(redis_server.url, max_connections=2), prefix, StoreLimits())
+        core = Core(store, registry_from(write_config(tmp_path, yaml), tmp_path), clock)
+        try:
+            checkins = [
+                ci(kind, T0 + n * 0.001, monitor_id=f"m{(n // 2) % 20}", run_id=f"r{n // 2}")
+                for n in range(600)
+                for kind in ([Kind.START] if n % 2 == 0 else [Kind.SUCCESS])
+            ]
+            # Starts first, then their completions, each wave concurrent.
+            starts = [c for c in checkins if c.kind is Kind.START]
+            finishes = [c for c in checkins if c.kind is Kind.SUCCESS]
+            results = await asyncio.gather(*(core.record(c) for c in starts))
+            results += await asyncio.gather(*(core.record(c) for c in finishes))
+            # ...and a retried wave changes nothing (run id dedupe, batched too).
+            retried = await asyncio.gather(*(core.record(c) for c in finishes))
+        finally:
+            facts = await store.snapshot(f"m{i}" for i in range(20))
+            await store.close()
+        assert [r.status for r in results] == ["ok"] * 600
+        assert {r.status for r in retried} == {"duplicate"}
+        assert sum(f.outcomes.get("ok", 0) for f in facts.values()) == 300
+        assert sum(f.checkins.get("start", 0) for f in facts.values()) == 300
+        assert all(not f.open_runs for f in facts.values())
+
+    async def test_scripts_flushed_from_redis_are_loaded_again(self, make_core, raw_redis):
+        core = make_core(HOURLY)
+        await raw_redis.script_flush()
+        assert (await core.record(ci(Kind.SUCCESS, T0))).status == "ok"
+        assert (await core.store.facts("job")).outcomes == {"ok": 1}

@@ -3,16 +3,18 @@
 -- KEYS: 1 state, 2 runs, 3 tmo, 4 closed, 5 counters, 6 history, 7 logs,
 --       8 logids, 9 meta, 10 due, 11 rate-limit counter, 12 uptime,
 --       13 change feed, 14 change feed sequence
--- ARGV: 1 monitor, 2 now, 3 kind, 4 run_id, 5 exit_code, 6 duration,
---       7 message, 8 log, 9 log_truncated, 10 meta (json object),
---       11 extra (json object), 12 arrival plan (json, see ArrivalPlan),
---       13 grace, 14 max_runtime, 15 failure_threshold,
---       16 recovery_threshold, 17 history_cap, 18 log_cap,
---       19 buckets (json array), 20 generated_run_id, 21 meta_cap,
---       22 open_runs_cap, 23 closed_cap, 24 outcome override for a
---       success ('' or 'silent_failure'), 25 rate limit count (0: none),
---       26 rate limit window (seconds), 27 annotations (json object or ''),
---       28 probe HTTP status code ('' unless an active check's result)
+-- ARGV: 1 the check-in (json object): monitor, now, kind, run_id,
+--         exit_code, duration, message, log_truncated, meta (object),
+--         extra (object), plan (see ArrivalPlan), generated_run_id,
+--         outcome (override for a success: 'silent_failure'), annotations
+--         (object), probe_code (set only for an active check's result);
+--         absent fields are nil
+--       2 the monitor's settings (json object): grace, max_runtime,
+--         failure_threshold, recovery_threshold, rate_count (0: no limit),
+--         rate_window (seconds)
+--       3 the store's limits (json object): history, logs, meta_keys,
+--         open_runs, closed_runs, buckets (array)
+--       4 the log body ('' for none), kept apart from the json
 -- Returns {'ok', seq, run_id, duration} | {'duplicate', run_id}
 --       | {'sweep'}: a deadline passed unrecorded; sweep, then call again
 --       | {'slot', s}: the arrival is for slot s, which the plan lacks
@@ -20,13 +22,17 @@
 -- Nothing is written unless the reply is 'ok'.
 local state, runs, tmo, closed, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local history, logs, logids, meta, due = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local monitor, now, kind, run_id = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local exit_code, reported_duration = num(ARGV[5]), num(ARGV[6])
-local plan, grace = cjson.decode(ARGV[12]), tonumber(ARGV[13])
-local max_runtime = num(ARGV[14])
-local fthr, rthr = tonumber(ARGV[15]), tonumber(ARGV[16])
-local history_cap, log_cap = tonumber(ARGV[17]), tonumber(ARGV[18])
-local meta_cap, open_cap, closed_cap = tonumber(ARGV[21]), tonumber(ARGV[22]), tonumber(ARGV[23])
+local a, c, lim = cjson.decode(ARGV[1]), cjson.decode(ARGV[2]), cjson.decode(ARGV[3])
+local log_body = ARGV[4]
+local monitor, now, kind, run_id = a.monitor, a.now, a.kind, a.run_id or ''
+local now_s = fmt(now)
+local exit_code, reported_duration = a.exit_code, a.duration
+local plan, grace = a.plan, c.grace
+local max_runtime = c.max_runtime
+local fthr, rthr = c.failure_threshold, c.recovery_threshold
+local history_cap, log_cap = lim.history, lim.logs
+local meta_cap, open_cap, closed_cap = lim.meta_keys, lim.open_runs, lim.closed_runs
+local generated_run_id = a.generated_run_id
 
 -- Outcomes are applied in time order: a deadline that passed before this
 -- check-in must be recorded as missed first. The caller sweeps and retries.
@@ -77,13 +83,13 @@ end
 -- Rate limit last among the checks, so a call retried after 'sweep' or
 -- 'slot' is counted once. Fixed window; a refused check-in changes nothing
 -- but the counter.
-local limit = tonumber(ARGV[25])
+local limit = c.rate_count
 if limit > 0 then
   local used = redis.call('INCR', KEYS[11])
-  if used == 1 then redis.call('PEXPIRE', KEYS[11], math.floor(tonumber(ARGV[26]) * 1000)) end
+  if used == 1 then redis.call('PEXPIRE', KEYS[11], math.floor(c.rate_window * 1000)) end
   if used > limit then
     local ttl = redis.call('PTTL', KEYS[11])
-    if ttl < 0 then redis.call('PEXPIRE', KEYS[11], math.floor(tonumber(ARGV[26]) * 1000)); ttl = tonumber(ARGV[26]) * 1000 end
+    if ttl < 0 then redis.call('PEXPIRE', KEYS[11], math.floor(c.rate_window * 1000)); ttl = c.rate_window * 1000 end
     return {'limited', ttl}
   end
 end
@@ -93,13 +99,13 @@ redis.call('HINCRBY', state, 'v', 1)
 redis.call('HINCRBY', counters, 'c:' .. kind, 1)
 -- A log event says nothing about the job running (Healthchecks: /log does
 -- not change the status), so it does not end the monitor's "new" state.
-if kind ~= 'log' then redis.call('HSETNX', state, 'first', ARGV[2]) end
-redis.call('HSET', state, 'last', ARGV[2])
+if kind ~= 'log' then redis.call('HSETNX', state, 'first', now_s) end
+redis.call('HSET', state, 'last', now_s)
 local entry = {seq = seq, t = now, kind = kind}
-local extra = cjson.decode(ARGV[11])
-if ARGV[27] ~= '' then entry.ann = cjson.decode(ARGV[27]) end
+local extra = a.extra or {}
+if a.annotations then entry.ann = a.annotations end
 for k, v in pairs(extra) do entry[k] = v end
-if ARGV[7] ~= '' then entry.message = ARGV[7] end
+if a.message then entry.message = a.message end
 if exit_code then entry.exit_code = exit_code end
 
 local function drop_run(id)
@@ -130,7 +136,7 @@ local result_run, duration = '', nil
 if kind == 'start' then
   local rid = run_id
   if rid == '' then
-    rid = ARGV[20]
+    rid = generated_run_id
     -- A new start without a run id replaces the previous one without a run
     -- id (the Healthchecks rule): the earlier one is forgotten, not failed.
     local all = redis.call('HGETALL', runs)
@@ -149,7 +155,7 @@ if kind == 'start' then
     end
     drop_run(oldest); entry.evicted = oldest
   end
-  redis.call('HSET', state, 'last_start', ARGV[2])
+  redis.call('HSET', state, 'last_start', now_s)
   result_run = rid
 elseif completes then
   local rid = closing
@@ -163,23 +169,23 @@ elseif completes then
     arrive()  -- a completion with no start is itself the arrival
   end
   result_run = rid or run_id
-  if result_run == '' then result_run = ARGV[20] end
+  if result_run == '' then result_run = generated_run_id end
   close_recent(result_run)
   local outcome = 'ok'
   if kind == 'fail' then outcome = 'error' elseif kind == 'warning' then outcome = 'warning'
-  elseif ARGV[24] ~= '' then outcome = ARGV[24] end
+  elseif a.outcome then outcome = a.outcome end
   entry.outcome = outcome
   if outcome == 'error' then
-    redis.call('HSET', state, 'last_failure', ARGV[2])
+    redis.call('HSET', state, 'last_failure', now_s)
   else
-    redis.call('HSET', state, 'last_success', ARGV[2])
+    redis.call('HSET', state, 'last_success', now_s)
   end
   if exit_code then redis.call('HSET', state, 'last_exit', exit_code) end
   if duration then
     if duration < 0 then duration = 0 end
     entry.duration = duration
     redis.call('HSET', state, 'last_duration', fmt(duration))
-    local buckets, index = cjson.decode(ARGV[19]), nil
+    local buckets, index = lim.buckets, nil
     for i, bound in ipairs(buckets) do
       if duration <= bound then index = i; break end
     end
@@ -194,17 +200,17 @@ else
 end
 if result_run ~= '' then entry.run = result_run end
 
-if ARGV[8] ~= '' then
-  redis.call('HSET', logs, seq, ARGV[8])
+if log_body ~= '' then
+  redis.call('HSET', logs, seq, log_body)
   redis.call('RPUSH', logids, seq)
   while redis.call('LLEN', logids) > log_cap do
     redis.call('HDEL', logs, redis.call('LPOP', logids))
   end
   entry.log = seq
-  if ARGV[9] == '1' then entry.log_truncated = true end
+  if a.log_truncated then entry.log_truncated = true end
 end
 
-local values = cjson.decode(ARGV[10])
+local values = a.meta or {}
 for k, v in pairs(values) do
   if redis.call('HEXISTS', meta, k) == 1 or redis.call('HLEN', meta) < meta_cap then
     redis.call('HSET', meta, k, fmt(v))
@@ -213,11 +219,11 @@ for k, v in pairs(values) do
   end
 end
 
-if ARGV[28] ~= '' then
+if a.probe_code then
   -- An active check's result is also the monitor's latest probe result.
-  entry.status_code = tonumber(ARGV[28])
-  redis.call('HSET', state, 'probe_t', ARGV[2], 'probe_ok', (kind == 'fail') and 0 or 1,
-    'probe_dur', reported_duration and fmt(reported_duration) or '0', 'probe_code', ARGV[28])
+  entry.status_code = a.probe_code
+  redis.call('HSET', state, 'probe_t', now_s, 'probe_ok', (kind == 'fail') and 0 or 1,
+    'probe_dur', reported_duration and fmt(reported_duration) or '0', 'probe_code', a.probe_code)
 end
 
 push_history(history, entry, history_cap)

@@ -17,6 +17,7 @@ Bodies use the YAML fields as JSON. Every error has one shape:
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -279,26 +280,29 @@ def _int_param(request, name, default, low, high, source=None) -> int | None:
     return value
 
 
-@web.middleware
-async def api_errors(request: web.Request, handler):
-    """Render ApiError, and Redis being unreachable (503: nothing was
-    changed), in the API's error shape."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return exc.response()
-    except StoreUnavailable as exc:
-        if request.path.startswith("/api/v1/"):
+def api_errors(handler):
+    """Wrap a handler of this API: render ApiError, and Redis being
+    unreachable (503: nothing was changed), in the API's error shape. Per
+    route, not a middleware: the ping path should not pay for it."""
+
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return exc.response()
+        except StoreUnavailable as exc:
             return ApiError(503, "store_unavailable", str(exc)).response()
-        raise
+
+    return guarded
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/api/v1/monitors", list_monitors)
-    app.router.add_post("/api/v1/monitors", create_monitor)
-    app.router.add_get("/api/v1/monitors/{monitor}", get_monitor)
-    app.router.add_put("/api/v1/monitors/{monitor}", replace_monitor)
-    app.router.add_patch("/api/v1/monitors/{monitor}", patch_monitor)
-    app.router.add_delete("/api/v1/monitors/{monitor}", delete_monitor)
-    app.router.add_get("/api/v1/monitors/{monitor}/runs", list_runs)
-    app.router.add_get("/api/v1/monitors/{monitor}/runs/{seq}/log", run_log)
+    app.router.add_get("/api/v1/monitors", api_errors(list_monitors))
+    app.router.add_post("/api/v1/monitors", api_errors(create_monitor))
+    app.router.add_get("/api/v1/monitors/{monitor}", api_errors(get_monitor))
+    app.router.add_put("/api/v1/monitors/{monitor}", api_errors(replace_monitor))
+    app.router.add_patch("/api/v1/monitors/{monitor}", api_errors(patch_monitor))
+    app.router.add_delete("/api/v1/monitors/{monitor}", api_errors(delete_monitor))
+    app.router.add_get("/api/v1/monitors/{monitor}/runs", api_errors(list_runs))
+    app.router.add_get("/api/v1/monitors/{monitor}/runs/{seq}/log", api_errors(run_log))

@@ -106,7 +106,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
             request_seconds.labels(name).observe(time.perf_counter() - started)
 
     app = web.Application(
-        middlewares=[instrument, api_v1.api_errors, boxwatch.boxwatch_errors],
+        middlewares=[instrument],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings

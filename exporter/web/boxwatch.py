@@ -17,6 +17,7 @@ owner (402 plan_limit_reached). Errors keep the document's shapes:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
@@ -315,21 +316,25 @@ def _slugify(name: str) -> str:
     return slug or "check"
 
 
-@web.middleware
-async def boxwatch_errors(request: web.Request, handler):
-    try:
-        return await handler(request)
-    except _Error as exc:
-        return web.json_response(exc.body, status=exc.status)
-    except StoreUnavailable:
-        if request.path.startswith("/cron-checks"):
+def boxwatch_errors(handler):
+    """Wrap a handler of this API: its error shape, and 503 when Redis is
+    unreachable. Per route, not a middleware (the ping path skips it)."""
+
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except _Error as exc:
+            return web.json_response(exc.body, status=exc.status)
+        except StoreUnavailable:
             return web.json_response({"error": "service_unavailable"}, status=503)
-        raise
+
+    return guarded
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/cron-checks", list_checks)
-    app.router.add_post("/cron-checks", create_check)
-    app.router.add_get("/cron-checks/{id}", get_check)
-    app.router.add_put("/cron-checks/{id}", update_check)
-    app.router.add_delete("/cron-checks/{id}", delete_check)
+    app.router.add_get("/cron-checks", boxwatch_errors(list_checks))
+    app.router.add_post("/cron-checks", boxwatch_errors(create_check))
+    app.router.add_get("/cron-checks/{id}", boxwatch_errors(get_check))
+    app.router.add_put("/cron-checks/{id}", boxwatch_errors(update_check))
+    app.router.add_delete("/cron-checks/{id}", boxwatch_errors(delete_check))
