@@ -15,6 +15,7 @@ from .config import ConfigError, load_config, parse_network
 from .credentials import GENERATED_KEY_FILE
 from .embedded import EmbeddedRedisError
 from .settings import DEFAULT_PORT, Settings
+from .workers import supervise, worker_index
 
 log = logging.getLogger("cronmon")
 
@@ -125,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
+        "--workers", type=_workers, default=_workers(os.environ.get("CRONMON_WORKERS") or str(os.cpu_count() or 1)),
+        metavar="N",
+        help=(
+            "serve with N processes on one port (SO_REUSEPORT) that share the one Redis; "
+            "default: one per CPU core; env CRONMON_WORKERS"
+        ),
+    )
+    serve.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
         help="log verbosity (default info)",
     )
@@ -142,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of worker processes from 1 to 64")
+    return int(text)
+
+
 def _network(text: str):
     try:
         return parse_network(text)
@@ -150,10 +165,11 @@ def _network(text: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
         return check_config(args.path)
-    return serve(args)
+    return serve(args, argv[argv.index("serve") + 1 :])
 
 
 def check_config(path: Path) -> int:
@@ -168,7 +184,7 @@ def check_config(path: Path) -> int:
     return 0
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, argv: list[str]) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -189,7 +205,10 @@ def serve(args: argparse.Namespace) -> int:
         trusted_proxies=tuple(args.trusted_proxy),
         probe_concurrency=args.probe_concurrency,
         probe_allowed_networks=tuple(args.probe_allow_network),
+        bridge_enabled=worker_index() in (None, 0),
     )
+    if args.workers > 1 and worker_index() is None:
+        return _serve_workers(settings, argv, args.workers)
     from aiohttp import web
 
     from .web.app import create_app
@@ -215,13 +234,42 @@ def serve(args: argparse.Namespace) -> int:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
 
     app.on_startup.append(handle_sighup)
-    print_banner(settings, app[CORE].registry)
+    if worker_index() is None:
+        print_banner(settings, app[CORE].registry)
+    _use_uvloop()
     try:
-        web.run_app(app, host=host, port=port, print=None, access_log=None)
+        # reuse_port: the workers of a supervisor share the address.
+        web.run_app(app, host=host, port=port, print=None, access_log=None, reuse_port=worker_index() is not None)
     except EmbeddedRedisError as exc:
         print(f"cronmon: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _serve_workers(settings: Settings, argv: list[str], workers: int) -> int:
+    """Validate the config and print the banner once, then supervise."""
+    from .reloader import Reloader
+
+    try:
+        registry = Reloader(settings).load_initial()  # also makes the ping key the workers share
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print("cronmon: not starting: the config is invalid", file=sys.stderr)
+        return 1
+    print_banner(settings, registry)
+    print(f"serving with {workers} worker processes", flush=True)
+    return supervise(argv, workers, settings.redis_url, settings.data_dir, settings.redis_server_binary)
+
+
+def _use_uvloop() -> None:
+    """uvloop's event loop: measured ~20% more pings per second than
+    asyncio's own on the same machine (see README, Performance)."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def print_banner(settings: Settings, registry) -> None:

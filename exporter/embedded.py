@@ -119,7 +119,7 @@ class EmbeddedRedis:
                 str(conf),
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         except OSError as exc:
             self._unlock()
@@ -230,7 +230,7 @@ class EmbeddedRedis:
             self._lock_fd = None
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: on Linux, ask for SIGTERM when cronmon dies,
     so even a SIGKILLed cronmon does not leave its redis-server behind."""
     if sys.platform != "linux":

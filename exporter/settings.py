@@ -50,6 +50,8 @@ class Settings:
     probe_allowed_networks: tuple[IPNetwork, ...] = ()
     probe_max_bytes: int = 65536
     limits: StoreLimits = field(default_factory=StoreLimits)
+    # Of several worker processes only one posts to Alertmanager.
+    bridge_enabled: bool = True
 
     @property
     def base_url(self) -> str:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import AsyncIterator, Callable
 
 import httpx
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from ..bridge import AlertBridge
 from ..core import Core
@@ -26,6 +28,7 @@ from ..scrape import Scraper
 from ..settings import Settings
 from ..store import Store, StoreUnavailable, connect
 from ..sweeper import Sweeper
+from ..workers import MULTIPROC_ENV
 from . import api_v1, boxwatch, crontify, crosscheck, crosscheck_checkin, healthchecks, ops, sentry
 from .keys import BRIDGE, CORE, EMBEDDED, PROBER, RELOADER, SCRAPER, SELF_REGISTRY, SETTINGS, SWEEPER
 
@@ -49,7 +52,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     reloader.on_swap.append(on_swap)
 
     bridge = None
-    if settings.alertmanager_urls:
+    if settings.alertmanager_urls and settings.bridge_enabled:
         bridge = AlertBridge(
             core, settings.alertmanager_urls, settings.base_url, settings.alert_resend_interval, clock
         )
@@ -58,25 +61,32 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     # The text format has no place for _created samples (they became gauges).
     disable_created_metrics()
     self_registry = CollectorRegistry(auto_describe=False)
-    ProcessCollector(registry=self_registry)
+    own_metrics = self_registry
+    if os.environ.get(MULTIPROC_ENV):
+        # One of several workers: counters live in shared files and a scrape
+        # on any worker reports the sum (process_* would be one worker's).
+        own_metrics = CollectorRegistry(auto_describe=False)
+        MultiProcessCollector(self_registry)
+    else:
+        ProcessCollector(registry=self_registry)
     requests_total = Counter(
         "cronmon_http_requests_total",
         "HTTP requests handled, by handler and status code.",
         ["handler", "code"],
-        registry=self_registry,
+        registry=own_metrics,
     )
     request_seconds = Histogram(
         "cronmon_http_request_duration_seconds",
         "HTTP request latency, by handler.",
         ["handler"],
-        registry=self_registry,
+        registry=own_metrics,
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     )
 
     probe_lag = Histogram(
         "cronmon_probe_schedule_lag_seconds",
         "How late active checks started after their due time (this process).",
-        registry=self_registry,
+        registry=own_metrics,
         buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
     )
     prober = Prober(

@@ -12,6 +12,7 @@ from ..collector import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, SelfState, 
 from ..config import ConfigError
 from ..evaluate import evaluate
 from ..store import StoreUnavailable
+from ..workers import ask_parent_to_reload
 from .keys import CORE, RELOADER, SCRAPER, SELF_REGISTRY
 
 _TEXT = "text/plain"
@@ -109,6 +110,7 @@ async def reload(request: web.Request) -> web.Response:
         return web.Response(
             status=500, text=f"failed to reload config, keeping the running one:\n{exc}\n", content_type=_TEXT
         )
+    ask_parent_to_reload()  # the other workers of a supervisor reload too
     return web.Response(text=f"OK: {len(registry.monitors)} monitors\n", content_type=_TEXT)
 
 
