@@ -128,6 +128,11 @@ def _num(value: float | int) -> str:
     return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
 
 
+def _ms(value: float | None) -> float:
+    """A time or duration rounded to the millisecond (0 for none)."""
+    return round(value, 3) if value else 0
+
+
 # Bucket bounds as prometheus_client writes them (le="10.0"), so queries keep matching.
 _BUCKET_BOUNDS = tuple(repr(float(b)) for b in DURATION_BUCKETS) + ("+Inf",)
 
@@ -164,14 +169,17 @@ def render_monitor(monitor: Monitor, facts: Facts, now: float, base_url: str) ->
     )
     put("cronmon_up", 0 if ev.status in _NOT_UP else 1)
     put("cronmon_silent_failure", 1 if facts.last_outcome is Outcome.SILENT_FAILURE else 0)
-    put("cronmon_last_checkin_timestamp_seconds", facts.last_checkin or 0)
-    put("cronmon_last_start_timestamp_seconds", facts.last_start or 0)
-    put("cronmon_last_success_timestamp_seconds", facts.last_success or 0)
-    put("cronmon_last_failure_timestamp_seconds", facts.last_failure or 0)
-    put("cronmon_last_duration_seconds", facts.last_duration or 0)
+    # Times and durations to the millisecond: the microseconds of a
+    # server clock mean nothing to an alert, and they are most of what
+    # gzip cannot squeeze out of a large /metrics.
+    put("cronmon_last_checkin_timestamp_seconds", _ms(facts.last_checkin))
+    put("cronmon_last_start_timestamp_seconds", _ms(facts.last_start))
+    put("cronmon_last_success_timestamp_seconds", _ms(facts.last_success))
+    put("cronmon_last_failure_timestamp_seconds", _ms(facts.last_failure))
+    put("cronmon_last_duration_seconds", _ms(facts.last_duration))
     put("cronmon_last_exit_code", facts.last_exit_code or 0)
-    put("cronmon_next_expected_timestamp_seconds", ev.next_expected or 0)
-    put("cronmon_deadline_timestamp_seconds", ev.deadline or 0)
+    put("cronmon_next_expected_timestamp_seconds", _ms(ev.next_expected))
+    put("cronmon_deadline_timestamp_seconds", _ms(ev.deadline))
     put("cronmon_grace_seconds", monitor.grace)
     put("cronmon_max_runtime_seconds", monitor.max_runtime or 0)
     put("cronmon_running_runs", ev.running_runs)
@@ -188,9 +196,9 @@ def render_monitor(monitor: Monitor, facts: Facts, now: float, base_url: str) ->
         )
     if monitor.probe is not None:
         put("cronmon_probe_success", 1 if facts.probe_success else 0)
-        put("cronmon_probe_duration_seconds", facts.probe_duration or 0)
+        put("cronmon_probe_duration_seconds", _ms(facts.probe_duration))
         put("cronmon_probe_status_code", facts.probe_status_code or 0)
-        put("cronmon_probe_last_timestamp_seconds", facts.probe_last or 0)
+        put("cronmon_probe_last_timestamp_seconds", _ms(facts.probe_last))
     options = monitor.metrics
     if "checkins" in options:
         out[_INDEX["cronmon_checkins"]] = "".join(

@@ -395,6 +395,15 @@ class Store:
             return position, None
         return position, changed
 
+    async def fingerprints(self, monitor_ids: list[str], chunk: int = 1000) -> dict[str, str | None]:
+        """Each monitor's stored schedule fingerprint (None: none yet)."""
+        found: dict[str, str | None] = {}
+        for start in range(0, len(monitor_ids), chunk):
+            part = monitor_ids[start : start + chunk]
+            replies = await self._pipelined(part, lambda pipe, m: pipe.hget(self.key(m, "state"), "fp"))
+            found.update(zip(part, replies))
+        return found
+
     async def due(self, now: float, limit: int) -> list[str]:
         """Monitors whose next deadline or run timeout is at or before `now`."""
         try:
