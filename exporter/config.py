@@ -468,10 +468,9 @@ def _parse_file(file: Path, problems: list[str], now: float) -> ConfigFile | Non
     if not isinstance(raw, dict):
         problems.append(f"{file}: the top level must be a mapping with monitors:, ping_keys: and/or api_tokens:")
         return None
-    try:
-        parsed = ConfigFile.model_validate(raw)
-    except ValidationError as exc:
-        problems.extend(_describe(file, raw, exc))
+    parsed, errors = _validate_file(raw)
+    if errors:
+        problems.extend(_describe(file, raw, errors))
         return None
     before = len(problems)
     for spec in parsed.monitors:
@@ -483,6 +482,34 @@ def _parse_file(file: Path, problems: list[str], now: float) -> ConfigFile | Non
     return parsed if len(problems) == before else None
 
 
+def _validate_file(raw: dict) -> tuple[ConfigFile | None, list[dict]]:
+    """Validate one file's mapping: (the file, pydantic's error dicts).
+
+    Monitors are validated one at a time rather than in one call over the
+    whole file: pydantic holds the GIL for the length of a call, and one
+    call over 10,000 monitors kept a reloading cronmon from answering pings
+    for half a second. Locations are those a whole-file validation gives."""
+    errors: list[dict] = []
+    monitors = raw.get("monitors")
+    per_item = isinstance(monitors, list)
+    try:
+        head = ConfigFile.model_validate({k: v for k, v in raw.items() if k != "monitors"} if per_item else raw)
+    except ValidationError as exc:
+        errors.extend(exc.errors(include_url=False))
+        head = None
+    specs: list[MonitorSpec] = []
+    if per_item:
+        for index, item in enumerate(monitors):
+            try:
+                specs.append(MonitorSpec.model_validate(item))
+            except ValidationError as exc:
+                for error in exc.errors(include_url=False):
+                    errors.append({**error, "loc": ("monitors", index, *error["loc"])})
+    if errors or head is None:
+        return None, errors
+    return (head.model_copy(update={"monitors": specs}) if per_item else head), []
+
+
 # Top-level list sections: how their items are named in messages.
 _SECTIONS = {
     "monitors": ("monitor", "id"), "ping_keys": ("ping key", "name"), "api_tokens": ("api token", "name"),
@@ -490,10 +517,10 @@ _SECTIONS = {
 }
 
 
-def _describe(file: Path, raw: dict, exc: ValidationError) -> list[str]:
+def _describe(file: Path, raw: dict, errors: list[dict]) -> list[str]:
     """Turn pydantic's error locations into file / monitor / field messages."""
     out = []
-    for loc, field, message in _issues(exc):
+    for loc, field, message in _issues(errors):
         subject = ""
         if len(loc) >= 2 and loc[0] in _SECTIONS and isinstance(loc[1], int):
             section, index = loc[0], loc[1]
@@ -507,10 +534,10 @@ def _describe(file: Path, raw: dict, exc: ValidationError) -> list[str]:
     return out
 
 
-def _issues(exc: ValidationError) -> list[tuple[list, str, str]]:
+def _issues(errors: list[dict]) -> list[tuple[list, str, str]]:
     """(location, dotted field within its item, message) of each error."""
     out = []
-    for error in exc.errors(include_url=False):
+    for error in errors:
         loc = list(error["loc"])
         inner = loc[2:] if len(loc) >= 2 and loc[0] in _SECTIONS and isinstance(loc[1], int) else loc
         # Drop pydantic's internal tags for union branches and validators.
@@ -547,7 +574,7 @@ def parse_monitor_spec(data: Any, now: float) -> MonitorSpec:
     try:
         spec = MonitorSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError([(field, message) for _, field, message in _issues(exc)]) from None
+        raise SpecError([(field, message) for _, field, message in _issues(exc.errors(include_url=False))]) from None
     if spec.schedule is not None and spec.schedule.cron is not None:
         try:
             validate_cron(spec.schedule.cron, spec.schedule.timezone or "UTC", now)

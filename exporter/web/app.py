@@ -24,7 +24,7 @@ from ..core import Core
 from ..embedded import EmbeddedRedis
 from ..probes import Prober, make_client
 from ..reloader import Reloader
-from ..scrape import Scraper
+from ..scrape import Scraper, freeze_long_lived
 from ..settings import Settings
 from ..store import Store, StoreUnavailable, connect
 from ..sweeper import Sweeper
@@ -162,6 +162,7 @@ async def _redis_client(app: web.Application) -> AsyncIterator[None]:
         await app[CORE].sync_api_monitors(force=True)
     except StoreUnavailable as exc:
         log.warning("API monitors not loaded yet (the sweeper retries): %s", exc)
+    freeze_long_lived()  # the config just loaded stays for the process's life
     yield
     await app[CORE].store.close()
 
