@@ -23,6 +23,7 @@ presented key is compared in constant time.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -105,6 +106,19 @@ def derive_uuid(key_digest: bytes, monitor_id: str) -> str:
     digests ever need to stay in memory)."""
     mac = hmac.new(key_digest, b"cronmon-monitor-uuid:" + monitor_id.encode(), hashlib.sha256)
     return str(uuid.UUID(bytes=mac.digest()[:16], version=4))
+
+
+# Every registry (rebuilt whenever an API monitor changes) indexes the
+# digests of its API monitors' derived secrets; they are pure functions of
+# (key digest, monitor id), so they are computed once, not per registry.
+@functools.lru_cache(maxsize=1 << 17)
+def derived_uuid_digest(key_digest: bytes, monitor_id: str) -> bytes:
+    return digest(derive_uuid(key_digest, monitor_id))
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def derived_secret_digest(key_digest: bytes, kind: str, monitor_id: str) -> bytes:
+    return digest(derive_secret(key_digest, kind, monitor_id))
 
 
 def resolve(config: Config, data_dir: Path, env: Mapping[str, str] | None = None) -> ResolvedSecrets:

@@ -19,6 +19,7 @@ all of them atomically::
     cronmon:changes:seq      the feed's sequence counter (see changes_since)
     cronmon:monitors         hash: API-created monitor id -> definition (json)
     cronmon:monitors:revision  bumped on every definition change
+    cronmon:monitors:changes   zset: API monitor id -> revision of its latest change (deletes too)
     cronmon:documents:<name>   hash: id -> small API document (CrossCheck flight groups)
     cronmon:probes             hash: active monitor id -> its check's fingerprint (url, interval, ...)
     cronmon:probes:schedule    zset: active monitor id -> when its next check is due
@@ -207,6 +208,7 @@ class Store:
         self._due_key = f"{prefix}:due"
         self._definitions_key = f"{prefix}:monitors"
         self._revision_key = f"{prefix}:monitors:revision"
+        self._definitions_feed_key = f"{prefix}:monitors:changes"
         self._limits_json = json.dumps({
             "history": limits.history, "logs": limits.logs, "meta_keys": limits.meta_keys,
             "open_runs": limits.open_runs, "closed_runs": limits.closed_runs, "buckets": DURATION_BUCKETS,
@@ -438,6 +440,34 @@ class Store:
             raise _translate(exc) from exc
         return int(revision or 0), {key: json.loads(value) for key, value in raw.items()}
 
+    async def definition_changes(self, since: int) -> tuple[int, list[str] | None]:
+        """(the definitions' revision now, the API monitors whose definition
+        changed after revision `since`), in one atomic round trip. None
+        instead of a list when the caller must load them all: `since` < 0
+        (nothing loaded yet), or the revision went backwards (Redis lost
+        its data or was flushed)."""
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.get(self._revision_key)
+                pipe.zrangebyscore(self._definitions_feed_key, f"({max(since, 0)}", "+inf")
+                raw_revision, changed = await pipe.execute()
+        except Exception as exc:
+            raise _translate(exc) from exc
+        revision = int(raw_revision or 0)
+        if since < 0 or revision < since:
+            return revision, None
+        return revision, changed
+
+    async def definitions(self, monitor_ids: list[str]) -> dict[str, dict | None]:
+        """Several API monitors' definitions in one round trip (None: deleted)."""
+        if not monitor_ids:
+            return {}
+        try:
+            raw = await self.client.hmget(self._definitions_key, monitor_ids)
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return {m: json.loads(value) if value is not None else None for m, value in zip(monitor_ids, raw)}
+
     async def monitor_definition(self, monitor_id: str) -> dict | None:
         """One API monitor's definition (None: no such API monitor)."""
         try:
@@ -457,7 +487,7 @@ class Store:
         try:
             reply = await self._define(
                 keys=[self._definitions_key, self._revision_key, self._due_key, self._feed_key,
-                      self._feed_seq_key, self.key(monitor_id, "audit"), *data_keys],
+                      self._feed_seq_key, self._definitions_feed_key, self.key(monitor_id, "audit"), *data_keys],
                 args=[monitor_id, mode, json.dumps(definition) if definition is not None else "",
                       json.dumps(audit) if audit is not None else "", self.limits.audit],
             )

@@ -443,3 +443,41 @@ class TestBatchingAndPool:
         await raw_redis.script_flush()
         assert (await core.record(ci(Kind.SUCCESS, T0))).status == "ok"
         assert (await core.store.facts("job")).outcomes == {"ok": 1}
+
+
+async def test_replicas_load_only_the_api_definitions_that_changed(make_core, redis_server, prefix, clock, raw_redis):
+    """Creating, changing or deleting one API monitor costs a replica one
+    read of that definition, not a reload of all of them; after Redis lost
+    its data, everything is read again."""
+    from exporter.config import parse_monitor_spec
+
+    core_a = make_core(HOURLY)
+    core_b = Core(Store(connect(redis_server.url), prefix, core_a.store.limits), core_a.registry, clock)
+    try:
+        def spec(monitor_id, interval="1h"):
+            return parse_monitor_spec({"id": monitor_id, "schedule": {"interval": interval}}, T0)
+
+        for i in range(3):
+            await core_a.create_monitor(spec(f"api{i}"), "owner", None)
+        assert await core_b.sync_api_monitors()  # first load: all of them
+        full_reads = []
+        original = core_b.store.monitor_definitions
+
+        async def counted():
+            full_reads.append(1)
+            return await original()
+
+        core_b.store.monitor_definitions = counted
+        await core_a.update_monitor(core_a.registry.monitors["api1"], spec("api1", "2h"))
+        await core_a.delete_monitor(core_a.registry.monitors["api2"])
+        assert await core_b.sync_api_monitors()
+        assert not await core_b.sync_api_monitors()  # nothing new
+        assert core_b.registry.monitors["api1"].schedule.seconds == 7200
+        assert "api2" not in core_b.registry.monitors and "api0" in core_b.registry.monitors
+        assert full_reads == []
+        for key in await raw_redis.keys(f"{prefix}:monitors*"):
+            await raw_redis.delete(key)  # the definitions are lost
+        assert await core_b.sync_api_monitors()
+        assert full_reads == [1] and not set(core_b.registry.api)
+    finally:
+        await core_b.store.close()

@@ -257,13 +257,17 @@ async def test_a_reorder_reloads_the_definitions_once(client, monkeypatch):
     flights = [await create(client, name=f"f{i}") for i in range(5)]
     store = client.app[CORE].store
     reads = []
-    original = store.monitor_definitions
+    original = store.definitions
 
-    async def counted():
-        reads.append(1)
-        return await original()
+    async def counted(ids):
+        reads.append(sorted(ids))
+        return await original(ids)
 
-    monkeypatch.setattr(store, "monitor_definitions", counted)
+    async def no_full_reload():
+        raise AssertionError("a reorder must not reload every definition")
+
+    monkeypatch.setattr(store, "definitions", counted)
+    monkeypatch.setattr(store, "monitor_definitions", no_full_reload)
     items = [{"id": f["id"], "order": 10 - i} for i, f in enumerate(flights)]
     assert (await client.post("/api/flights/reorder/", json=items, headers=AUTH)).status == 200
     assert len(reads) == 1

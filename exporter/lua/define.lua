@@ -1,8 +1,9 @@
 -- Create, update or delete an API monitor's definition and bump the
 -- definitions' revision, atomically (replicas reload when it changes).
 -- KEYS: 1 definitions hash, 2 revision, 3 due index, 4 change feed,
---       5 change feed sequence, 6 audit list, 7.. the monitor's data keys
---       (deleted with it)
+--       5 change feed sequence, 6 definitions feed (id -> revision of its
+--       latest change), 7 audit list, 8.. the monitor's data keys (deleted
+--       with it)
 -- ARGV: 1 monitor id, 2 mode (create|update|delete), 3 definition (json),
 --       4 audit entry (json, '' for none), 5 audit cap
 -- Returns {'ok', revision} | {'exists'} | {'missing'}
@@ -13,14 +14,17 @@ if mode ~= 'create' and not present then return {'missing'} end
 if mode == 'delete' then
   redis.call('HDEL', defs, id)
   redis.call('ZREM', due, id)
-  for i = 6, #KEYS do redis.call('DEL', KEYS[i]) end
+  for i = 7, #KEYS do redis.call('DEL', KEYS[i]) end
 else
   redis.call('HSET', defs, id, ARGV[3])
   if ARGV[4] ~= '' then
-    redis.call('LPUSH', KEYS[6], ARGV[4])
-    redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[5]) - 1)
+    redis.call('LPUSH', KEYS[7], ARGV[4])
+    redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[5]) - 1)
   end
 end
 -- A deleted and re-created monitor must not show its old facts anywhere.
 mark_changed(KEYS[4], KEYS[5], id)
-return {'ok', redis.call('INCR', rev)}
+-- Replicas load just the definitions that changed since their revision.
+local revision = redis.call('INCR', rev)
+redis.call('ZADD', KEYS[6], revision, id)
+return {'ok', revision}

@@ -159,7 +159,7 @@ async def _embedded_redis(app: web.Application) -> AsyncIterator[None]:
 async def _redis_client(app: web.Application) -> AsyncIterator[None]:
     try:
         # API-created monitors answer pings from the first request on.
-        await app[CORE].sync_api_monitors(force=True)
+        await app[CORE].sync_api_monitors()
     except StoreUnavailable as exc:
         log.warning("API monitors not loaded yet (the sweeper retries): %s", exc)
     freeze_long_lived()  # the config just loaded stays for the process's life

@@ -130,7 +130,7 @@ async def _provision(request: web.Request, slug: str, key_name: str) -> Monitor:
     try:
         return await core.create_monitor(spec, f"ping-key:{key_name}", None)
     except MonitorExists:  # another request created it a moment ago
-        await core.sync_api_monitors(force=True)
+        await core.sync_api_monitors()
         return core.registry.monitors[slug]
 
 
