@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable, Iterable
 
+import hiredis
 import redis.asyncio as redis
 from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
@@ -214,8 +215,17 @@ class Store:
             "open_runs": limits.open_runs, "closed_runs": limits.closed_runs, "buckets": DURATION_BUCKETS,
         })
         self._batch = _Batcher(client)
+        self._settings_cache: dict[str, tuple[Monitor, str]] = {}
         self._feed_key = f"{prefix}:changes"
         self._feed_seq_key = f"{prefix}:changes:seq"
+
+    def _settings_json(self, monitor: Monitor) -> str:
+        """record.lua's monitor table, encoded once per Monitor object (a
+        reload or API change makes a new object, so this never goes stale)."""
+        cached = self._settings_cache.get(monitor.id)
+        if cached is None or cached[0] is not monitor:
+            cached = self._settings_cache[monitor.id] = (monitor, _monitor_settings(monitor))
+        return cached[1]
 
     def key(self, monitor_id: str, part: str) -> str:
         return f"{self.prefix}:{{{monitor_id}}}:{part}"
@@ -276,7 +286,7 @@ class Store:
                 k(m, "history"), k(m, "logs"), k(m, "logids"), k(m, "meta"), self._due_key,
                 k(m, "ratelimit"), k(m, "uptime"), self._feed_key, self._feed_seq_key,
             ],
-            [json.dumps(fields), _monitor_settings(monitor), self._limits_json, checkin.log or ""],
+            [json.dumps(fields), self._settings_json(monitor), self._limits_json, checkin.log or ""],
         )
         status = reply[0]
         if status == "ok":
@@ -689,6 +699,33 @@ def _parse_facts(state: dict, runs: dict, counters: dict, meta: dict) -> Facts:
     )
 
 
+class _HiredisPacking:
+    """Pack commands with hiredis' C packer instead of redis-py's Python
+    one: 3 µs instead of 30 µs for a check-in's 21-argument EVALSHA, which
+    was the largest single cost of a ping. Same bytes on the wire (a test
+    compares them)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str) and " " in args[0]:
+            args = (*args[0].split(), *args[1:])  # 'CONFIG GET' -> 'CONFIG', 'GET'
+        return [hiredis.pack_command(args)]
+
+
+_PACKING_CLASSES: dict[type, type] = {}
+
+
+def _connection_class(url: str) -> type:
+    """redis-py's connection class for the URL's scheme, packing with hiredis."""
+    scheme = url.partition("://")[0]
+    base = {
+        "unix": redis.UnixDomainSocketConnection,
+        "rediss": redis.SSLConnection,
+    }.get(scheme, redis.Connection)
+    if base not in _PACKING_CLASSES:
+        _PACKING_CLASSES[base] = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
+    return _PACKING_CLASSES[base]
+
+
 # Connections per process. A check-in holds one for a single round trip,
 # so a few dozen serve thousands of concurrent clients; beyond that,
 # requests queue for a free connection instead of failing.
@@ -716,6 +753,7 @@ def connect(url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> redis.R
     """
     pool = redis.BlockingConnectionPool.from_url(
         url,
+        connection_class=_connection_class(url),
         max_connections=max_connections,
         timeout=POOL_WAIT_SECONDS,
         decode_responses=True,

@@ -481,3 +481,16 @@ async def test_replicas_load_only_the_api_definitions_that_changed(make_core, re
         assert full_reads == [1] and not set(core_b.registry.api)
     finally:
         await core_b.store.close()
+
+
+@pytest.mark.parametrize("args", [
+    ("EVALSHA", "a" * 40, 2, "cronmon:{m}:state", "cronmon:due", '{"now": 1781524800.5}', ""),
+    ("ZRANGEBYSCORE", "cronmon:due", "-inf", "1781524800.123456"),
+    ("HSET", "h", "f", -3), ("SET", "k", "é"), ("SET", b"k", b"\x00v"), ("CONFIG GET", "maxmemory"),
+])
+def test_commands_are_packed_exactly_as_redis_py_packs_them(args):
+    from redis.asyncio.connection import Connection
+
+    from exporter.store import _HiredisPacking
+
+    assert b"".join(_HiredisPacking().pack_command(*args)) == b"".join(Connection().pack_command(*args))

@@ -98,6 +98,10 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
         on_lag=probe_lag.observe,
     )
 
+    # Label children looked up once per (handler, code), not per request.
+    counted: dict[tuple[str, int], Counter] = {}
+    timed: dict[str, Histogram] = {}
+
     @web.middleware
     async def instrument(request: web.Request, handler):
         resource = request.match_info.route.resource
@@ -112,8 +116,14 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
             code = exc.status
             raise
         finally:
-            requests_total.labels(name, str(code)).inc()
-            request_seconds.labels(name).observe(time.perf_counter() - started)
+            counter = counted.get((name, code))
+            if counter is None:
+                counter = counted[(name, code)] = requests_total.labels(name, str(code))
+            counter.inc()
+            histogram = timed.get(name)
+            if histogram is None:
+                histogram = timed[name] = request_seconds.labels(name)
+            histogram.observe(time.perf_counter() - started)
 
     app = web.Application(
         middlewares=[instrument],
