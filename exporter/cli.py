@@ -236,7 +236,6 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
     app.on_startup.append(handle_sighup)
     if worker_index() is None:
         print_banner(settings, app[CORE].registry)
-    _use_uvloop()
     # The scrape cache renders in a worker thread; a 1 ms switch interval
     # (default 5 ms) gives the event loop the GIL back sooner, which cut
     # the worst ping latency during a 10,000-monitor scrape by half.
@@ -264,16 +263,6 @@ def _serve_workers(settings: Settings, argv: list[str], workers: int) -> int:
     print_banner(settings, registry)
     print(f"serving with {workers} worker processes", flush=True)
     return supervise(argv, workers, settings.redis_url, settings.data_dir, settings.redis_server_binary)
-
-
-def _use_uvloop() -> None:
-    """uvloop's event loop: measured ~20% more pings per second than
-    asyncio's own on the same machine (see README, Performance)."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def print_banner(settings: Settings, registry) -> None:

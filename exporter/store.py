@@ -714,13 +714,8 @@ class _HiredisPacking:
 _PACKING_CLASSES: dict[type, type] = {}
 
 
-def _connection_class(url: str) -> type:
-    """redis-py's connection class for the URL's scheme, packing with hiredis."""
-    scheme = url.partition("://")[0]
-    base = {
-        "unix": redis.UnixDomainSocketConnection,
-        "rediss": redis.SSLConnection,
-    }.get(scheme, redis.Connection)
+def _packing(base: type) -> type:
+    """`base` (redis-py's connection class for the URL) packing with hiredis."""
     if base not in _PACKING_CLASSES:
         _PACKING_CLASSES[base] = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
     return _PACKING_CLASSES[base]
@@ -753,7 +748,6 @@ def connect(url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> redis.R
     """
     pool = redis.BlockingConnectionPool.from_url(
         url,
-        connection_class=_connection_class(url),
         max_connections=max_connections,
         timeout=POOL_WAIT_SECONDS,
         decode_responses=True,
@@ -762,5 +756,8 @@ def connect(url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> redis.R
         health_check_interval=30,
         retry=Retry(NoBackoff(), 0),
     )
+    # After from_url, which picks the class for the URL's scheme (and would
+    # override one passed in for unix://).
+    pool.connection_class = _packing(pool.connection_class)
     # from_pool: closing the client also closes its pool.
     return redis.Redis.from_pool(pool)

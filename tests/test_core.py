@@ -494,3 +494,11 @@ def test_commands_are_packed_exactly_as_redis_py_packs_them(args):
     from exporter.store import _HiredisPacking
 
     assert b"".join(_HiredisPacking().pack_command(*args)) == b"".join(Connection().pack_command(*args))
+
+
+@pytest.mark.parametrize("url", ["unix:///run/cronmon/redis.sock", "redis://127.0.0.1:6379/0", "rediss://h:6380/0"])
+def test_every_kind_of_connection_packs_with_hiredis(url):
+    from exporter.store import _HiredisPacking
+
+    client = connect(url)
+    assert issubclass(client.connection_pool.connection_class, _HiredisPacking)
