@@ -223,15 +223,7 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
         return 1
 
     async def handle_sighup(app: web.Application) -> None:
-        def on_hup() -> None:
-            async def reload() -> None:
-                try:
-                    await app[RELOADER].reload()
-                except ConfigError:
-                    pass  # logged by the reloader; the old config keeps running
-            asyncio.ensure_future(reload())
-
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app[RELOADER].request_reload)
 
     app.on_startup.append(handle_sighup)
     if worker_index() is None:

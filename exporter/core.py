@@ -374,7 +374,12 @@ class Core:
         compare-and-set resync of just those."""
         registry = list(self.registry.monitors.values())
         stored = await self.store.fingerprints([m.id for m in registry])
-        monitors = [m for m in registry if stored.get(m.id) != m.schedule_fingerprint()]
+        monitors = []
+        for i, monitor in enumerate(registry):
+            if stored.get(monitor.id) != monitor.schedule_fingerprint():
+                monitors.append(monitor)
+            if i % 1000 == 999:
+                await asyncio.sleep(0)  # 10,000 monitors: let pings in between
         # Bounded concurrency: a few round trips in flight, not thousands.
         semaphore = asyncio.Semaphore(16)
 

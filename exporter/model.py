@@ -191,8 +191,14 @@ class Monitor:
         return in_networks(source_ip, self.allowed_networks)
 
     def schedule_fingerprint(self) -> str:
-        """What, when changed, invalidates the stored slot accounting."""
-        return repr((self.schedule, self.grace, self.max_runtime, self.paused))
+        """What, when changed, invalidates the stored slot accounting.
+        Computed once per Monitor (it is frozen): a reload compares it for
+        every monitor."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            cached = repr((self.schedule, self.grace, self.max_runtime, self.paused))
+            object.__setattr__(self, "_fingerprint", cached)
+        return cached
 
 
 @dataclass(frozen=True)

@@ -309,7 +309,7 @@ class Store:
             raise _translate(exc) from exc
         return _parse_facts(*replies)
 
-    async def snapshot(self, monitor_ids: Iterable[str], chunk: int = 500) -> dict[str, Facts]:
+    async def snapshot(self, monitor_ids: Iterable[str], chunk: int = 250) -> dict[str, Facts]:
         """Facts of many monitors, pipelined `chunk` monitors a round trip
         (for /metrics). Chunks keep the event loop free: parsing the replies
         of 10,000 monitors at once would hold it for ~100 ms.
@@ -407,7 +407,7 @@ class Store:
             return position, None
         return position, changed
 
-    async def fingerprints(self, monitor_ids: list[str], chunk: int = 1000) -> dict[str, str | None]:
+    async def fingerprints(self, monitor_ids: list[str], chunk: int = 250) -> dict[str, str | None]:
         """Each monitor's stored schedule fingerprint (None: none yet)."""
         found: dict[str, str | None] = {}
         for start in range(0, len(monitor_ids), chunk):

@@ -271,3 +271,35 @@ async def test_monitor_page_and_link(client, clock):
     assert value(text, "cronmon_last_outcome", monitor="backup", outcome="error") == 1
     assert value(text, "cronmon_last_outcome", monitor="backup", outcome="ok") == 0
     assert value(text, "cronmon_last_outcome", monitor="beat", outcome="ok") == 0
+
+
+async def test_a_burst_of_reload_requests_folds_into_one_more_reload(client, monkeypatch):
+    """SIGHUP x 10 while a reload runs: the one in progress plus one more."""
+    import asyncio
+
+    from exporter.web.keys import RELOADER
+
+    reloader = client.app[RELOADER]
+    loads = []
+    original = reloader.load
+
+    def counted():
+        loads.append(1)
+        return original()
+
+    monkeypatch.setattr(reloader, "load", counted)
+    async with reloader._lock:  # a reload "in progress"
+        for _ in range(10):
+            reloader.request_reload()
+        await asyncio.sleep(0.05)
+    for _ in range(100):
+        if not reloader._requests:
+            break
+        await asyncio.sleep(0.02)
+    assert loads == [1]
+    reloader.request_reload()  # a later signal gets its own reload
+    for _ in range(100):
+        if len(loads) == 2 and not reloader._requests:
+            break
+        await asyncio.sleep(0.02)
+    assert loads == [1, 1]
