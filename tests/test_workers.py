@@ -1,0 +1,122 @@
+"""`cronmon serve --workers N`: real processes on one port, one Redis.
+
+Exactly-once through the workers and the batching, reloads that reach
+every worker, a dead worker started again, self metrics summed over the
+workers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from .conftest import write_config
+from .test_e2e_serve import Server, wait_until
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = "monitors:\n" + "".join(f"  - {{id: job{i}, schedule: {{interval: 1h}}}}\n" for i in range(20))
+KEY = "workers-test-ping-key"
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and "redis" not in stat.split(")")[0]:
+                found.append(int(entry))
+    return found
+
+
+def metric_sum(base: str, name: str, **labels) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(httpx.get(base + "/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                total += sample.value
+    return total
+
+
+@pytest.fixture
+def server(tmp_path):
+    config = write_config(tmp_path, CONFIG)
+    server = Server(config, tmp_path / "data", {"CRONMON_PING_KEY": KEY}, ["--workers", "2"])
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_runs_through_two_workers_are_recorded_exactly_once(server):
+    workers = children(server.process.pid)
+    assert len(workers) == 2
+    before = {pid: cpu_ticks(pid) for pid in workers}
+    rids = [str(uuid.uuid4()) for _ in range(400)]
+
+    # 16 threads, 16 pooled connections: the kernel spreads them over both workers.
+    client = httpx.Client(limits=httpx.Limits(max_connections=16, max_keepalive_connections=16))
+
+    def run(index: int) -> tuple[int, int]:
+        url = f"{server.base}/ping/{KEY}/job{index % 20}"
+        start = client.get(f"{url}/start?rid={rids[index]}").status_code
+        finish = client.get(f"{url}?rid={rids[index]}").status_code
+        return start, finish
+
+    with client, ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(run, range(400)))
+        # Every finish sent again (a job's retry): recorded once already.
+        retried = list(pool.map(lambda i: client.get(f"{server.base}/ping/{KEY}/job{i % 20}?rid={rids[i]}").status_code,
+                                range(400)))
+    assert statuses == [(200, 200)] * 400 and retried == [200] * 400
+    # Both workers took their share (each spent CPU time on it).
+    assert all(cpu_ticks(pid) - before[pid] >= 3 for pid in workers), before
+    # Every scrape, whichever worker answers it, shows the same counts.
+    for _ in range(6):
+        assert metric_sum(server.base, "cronmon_runs_total", outcome="ok") == 400
+        assert metric_sum(server.base, "cronmon_running_runs") == 0
+    # Requests are counted over both workers: 1,200 pings at least.
+    assert metric_sum(server.base, "cronmon_http_requests_total", handler="/ping/{tail}") >= 1200
+
+
+def test_a_reload_on_one_worker_reaches_every_worker(server, tmp_path):
+    (tmp_path / "monitors.yaml").write_text(CONFIG + "  - {id: added, schedule: {interval: 1h}}\n")
+    response = httpx.post(server.base + "/-/reload")
+    assert response.status_code == 200
+
+    def everywhere() -> bool:
+        # Fresh connections land on either worker; all must know the new monitor.
+        return all(httpx.get(f"{server.base}/ping/{KEY}/added").status_code == 200 for _ in range(12))
+
+    wait_until(everywhere, timeout=20)
+
+
+def test_a_killed_worker_is_started_again_and_nothing_acknowledged_is_lost(server):
+    victim = children(server.process.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    acknowledged = 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and acknowledged < 100:
+        try:
+            if httpx.get(f"{server.base}/ping/{KEY}/job1", timeout=5).status_code == 200:
+                acknowledged += 1
+        except httpx.HTTPError:
+            pass  # a connection the dying worker had accepted
+    wait_until(lambda: len(children(server.process.pid)) == 2 and victim not in children(server.process.pid))
+    assert acknowledged == 100
+    assert metric_sum(server.base, "cronmon_runs_total", monitor="job1", outcome="ok") == 100
