@@ -194,9 +194,11 @@ def ready(url: str) -> bool:
 # The two servers
 
 
-def write_config(path: Path, n: int) -> None:
+def write_config(path: Path, n: int, revision: int = 0) -> None:
+    """N monitors; `revision` changes the file's bytes (a comment), so a
+    reload after it must parse the whole file again."""
     schedules = ("{interval: 1h}", '{cron: "*/5 * * * *", timezone: Europe/Berlin}')
-    lines = [
+    lines = [f"# revision {revision}\n"] + [
         f"  - {{id: m{i:04d}, schedule: {schedules[i % 2]}, labels: {{team: t{i % 10}, severity: warning}}}}\n"
         for i in range(n)
     ]
@@ -482,9 +484,12 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-def pings_under_load(base: str, n: int, seconds: float, serve: subprocess.Popen, reload_every: float | None) -> dict:
+def pings_under_load(base: str, n: int, seconds: float, serve: subprocess.Popen, reload_every: float | None,
+                     config: Path | None = None) -> dict:
     """Sequential pings on one connection while another thread scrapes
-    /metrics (gzip) in a loop and, with reload_every, a third sends SIGHUP."""
+    /metrics (gzip) in a loop and, with reload_every, a third sends SIGHUP
+    (after changing the config's bytes first when `config` is given, so
+    that every reload parses all N monitors)."""
     stop_at = time.monotonic() + seconds
     latencies: list[float] = []
     statuses: Counter = Counter()
@@ -514,6 +519,8 @@ def pings_under_load(base: str, n: int, seconds: float, serve: subprocess.Popen,
         for _ in range(int(seconds / reload_every) + 1):
             if time.monotonic() > stop_at:
                 break
+            if config is not None:
+                write_config(config, n, hups[0] + 1)
             for pid in sighup_targets(serve.pid):
                 try:
                     os.kill(pid, signal.SIGHUP)
@@ -820,6 +827,7 @@ def run(args: argparse.Namespace, children: Children, tmp: Path, rep: dict) -> N
     ph["under_load"] = {"n": n, "runs": {
         "scrapes": pings_under_load(cbase, n, secs, serve, None),
         "scrapes + SIGHUP/1s": pings_under_load(cbase, n, secs, serve, 1.0),
+        "scrapes + changed config, SIGHUP/3s": pings_under_load(cbase, n, secs, serve, 3.0, config),
     }}
     rep["checks"] = checks(rep)
 

@@ -21,6 +21,7 @@ of ``cronmon check-config`` shows everything that is wrong.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 import time
@@ -385,6 +386,33 @@ class Config:
     group_metrics: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
+def config_files(path: str | Path) -> list[Path]:
+    """The YAML files a config path stands for, in the order they merge."""
+    root = Path(path)
+    if root.is_dir():
+        files = sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        if not files:
+            raise ConfigError([f"{root}: no *.yaml or *.yml files in this directory"])
+        return files
+    if root.is_file():
+        return [root]
+    raise ConfigError([f"{root}: no such file or directory"])
+
+
+def config_digest(path: str | Path) -> bytes:
+    """SHA-256 over the names and contents of the config's files: equal
+    digests, equal configs (a reload of unchanged files need not parse)."""
+    sha = hashlib.sha256()
+    for file in config_files(path):
+        try:
+            content = file.read_bytes()
+        except OSError as exc:
+            raise ConfigError([f"{file}: cannot read: {exc}"]) from None
+        sha.update(f"{file}\0{len(content)}\0".encode())
+        sha.update(content)
+    return sha.digest()
+
+
 def load_config(path: str | Path, *, now: float | None = None) -> Config:
     """Read and validate a YAML file or a directory of YAML files.
 
@@ -392,16 +420,7 @@ def load_config(path: str | Path, *, now: float | None = None) -> Config:
     check that each cron expression has a next tick.
     """
     now = time.time() if now is None else now
-    root = Path(path)
-    if root.is_dir():
-        files = sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-        if not files:
-            raise ConfigError([f"{root}: no *.yaml or *.yml files in this directory"])
-    elif root.is_file():
-        files = [root]
-    else:
-        raise ConfigError([f"{root}: no such file or directory"])
-
+    files = config_files(path)
     problems: list[str] = []
     monitors: list[Monitor] = []
     ping_keys: list[PingKeyRef] = []

@@ -303,3 +303,26 @@ async def test_a_burst_of_reload_requests_folds_into_one_more_reload(client, mon
             break
         await asyncio.sleep(0.02)
     assert loads == [1, 1]
+
+
+async def test_a_reload_of_unchanged_files_parses_nothing_but_reads_secrets_again(client, config_path, monkeypatch):
+    import exporter.reloader as reloader_module
+
+    parses = []
+    original = reloader_module.load_config
+
+    def counted(*args, **kwargs):
+        parses.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(reloader_module, "load_config", counted)
+    assert (await client.post("/-/reload")).status == 200
+    assert parses == []  # same bytes as at start-up
+    monkeypatch.setenv("CRONMON_PING_KEY", "r" * 22)  # a rotated key
+    assert (await client.post("/-/reload")).status == 200
+    assert parses == []
+    assert (await client.get("/ping/" + "r" * 22 + "/beat")).status == 200
+    assert (await client.get("/ping/" + "k" * 22 + "/beat")).status == 404
+    config_path.write_text(CONFIG + "  - {id: added, schedule: {interval: 1m}}\n")
+    assert (await client.post("/-/reload")).status == 200
+    assert parses == [1]
