@@ -6,17 +6,23 @@ without clocks or sleeps.
 
 Cron and DST. A cron expression describes wall-clock times in the
 monitor's zone, so we iterate it on *naive local* times (croniter never
-sees a time zone) and convert each tick to an instant ourselves:
+sees a time zone) and convert each tick to an instant ourselves, the way
+cronie (cron.c) runs jobs across a DST change of less than three hours.
+cronie tells two kinds of job apart (entry.c: MIN_STAR / HR_STAR):
 
-* A wall-clock time that happens twice (autumn fall-back) fires once, at its
-  first occurrence (fold=0). This is what cron daemons do for fixed-time
-  jobs, and expecting fewer slots never causes a false "down".
-* A wall-clock time that does not exist (spring-forward gap) fires at the
-  first instant after the gap, which is when cronie/vixie cron run jobs whose
-  time was skipped. Several ticks inside one gap collapse into that instant.
-
-With that mapping, instants are a non-decreasing function of naive local
-times, which is what makes the forward and backward searches below correct.
+* Fixed-time jobs (neither the minute nor the hour field starts with `*`,
+  e.g. `30 2 * * *`): a wall-clock time that happens twice (autumn
+  fall-back) fires once, at its first occurrence (fold=0); one that does
+  not exist (spring-forward gap) fires at the first instant after the gap,
+  when cronie runs the jobs it skipped. Several ticks inside one gap
+  collapse into that instant. With that mapping instants are a
+  non-decreasing function of naive local times, which is what makes the
+  forward and backward searches of `_fixed_*` correct.
+* Wildcard jobs (`30 * * * *`, `*/15 2 * * *`, `@hourly`): they run by the
+  wall clock. A tick inside a gap simply does not happen (no slot: the
+  job does not run then, so expecting it would page falsely), and a tick
+  inside a repeated hour happens in both passes (two slots: the job runs
+  twice). See `_wild_*`.
 """
 
 from __future__ import annotations
@@ -60,6 +66,22 @@ def validate_cron(expression: str, timezone: str, now: float) -> None:
         raise ScheduleError(f"cron expression {expression!r} never fires") from exc
 
 
+_MACRO_FIELDS = {
+    "@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *", "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *",
+}
+
+
+@lru_cache(maxsize=4096)
+def is_wildcard(expression: str) -> bool:
+    """cronie's MIN_STAR / HR_STAR: the minute or the hour field starts with
+    `*` (so `*/15 2 * * *` and `@hourly` are wildcard jobs, `30 2 * * *`
+    and `@daily` fixed-time ones)."""
+    text = expression.strip().lower()
+    fields = _MACRO_FIELDS.get(text, text).split()
+    return fields[0].startswith("*") or fields[1].startswith("*")
+
+
 def next_slot(schedule: Schedule, after: float) -> float:
     """The first expected slot strictly after `after`.
 
@@ -76,6 +98,12 @@ def next_slot(schedule: Schedule, after: float) -> float:
 # pure function of (schedule, instant), so caching them is always correct.
 @lru_cache(maxsize=16384)
 def _cron_next_slot(schedule: CronSchedule, after: float) -> float:
+    if is_wildcard(schedule.expression):
+        return _wild_next(schedule, after)
+    return _fixed_next(schedule, after)
+
+
+def _fixed_next(schedule: CronSchedule, after: float) -> float:
     zone = schedule.zone
     after_dt = datetime.fromtimestamp(after, UTC)
     start_local = after_dt.astimezone(zone).replace(tzinfo=None)
@@ -99,12 +127,94 @@ def latest_slot_at_or_before(schedule: CronSchedule, instant: float) -> float:
     window = _last_window.get(schedule)
     if window is not None and window[0] <= instant < window[1]:
         return window[0]
-    found = _search_latest_slot(schedule, instant)
+    if is_wildcard(schedule.expression):
+        found = _wild_latest(schedule, instant)
+    else:
+        found = _fixed_latest(schedule, instant)
     _last_window[schedule] = (found, next_slot(schedule, found))
     return found
 
 
-def _search_latest_slot(schedule: CronSchedule, instant: float) -> float:
+def _wall_instants(naive: datetime, zone: ZoneInfo) -> list[float]:
+    """The instants at which the wall clock of `zone` reads `naive`, in
+    order: none in a gap, two in a repeated hour, else one."""
+    found: list[float] = []
+    for fold in (0, 1):
+        instant = naive.replace(tzinfo=zone, fold=fold).timestamp()
+        if instant not in found and datetime.fromtimestamp(instant, zone).replace(tzinfo=None) == naive:
+            found.append(instant)
+    return sorted(found)
+
+
+def _repeated_shift(moment: datetime) -> timedelta:
+    """How much wall-clock time repeats at `moment` (an aware local time):
+    the DST shift if it lies in a repeated hour, else zero."""
+    other = moment.replace(fold=1 - moment.fold)
+    shift = abs(moment.utcoffset() - other.utcoffset())  # type: ignore[operator]
+    return shift
+
+
+def _wild_next(schedule: CronSchedule, after: float) -> float:
+    """The first instant after `after` at which the wall clock shows a tick."""
+    zone = schedule.zone
+    moment = datetime.fromtimestamp(after, zone)
+    naive = moment.replace(tzinfo=None)
+    shift = _repeated_shift(moment)
+    ticks = croniter(schedule.expression, naive - shift if moment.fold == 0 and shift else naive)
+    if moment.fold == 0 and shift:
+        # `after` is in the first pass of a repeated hour: the second pass
+        # replays wall times from before `naive`, and those slots may come
+        # before the first pass's next ones. Take the least of both.
+        best: float | None = None
+        for _ in range(_MAX_TICKS):
+            tick = ticks.get_next(datetime)
+            if tick > naive + shift:
+                break
+            for instant in _wall_instants(tick, zone):
+                if instant > after and (best is None or instant < best):
+                    best = instant
+        if best is not None:
+            return best
+        ticks = croniter(schedule.expression, naive + shift)
+    for _ in range(_MAX_TICKS):
+        later = [i for i in _wall_instants(ticks.get_next(datetime), zone) if i > after]
+        if later:
+            return later[0]
+    raise ScheduleError(f"cron expression {schedule.expression!r} never fires")
+
+
+def _wild_latest(schedule: CronSchedule, instant: float) -> float:
+    """The last instant at or before `instant` at which the wall clock
+    showed a tick."""
+    zone = schedule.zone
+    moment = datetime.fromtimestamp(instant, zone)
+    naive = moment.replace(tzinfo=None)
+    shift = _repeated_shift(moment)
+    if moment.fold == 1 and shift:
+        # In the second pass: first-pass instants of wall times after
+        # `naive` are earlier than `instant` too. Take the greatest.
+        ticks = croniter(schedule.expression, naive + shift + timedelta(seconds=1))
+        best: float | None = None
+        for _ in range(_MAX_TICKS):
+            tick = ticks.get_prev(datetime)
+            if tick < naive - shift:
+                break
+            for found in _wall_instants(tick, zone):
+                if found <= instant and (best is None or found > best):
+                    best = found
+        if best is not None:
+            return best
+        ticks = croniter(schedule.expression, naive - shift)
+    else:
+        ticks = croniter(schedule.expression, naive + timedelta(seconds=1))
+    for _ in range(_MAX_TICKS):
+        earlier = [i for i in _wall_instants(ticks.get_prev(datetime), zone) if i <= instant]
+        if earlier:
+            return earlier[-1]
+    raise ScheduleError(f"cron expression {schedule.expression!r} never fires")
+
+
+def _fixed_latest(schedule: CronSchedule, instant: float) -> float:
     zone = schedule.zone
     at = datetime.fromtimestamp(instant, UTC).astimezone(zone)
     upper_local = at.replace(tzinfo=None)

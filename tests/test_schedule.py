@@ -79,17 +79,40 @@ class TestCronDst:
         got = ticks(schedule, at("Europe/Berlin", 2026, 10, 24, 12), 2)
         assert got == ["2026-10-25T03:00:00+01:00", "2026-10-26T03:00:00+01:00"]
 
-    def test_sub_hourly_job_through_fall_back_skips_second_pass(self):
+    def test_wildcard_job_runs_in_both_passes_of_a_repeated_hour(self):
+        # cronie runs wildcard jobs by the wall clock: the repeated
+        # 01:00-01:59 happens twice, and so do its ticks.
         zone = "America/New_York"
-        got = ticks(CronSchedule("*/20 * * * *", zone), at(zone, 2026, 11, 1, 0, 50), 6)
+        got = ticks(CronSchedule("*/20 * * * *", zone), at(zone, 2026, 11, 1, 0, 50), 7)
         assert got == [
             "2026-11-01T01:00:00-04:00",
             "2026-11-01T01:20:00-04:00",
             "2026-11-01T01:40:00-04:00",
-            "2026-11-01T02:00:00-05:00",  # the repeated 01:00-01:59 (EST) has no slots
-            "2026-11-01T02:20:00-05:00",
-            "2026-11-01T02:40:00-05:00",
+            "2026-11-01T01:00:00-05:00",
+            "2026-11-01T01:20:00-05:00",
+            "2026-11-01T01:40:00-05:00",
+            "2026-11-01T02:00:00-05:00",
         ]
+
+    @pytest.mark.parametrize("expression, zone, start, expected", [
+        # The issue's example: cronie's next run is 03:30, not 03:00.
+        ("30 * * * *", "Europe/Berlin", (2027, 3, 28, 1, 30), ["2027-03-28T03:30:00+02:00"]),
+        # Every tick of the 02:xx hour is in the gap: none that day.
+        ("*/15 2 * * *", "Europe/Berlin", (2027, 3, 27, 12), ["2027-03-29T02:00:00+02:00"]),
+        ("*/15 2 * * *", "America/New_York", (2027, 3, 13, 12), ["2027-03-15T02:00:00-04:00"]),
+        ("*/15 2 * * *", "Australia/Sydney", (2027, 10, 2, 12), ["2027-10-04T02:00:00+11:00"]),
+        # Chatham (+12:45 -> +13:45 at 02:45): @hourly has no 03:00 that day.
+        ("@hourly", "Pacific/Chatham", (2027, 9, 26, 2, 30), ["2027-09-26T04:00:00+13:45"]),
+        # A fixed-time job still runs right after the gap.
+        ("30 2 * * *", "Europe/Berlin", (2027, 3, 27, 12), ["2027-03-28T03:00:00+02:00"]),
+    ])
+    def test_wildcard_ticks_in_a_gap_do_not_happen(self, expression, zone, start, expected):
+        assert ticks(CronSchedule(expression, zone), at(zone, *start), len(expected)) == expected
+
+    def test_fixed_time_job_runs_once_in_a_repeated_hour(self):
+        zone = "Europe/Berlin"
+        got = ticks(CronSchedule("30 2 * * *", zone), at(zone, 2027, 10, 30, 12), 2)
+        assert got == ["2027-10-31T02:30:00+02:00", "2027-11-01T02:30:00+01:00"]
 
     def test_sub_hourly_job_through_spring_forward_collapses_gap(self):
         zone = "America/New_York"
@@ -111,7 +134,9 @@ class TestCronDst:
         zone = "America/New_York"
         second_pass = at(zone, 2026, 11, 1, 1, 10, fold=1)  # 01:10 EST, after 01:40 EDT
         got = latest_slot_at_or_before(CronSchedule("*/20 * * * *", zone), second_pass)
-        assert local(zone, got) == "2026-11-01T01:40:00-04:00"
+        assert local(zone, got) == "2026-11-01T01:00:00-05:00"  # the second pass's own tick
+        got = latest_slot_at_or_before(CronSchedule("50 * * * *", zone), second_pass)
+        assert local(zone, got) == "2026-11-01T01:50:00-04:00"  # first pass, 20 minutes earlier
         got = latest_slot_at_or_before(CronSchedule("30 1 * * *", zone), second_pass)
         assert local(zone, got) == "2026-11-01T01:30:00-04:00"
 
@@ -194,3 +219,83 @@ def test_month_of_daily_slots_is_exactly_one_per_day_across_dst():
     days = [datetime.fromisoformat(s) for s in got]
     assert all(d.hour == 3 and d.minute == 0 for d in days)
     assert [d.date() for d in days] == [(days[0] + timedelta(days=i)).date() for i in range(31)]
+
+
+def _field_matches(field: str, value: int) -> bool:
+    """A cron field against a value: `*`, `*/n`, `a`, `a-b`, lists (enough
+    for the expressions below; written apart from croniter on purpose)."""
+    for part in field.split(","):
+        base, _, step = part.partition("/")
+        if base == "*":
+            low, high = 0, 59
+        elif "-" in base:
+            low, high = map(int, base.split("-"))
+        else:
+            low = high = int(base)
+        if low <= value <= high and (value - low) % int(step or 1) == 0:
+            return True
+    return False
+
+
+def _cronie_slots(expression: str, zone: str, start: float, end: float) -> list[float]:
+    """The oracle: every minute of real time the job runs under cronie's
+    DST rules, found by walking UTC minute by minute. Wildcard jobs run
+    whenever the wall clock shows a matching minute; fixed-time jobs once
+    per matching wall time, and right after a gap that swallowed it."""
+    minute_field, hour_field = expression.split()[:2]
+    wildcard = minute_field.startswith("*") or hour_field.startswith("*")
+    tz = ZoneInfo(zone)
+    found, seen, t = [], set(), start - start % 60 + 60
+    previous_wall = datetime.fromtimestamp(t - 60, tz).replace(tzinfo=None)
+    while t <= end:
+        wall = datetime.fromtimestamp(t, tz).replace(tzinfo=None)
+        due = _field_matches(minute_field, wall.minute) and _field_matches(hour_field, wall.hour)
+        if wildcard:
+            if due:
+                found.append(t)
+        else:
+            skipped = [
+                previous_wall + timedelta(minutes=m)
+                for m in range(1, int((wall - previous_wall).total_seconds() // 60))
+            ]
+            if (due and wall not in seen) or any(
+                _field_matches(minute_field, w.minute) and _field_matches(hour_field, w.hour) for w in skipped
+            ):
+                found.append(t)
+            seen.add(wall)
+        previous_wall = wall
+        t += 60
+    return found
+
+
+@pytest.mark.parametrize("zone", [
+    "Europe/Berlin", "America/New_York", "Australia/Sydney", "America/Santiago", "Pacific/Chatham", "UTC",
+])
+@pytest.mark.parametrize("expression", ["30 * * * *", "*/15 2 * * *", "0 * * * *", "30 2 * * *", "0 1 * * *"])
+def test_slots_match_cronie_around_every_dst_change_of_2027(zone, expression):
+    """Two days around each transition of 2027 in six zones (a half-hour
+    DST and a 45-minute-offset zone, both hemispheres), against the oracle."""
+    tz = ZoneInfo(zone)
+    hour, transitions = 3600.0, []
+    t = datetime(2027, 1, 1, tzinfo=tz).timestamp()
+    while t < datetime(2028, 1, 1, tzinfo=tz).timestamp():
+        if datetime.fromtimestamp(t, tz).utcoffset() != datetime.fromtimestamp(t + hour, tz).utcoffset():
+            transitions.append(t)
+        t += hour
+    if zone == "UTC":
+        transitions = [datetime(2027, 6, 15, tzinfo=tz).timestamp()]
+    assert transitions
+    schedule = CronSchedule(expression, zone)
+    for transition in transitions:
+        start, end = transition - 86400, transition + 86400
+        expected = _cronie_slots(expression, zone, start, end)
+        got, t = [], start
+        while True:
+            t = next_slot(schedule, t)
+            if t > end:
+                break
+            got.append(t)
+        assert [local(zone, x) for x in got] == [local(zone, x) for x in expected], local(zone, transition)
+        # ... and the backward search agrees with the forward one.
+        for slot in got[1:]:
+            assert latest_slot_at_or_before(schedule, slot + 59) == slot
