@@ -333,6 +333,12 @@ class Core:
         recorded = 0
         for _ in range(_CAS_ATTEMPTS):
             facts = await self.store.facts(monitor.id)
+            if facts.fingerprint not in (None, monitor.schedule_fingerprint()):
+                # Changed (or came back after being removed) and not
+                # re-based yet: slots of the old accounting were never
+                # expected of it as it is now. Re-base first.
+                await self.resync(monitor, now)
+                continue
             plan: SweepPlan = plan_sweep(monitor, facts, now)
             if plan.empty:
                 return recorded

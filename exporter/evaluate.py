@@ -101,7 +101,8 @@ def plan_sweep(monitor: Monitor, facts: Facts, now: float) -> SweepPlan:
         timed_out = tuple(
             run.run_id
             for run in facts.open_runs
-            if not run.timed_out and run.started + monitor.max_runtime <= now
+            # Strictly older: a run that ends at exactly max_runtime is in time.
+            if not run.timed_out and run.started + monitor.max_runtime < now
         )
     return SweepPlan(facts.version, passed, accounted, upcoming, timed_out)
 
@@ -135,7 +136,7 @@ def evaluate(monitor: Monitor, facts: Facts, now: float) -> Evaluation:
     elif facts.first_checkin is None:
         status = Status.NEW
     elif monitor.max_runtime is not None and any(
-        run.started + monitor.max_runtime <= now for run in facts.open_runs
+        run.started + monitor.max_runtime < now for run in facts.open_runs
     ):
         status = Status.STUCK
     elif alerting:
@@ -177,7 +178,9 @@ def next_change(monitor: Monitor, facts: Facts, ev: Evaluation, now: float) -> f
         return now
     candidates = [t for t in (ev.next_expected, ev.deadline) if t is not None and t > now]
     if monitor.max_runtime is not None:
+        # Stuck once strictly past max_runtime: from the next float after it.
         candidates.extend(
-            end for run in facts.open_runs if (end := run.started + monitor.max_runtime) > now
+            stuck for run in facts.open_runs
+            if (stuck := math.nextafter(run.started + monitor.max_runtime, math.inf)) > now
         )
     return min(candidates, default=math.inf)

@@ -60,6 +60,10 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )
 
 
+# The stored fingerprint of a monitor the config no longer declares.
+REMOVED_FINGERPRINT = "removed"
+
+
 class StoreUnavailable(Exception):
     """Redis cannot be reached or refuses writes; nothing was changed."""
 
@@ -424,10 +428,16 @@ class Store:
             raise _translate(exc) from exc
 
     async def forget_due(self, monitor_id: str) -> None:
-        """Drop a monitor that is no longer configured from the index (its
-        data stays, so counters continue if it comes back)."""
+        """Drop a monitor that is no longer configured from the index. Its
+        data stays, so counters continue if it comes back, but its
+        fingerprint is marked REMOVED_FINGERPRINT: slots that passed while
+        it was not configured were never expected of it, so its return
+        re-bases its accounting (Core.resync) instead of counting them."""
         try:
-            await self.client.zrem(self._due_key, monitor_id)
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._due_key, monitor_id)
+                pipe.hset(self.key(monitor_id, "state"), "fp", REMOVED_FINGERPRINT)
+                await pipe.execute()
         except Exception as exc:
             raise _translate(exc) from exc
 

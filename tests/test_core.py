@@ -180,6 +180,8 @@ class TestMissedAndThresholds:
         job = core.registry.monitors["job"]
         await core.record(ci(Kind.START, T0, run_id="r"))
         clock.now = T0 + 600
+        assert await status(core) is Status.RUNNING  # exactly max_runtime: still in time
+        clock.now = T0 + 600.5
         assert await status(core) is Status.STUCK
         await core.sweep(job, clock.now)
         await core.sweep(job, clock.now + 1)
@@ -502,3 +504,30 @@ def test_every_kind_of_connection_packs_with_hiredis(url):
 
     client = connect(url)
     assert issubclass(client.connection_pool.connection_class, _HiredisPacking)
+
+
+async def test_a_monitor_removed_and_added_back_unchanged_is_not_down(make_core, store, clock, tmp_path):
+    """Slots that passed while the monitor was not configured were never
+    expected of it: its return re-bases instead of counting them (it was
+    `down` at once, with every slot since its removal counted)."""
+    from .conftest import registry_from, write_config
+
+    core = make_core(HOURLY)
+    sweeper = Sweeper(core, clock=clock)
+    await core.record(ci(Kind.SUCCESS, T0))
+    await sweeper.run_once()
+    core.swap(registry_from(write_config(tmp_path, "monitors: []\n", "empty.yaml"), tmp_path))
+    sweeper.needs_resync = True
+    clock.advance(2 * 86400)
+    await sweeper.run_once()  # its deadline comes up: it is not configured
+    core.swap(registry_from(write_config(tmp_path, HOURLY, "back.yaml"), tmp_path))
+    # A ping before the sweeper's resync pass must not count the gap either.
+    await core.record(ci(Kind.SUCCESS, clock.now))
+    sweeper.needs_resync = True
+    await sweeper.run_once()
+    facts = await store.facts("job")
+    assert "missed" not in facts.outcomes
+    assert await status(core) is Status.UP
+    clock.advance(3600 + 300 + 1)  # and a real miss afterwards still counts
+    await sweeper.run_once()
+    assert (await store.facts("job")).outcomes.get("missed") == 1

@@ -93,9 +93,14 @@ class TestStatus:
         f = facts(open_runs=(OpenRun("r1", T0),), last_start=T0)
         assert status(monitor(), f, T0 + 599) is Status.RUNNING
 
-    def test_stuck_at_max_runtime(self):
+    def test_stuck_only_past_max_runtime(self):
+        # A run that lasts exactly max_runtime is in time (issue: the
+        # boundary counted as a timeout); a moment later it is stuck.
         f = facts(open_runs=(OpenRun("r1", T0),), last_start=T0)
-        assert status(monitor(), f, T0 + 600) is Status.STUCK
+        assert status(monitor(), f, T0 + 600) is Status.RUNNING
+        assert status(monitor(), f, T0 + 600.001) is Status.STUCK
+        assert plan_sweep(monitor(), f, T0 + 600).timed_out_runs == ()
+        assert plan_sweep(monitor(), f, T0 + 600.001).timed_out_runs == ("r1",)
 
     def test_stuck_beats_failed(self):
         f = facts(open_runs=(OpenRun("r1", T0),), alerting=True, last_bad_outcome=Outcome.ERROR)
