@@ -104,7 +104,20 @@ def plan_sweep(monitor: Monitor, facts: Facts, now: float) -> SweepPlan:
             # Strictly older: a run that ends at exactly max_runtime is in time.
             if not run.timed_out and run.started + monitor.max_runtime < now
         )
+    if is_stuck(monitor, facts, now):
+        # Slots that pass while a run hangs are skipped, not missed: the
+        # page for a hung job is CronJobStuck, and counting them too paged
+        # CronJobMissed again the moment the job started once more.
+        passed = 0
     return SweepPlan(facts.version, passed, accounted, upcoming, timed_out)
+
+
+def is_stuck(monitor: Monitor, facts: Facts, now: float) -> bool:
+    """An open run is older than max_runtime (strictly: a run of exactly
+    max_runtime is in time)."""
+    return monitor.max_runtime is not None and any(
+        run.started + monitor.max_runtime < now for run in facts.open_runs
+    )
 
 
 def evaluate(monitor: Monitor, facts: Facts, now: float) -> Evaluation:
@@ -120,6 +133,8 @@ def evaluate(monitor: Monitor, facts: Facts, now: float) -> Evaluation:
                 monitor.schedule, monitor.grace, facts.accounted_through or 0.0, now, SWEEP_BATCH
             )
             deadline = next_expected + monitor.grace
+            if is_stuck(monitor, facts, now):
+                pending = 0  # skipped, as plan_sweep will record them
     elif facts.first_checkin is None:
         # Never checked in: show when the first run is expected, if the
         # schedule says (an interval schedule is anchored on arrivals).
@@ -135,9 +150,7 @@ def evaluate(monitor: Monitor, facts: Facts, now: float) -> Evaluation:
         status = Status.PAUSED
     elif facts.first_checkin is None:
         status = Status.NEW
-    elif monitor.max_runtime is not None and any(
-        run.started + monitor.max_runtime < now for run in facts.open_runs
-    ):
+    elif is_stuck(monitor, facts, now):
         status = Status.STUCK
     elif alerting:
         status = Status.DOWN if last_bad == Outcome.MISSED else Status.FAILED

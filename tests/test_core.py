@@ -531,3 +531,25 @@ async def test_a_monitor_removed_and_added_back_unchanged_is_not_down(make_core,
     clock.advance(3600 + 300 + 1)  # and a real miss afterwards still counts
     await sweeper.run_once()
     assert (await store.facts("job")).outcomes.get("missed") == 1
+
+
+async def test_a_hung_job_that_starts_again_does_not_page_missed(make_core, clock):
+    """Slots that pass while a run is stuck are skipped: CronJobStuck is
+    the page; counting them paged CronJobMissed when the job came back."""
+    core = make_core(HOURLY)  # hourly, grace 5m, max_runtime 10m
+    sweeper = Sweeper(core, clock=clock)
+    await core.record(ci(Kind.START, T0, run_id="hung"))
+    for step in (601, 3600, 3600):  # timed out, then two slots pass while it hangs
+        clock.advance(step)
+        await sweeper.run_once()
+        assert await status(core) is Status.STUCK
+    facts = await core.store.facts("job")
+    assert "missed" not in facts.outcomes and facts.outcomes["timeout"] == 1
+    await core.record(ci(Kind.START, clock.now, run_id="again"))
+    assert await status(core) is not Status.DOWN  # no CronJobMissed on recovery
+    await core.record(ci(Kind.SUCCESS, clock.now + 60, run_id="again"))
+    assert await status(core, now=clock.now + 61) is Status.UP
+    # Once no run hangs, a slot without a run is missed as always.
+    clock.advance(60 + 3600 + 301)
+    await sweeper.run_once()
+    assert (await core.store.facts("job")).outcomes.get("missed") == 1
