@@ -353,12 +353,16 @@ class Core:
         return recorded
 
     async def resync(self, monitor: Monitor, now: float) -> bool:
-        """Re-base stored accounting after the monitor's schedule, grace,
-        max_runtime or pause changed (or the first time we see it).
+        """Bring stored accounting in line after the monitor's schedule,
+        grace, max_runtime or pause changed (or the first time we see it).
 
-        A changed schedule counts from `now`: slots that the new schedule
-        would have had in the past were never expected, so they are not
-        recorded as missed.
+        A changed schedule (or a monitor back after being removed) counts
+        from `now`: slots that the new schedule would have had in the past
+        were never expected, so they are not recorded as missed. With the
+        same schedule the slots stay what they were: editing grace,
+        max_runtime or pause while a slot is late must not forgive it (the
+        first page then came one full period later). Run timeouts and the
+        deadline index are redone either way.
         """
         fingerprint = monitor.schedule_fingerprint()
         for _ in range(_CAS_ATTEMPTS):
@@ -367,7 +371,10 @@ class Core:
                 return False
             accounted = upcoming = None
             if facts.accounted_through is not None:
-                accounted = now if facts.fingerprint is not None else facts.accounted_through
+                same_slots = facts.fingerprint is None or (
+                    facts.fingerprint.partition("|")[0] == fingerprint.partition("|")[0]
+                )
+                accounted = facts.accounted_through if same_slots else now
                 upcoming = next_slot(monitor.schedule, accounted)
             if await self.store.resync(monitor, facts.version, accounted, upcoming):
                 return True

@@ -196,7 +196,9 @@ class Monitor:
         every monitor."""
         cached = self.__dict__.get("_fingerprint")
         if cached is None:
-            cached = repr((self.schedule, self.grace, self.max_runtime, self.paused))
+            # "<schedule>|<the rest>": Core.resync re-bases only when the
+            # part before the bar changed.
+            cached = f"{self.schedule!r}|{(self.grace, self.max_runtime, self.paused)!r}"
             object.__setattr__(self, "_fingerprint", cached)
         return cached
 

@@ -553,3 +553,42 @@ async def test_a_hung_job_that_starts_again_does_not_page_missed(make_core, cloc
     clock.advance(60 + 3600 + 301)
     await sweeper.run_once()
     assert (await core.store.facts("job")).outcomes.get("missed") == 1
+
+
+@pytest.mark.parametrize("old, new", [
+    ("grace: 5m", "grace: 10m"), ("max_runtime: 10m", "max_runtime: 20m"), ("grace: 5m", "grace: 5m\n    failure_threshold: 1"),
+])
+async def test_editing_grace_or_max_runtime_while_late_does_not_forgive_the_slot(make_core, store, clock, tmp_path, old, new):
+    from .conftest import registry_from, write_config
+
+    core = make_core(HOURLY)  # hourly, grace 5m
+    sweeper = Sweeper(core, clock=clock)
+    await core.record(ci(Kind.SUCCESS, T0))
+    await sweeper.run_once()  # the start-up resync stores the fingerprint
+    assert (await store.facts("job")).fingerprint == core.registry.monitors["job"].schedule_fingerprint()
+    clock.advance(3600 + 60)  # late: past the slot, within grace
+    assert await status(core) is Status.LATE
+    core.swap(registry_from(write_config(tmp_path, HOURLY.replace(old, new), "edited.yaml"), tmp_path))
+    sweeper.needs_resync = True
+    await sweeper.run_once()
+    grace = 600 if new == "grace: 10m" else 300
+    clock.now = T0 + 3600 + grace + 1  # the same slot's (new) deadline
+    await sweeper.run_once()
+    assert (await store.facts("job")).outcomes.get("missed") == 1
+    assert await status(core) is Status.DOWN
+
+
+async def test_a_changed_schedule_still_counts_from_the_change(make_core, store, clock, tmp_path):
+    from .conftest import registry_from, write_config
+
+    core = make_core(HOURLY)
+    sweeper = Sweeper(core, clock=clock)
+    await core.record(ci(Kind.SUCCESS, T0))
+    await sweeper.run_once()
+    clock.advance(3600 + 60)
+    core.swap(registry_from(write_config(tmp_path, HOURLY.replace("1h", "2h"), "edited.yaml"), tmp_path))
+    sweeper.needs_resync = True
+    await sweeper.run_once()
+    clock.advance(600)
+    await sweeper.run_once()
+    assert "missed" not in (await store.facts("job")).outcomes  # next slot: 2h after the change
