@@ -370,7 +370,13 @@ class Core:
             if facts.fingerprint == fingerprint:
                 return False
             accounted = upcoming = None
-            if facts.accounted_through is not None:
+            if facts.accounted_through is None and not monitor.paused:
+                # First sight (a new monitor, or Redis lost its data): the
+                # job is expected from now on, so one that never reports is
+                # missed at its first deadline instead of staying `new`
+                # (which never pages) forever.
+                accounted, upcoming = now, next_slot(monitor.schedule, now)
+            elif facts.accounted_through is not None:
                 same_slots = facts.fingerprint is None or (
                     facts.fingerprint.partition("|")[0] == fingerprint.partition("|")[0]
                 )

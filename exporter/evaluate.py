@@ -148,7 +148,7 @@ def evaluate(monitor: Monitor, facts: Facts, now: float) -> Evaluation:
 
     if monitor.paused:
         status = Status.PAUSED
-    elif facts.first_checkin is None:
+    elif facts.first_checkin is None and not alerting:
         status = Status.NEW
     elif is_stuck(monitor, facts, now):
         status = Status.STUCK

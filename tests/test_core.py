@@ -592,3 +592,27 @@ async def test_a_changed_schedule_still_counts_from_the_change(make_core, store,
     clock.advance(600)
     await sweeper.run_once()
     assert "missed" not in (await store.facts("job")).outcomes  # next slot: 2h after the change
+
+
+async def test_a_monitor_that_never_reports_is_missed_not_new_forever(make_core, store, clock, raw_redis, prefix):
+    """`new` never pages. A YAML monitor says the job must run: if it never
+    reports, its first deadline is a miss, also after Redis lost its data."""
+    core = make_core(HOURLY)  # hourly, grace 5m
+    sweeper = Sweeper(core, clock=clock)
+    await sweeper.run_once()  # first sight
+    assert await status(core) is Status.NEW
+    clock.advance(3600 + 300 + 1)
+    await sweeper.run_once()
+    assert await status(core) is Status.DOWN
+    assert (await store.facts("job")).outcomes == {"missed": 1}
+    await core.record(ci(Kind.SUCCESS, clock.now))
+    assert await status(core) is Status.UP
+    # Redis loses everything (no persistence, a flush): the same again.
+    for key in await raw_redis.keys(f"{prefix}:*"):
+        await raw_redis.delete(key)
+    sweeper.needs_resync = True
+    await sweeper.run_once()
+    assert await status(core) is Status.NEW
+    clock.advance(3600 + 300 + 1)
+    await sweeper.run_once()
+    assert await status(core) is Status.DOWN
