@@ -251,6 +251,29 @@ class TestCronAccounting:
         assert (await core.store.facts("job")).accounted_through == T0 + 600
         assert "missed" not in (await core.store.facts("job")).outcomes
 
+    async def test_a_skipped_run_is_absorbed_when_grace_is_longer_than_the_interval(self, make_core, clock):
+        """The documented trade-off (README, "How status is worked out"):
+        with grace (15m) longer than the cron interval (5m), an arrival
+        cannot tell a late run of an earlier slot from an on-time run of a
+        later one. cronmon counts it for the oldest outstanding slot, so a
+        job that is late never pages falsely; the price is that one skipped
+        run followed by on-time runs is not a miss. It is not silent: the
+        monitor stays one slot behind, `late` after every run."""
+        core = make_core(self.FIVE_MINUTES)
+        await core.record(ci(Kind.SUCCESS, T0))  # 12:00
+        # 12:05 is skipped; the job runs on time at 12:10 and 12:15.
+        for arrival in (T0 + 600, T0 + 900):
+            await core.record(ci(Kind.SUCCESS, arrival))
+            assert await status(core, now=arrival + 1) is Status.LATE
+        facts = await core.store.facts("job")
+        assert "missed" not in facts.outcomes
+        assert facts.accounted_through == T0 + 600  # one behind: 12:10 is outstanding at 12:15
+        # With a grace shorter than the interval the same skip is a miss.
+        short = make_core(self.FIVE_MINUTES.replace("grace: 15m", "grace: 2m").replace("id: job", "id: job2"))
+        await short.record(ci(Kind.SUCCESS, T0, monitor_id="job2"))
+        await short.record(ci(Kind.SUCCESS, T0 + 600, monitor_id="job2"))
+        assert (await short.store.facts("job2")).outcomes.get("missed") == 1
+
     async def test_extra_run_long_before_the_slot_accounts_for_nothing(self, make_core, clock):
         core = make_core(HOURLY.replace("interval: 1h", 'cron: "0 * * * *"'))
         await core.record(ci(Kind.SUCCESS, T0))
