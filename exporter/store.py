@@ -8,6 +8,7 @@ all of them atomically::
     cronmon:{<id>}:runs      hash: open run id -> {"s": start, "a": anonymous, "t": timed out}
     cronmon:{<id>}:tmo       zset: open run id -> instant it passes max_runtime
     cronmon:{<id>}:closed    zset: recently closed run ids (dedupes retried completions)
+    cronmon:{<id>}:abandoned zset: timed-out runs given up when the job ran again -> start
     cronmon:{<id>}:counters  hash: check-ins by kind, outcomes, duration histogram
     cronmon:{<id>}:history   list: newest-first events, capped
     cronmon:{<id>}:logs      hash: event seq -> log body, capped via :logids
@@ -288,7 +289,7 @@ class Store:
             [
                 k(m, "state"), k(m, "runs"), k(m, "tmo"), k(m, "closed"), k(m, "counters"),
                 k(m, "history"), k(m, "logs"), k(m, "logids"), k(m, "meta"), self._due_key,
-                k(m, "ratelimit"), k(m, "uptime"), self._feed_key, self._feed_seq_key,
+                k(m, "ratelimit"), k(m, "uptime"), self._feed_key, self._feed_seq_key, k(m, "abandoned"),
             ],
             [json.dumps(fields), self._settings_json(monitor), self._limits_json, checkin.log or ""],
         )
@@ -628,6 +629,7 @@ class Store:
 # Every per-monitor key (see the layout at the top).
 _MONITOR_PARTS = (
     "state", "runs", "tmo", "closed", "counters", "history", "logs", "logids", "meta", "ratelimit", "uptime",
+    "abandoned",
 )
 
 

@@ -195,6 +195,26 @@ class TestMissedAndThresholds:
         facts = await core.store.facts("job")
         assert facts.outcomes == {"timeout": 1, "ok": 1} and facts.last_duration == pytest.approx(900)
 
+    async def test_a_timed_out_run_that_finishes_after_the_next_start_keeps_its_duration(self, make_core, clock):
+        """With run ids the late end of a timed-out run still counts (its
+        duration was lost when the next start gave it up): CronJobTooLong
+        sees it, and it is not an arrival for any slot."""
+        core = make_core(HOURLY)  # hourly, max_runtime 10m
+        job = core.registry.monitors["job"]
+        await core.record(ci(Kind.START, T0, run_id="a"))
+        await core.sweep(job, T0 + 601)  # a times out
+        await core.record(ci(Kind.START, T0 + 3600, run_id="b"))  # the next run; a is given up
+        before = await core.store.facts("job")
+        result = await core.record(ci(Kind.SUCCESS, T0 + 4300, run_id="a"))  # a finally ends
+        facts = await core.store.facts("job")
+        assert result.duration == pytest.approx(4300) and facts.last_duration == pytest.approx(4300)
+        assert facts.accounted_through == before.accounted_through  # no slot taken
+        assert [r.run_id for r in facts.open_runs] == ["b"]
+        assert (await core.store.history("job"))[0]["started"] == T0
+        assert (await core.record(ci(Kind.SUCCESS, T0 + 4301, run_id="a"))).status == "duplicate"
+        await core.record(ci(Kind.SUCCESS, T0 + 3720 + 1000, run_id="b"))
+        assert (await core.store.facts("job")).outcomes == {"timeout": 1, "ok": 2}
+
     async def test_hung_run_is_abandoned_when_the_job_runs_again(self, make_core, clock):
         core = make_core(HOURLY)
         await core.record(ci(Kind.START, T0, run_id="hung"))

@@ -2,7 +2,9 @@
 -- threshold state, capped history and log, meta, deadline index.
 -- KEYS: 1 state, 2 runs, 3 tmo, 4 closed, 5 counters, 6 history, 7 logs,
 --       8 logids, 9 meta, 10 due, 11 rate-limit counter, 12 uptime,
---       13 change feed, 14 change feed sequence
+--       13 change feed, 14 change feed sequence, 15 abandoned runs (zset:
+--       run id -> start of a timed-out run with a client run id that was
+--       given up when the job ran again; its late completion still counts)
 -- ARGV: 1 the check-in (json object): monitor, now, kind, run_id,
 --         exit_code, duration, message, log_truncated, meta (object),
 --         extra (object), plan (see ArrivalPlan), generated_run_id,
@@ -50,10 +52,11 @@ end
 
 -- Which open run a completion closes: the one with its run id, else the
 -- newest. A start, or a completion that closes nothing, is an arrival.
-local closing = nil
+local closing, abandoned_start = nil, nil
 if completes then
   if run_id ~= '' then
-    if redis.call('HEXISTS', runs, run_id) == 1 then closing = run_id end
+    if redis.call('HEXISTS', runs, run_id) == 1 then closing = run_id
+    else abandoned_start = num(redis.call('ZSCORE', KEYS[15], run_id)) end
   else
     local all, newest_at = redis.call('HGETALL', runs), nil
     for i = 1, #all, 2 do
@@ -62,7 +65,7 @@ if completes then
     end
   end
 end
-local arrival = (kind == 'start') or (completes and closing == nil)
+local arrival = (kind == 'start') or (completes and closing == nil and abandoned_start == nil)
 
 -- The slot an arrival accounts for: with an interval schedule, itself;
 -- else the first slot not yet accounted for, if the arrival is at most
@@ -120,10 +123,19 @@ local function arrive()
       redis.call('HSET', state, 'acc', fmt(target), 'next', fmt(target_next))
     end
   end
-  -- Runs that already timed out are abandoned once the job runs again.
+  -- Runs that already timed out are abandoned once the job runs again
+  -- (so the monitor is no longer stuck). One with a client run id is
+  -- remembered: when it finally finishes, its duration and outcome count.
   local all = redis.call('HGETALL', runs)
   for i = 1, #all, 2 do
-    if cjson.decode(all[i + 1]).t == 1 then drop_run(all[i]) end
+    local run = cjson.decode(all[i + 1])
+    if run.t == 1 then
+      if run.a ~= 1 then
+        redis.call('ZADD', KEYS[15], run.s, all[i])
+        redis.call('ZREMRANGEBYRANK', KEYS[15], 0, -closed_cap - 1)
+      end
+      drop_run(all[i])
+    end
   end
 end
 
@@ -165,6 +177,11 @@ elseif completes then
     drop_run(rid)
     if duration == nil then duration = now - run.s end
     entry.started = run.s
+  elseif abandoned_start then
+    -- The late end of a run given up after its timeout: not an arrival.
+    redis.call('ZREM', KEYS[15], run_id)
+    if duration == nil then duration = now - abandoned_start end
+    entry.started = abandoned_start
   else
     arrive()  -- a completion with no start is itself the arrival
   end
