@@ -25,7 +25,8 @@ import hashlib
 import ipaddress
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -383,7 +384,7 @@ class Config:
     files: tuple[str, ...]
     api_tokens: tuple[ApiTokenRef, ...] = ()
     # group name -> optional series its monitors opt into
-    group_metrics: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    group_metrics: Mapping[str, frozenset[str]] = dataclass_field(default_factory=dict)
 
 
 def config_files(path: str | Path) -> list[Path]:

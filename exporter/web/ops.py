@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 from prometheus_client import exposition as prometheus_exposition
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
