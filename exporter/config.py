@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import re
 import time
 from dataclasses import dataclass, replace
@@ -94,6 +95,10 @@ def parse_rate_limit(text: str) -> tuple[int, float]:
     return int(count), seconds
 
 
+# Longer than any schedule a monitor can have; larger values (1e300,
+# "99999999999999999d") overflow the slot arithmetic.
+MAX_DURATION = 10 * 366 * 86400.0
+
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
 
@@ -128,8 +133,12 @@ def parse_duration(value: Any) -> float:
             )
     else:
         raise ValueError("must be a duration such as 30s, 5m or 1h30m")
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is not a duration: it must be a finite number of seconds")
     if seconds < 0:
         raise ValueError("must not be negative")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{value!r} is longer than the longest duration cronmon takes (10 years)")
     return seconds
 
 

@@ -118,3 +118,16 @@ def test_help_explains_every_flag(command, flags):
     assert out.returncode == 0
     for flag in flags:
         assert flag in out.stdout
+
+
+@pytest.mark.parametrize("field, value", [
+    ("grace", float("nan")), ("grace", float("inf")), ("max_runtime", 1e300), ("grace", "99999999999999999d"),
+])
+def test_api_monitor_specs_refuse_non_finite_and_huge_durations(field, value):
+    """JSON bodies can carry NaN and Infinity (Python's json accepts them):
+    such a monitor used to answer 500 to every ping after recording it."""
+    from exporter.config import SpecError, parse_monitor_spec
+
+    with pytest.raises(SpecError) as refused:
+        parse_monitor_spec({"id": "x", "schedule": {"interval": "1h"}, field: value}, 0.0)
+    assert refused.value.issues[0][0] == field
