@@ -291,7 +291,9 @@ class Store:
                 k(m, "history"), k(m, "logs"), k(m, "logids"), k(m, "meta"), self._due_key,
                 k(m, "ratelimit"), k(m, "uptime"), self._feed_key, self._feed_seq_key, k(m, "abandoned"),
             ],
-            [json.dumps(fields), self._settings_json(monitor), self._limits_json, checkin.log or ""],
+            # allow_nan=False: a NaN must never reach the script (Python
+            # refuses it here, before anything is written).
+            [json.dumps(fields, allow_nan=False), self._settings_json(monitor), self._limits_json, checkin.log or ""],
         )
         status = reply[0]
         if status == "ok":

@@ -205,3 +205,19 @@ async def test_an_unchanged_monitor_config_writes_nothing(client):
         assert (await client.post("/api/42/envelope/", data=envelope(again), headers=AUTH)).status == 200
     assert await store.monitors_revision() == revision  # no rewrite, no replica reload
     assert (await facts(client, DOC_CONFIG["monitor_slug"])).checkins == {"start": 3, "success": 1, "fail": 1}
+
+
+@pytest.mark.parametrize("duration", ["nan", "inf", "-1", "1e300"])
+async def test_an_implausible_duration_over_http_is_refused_and_records_nothing(client, duration):
+    url = "/api/42/cron/my-monitor/dsnkey123/"
+    response = await client.get(url + f"?status=ok&duration={duration}")
+    assert response.status == 400 and "duration" in (await response.json())["detail"]
+    assert (await facts(client, "my-monitor")).checkins == {}
+
+
+async def test_an_implausible_duration_in_an_envelope_is_dropped_not_fatal(client):
+    body = envelope({"check_in_id": "a" * 32, "monitor_slug": "my-monitor", "status": "ok", "duration": float("nan")})
+    response = await client.post("/api/42/envelope/", data=body, headers=AUTH)
+    assert response.status == 200
+    recorded = await facts(client, "my-monitor")
+    assert recorded.checkins == {"success": 1} and recorded.last_duration is None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from typing import Any
 
@@ -145,7 +146,10 @@ async def _check_in(request: web.Request, token: ApiToken, payload: dict) -> boo
         received_at=request.app[CORE].clock(),
         # An all-zero id means "the newest open run" (no run id).
         run_id=run_id if run_id.strip("0") else None,
-        duration=float(duration) if isinstance(duration, (int, float)) and kind is not Kind.START else None,
+        # An SDK's envelope is fire-and-forget: a duration that is not a
+        # plausible number is dropped (cronmon measures the run itself)
+        # rather than refusing the whole check-in.
+        duration=float(duration) if _plausible_duration(duration) and kind is not Kind.START else None,
         release=payload.get("release") if isinstance(payload.get("release"), str) else None,
         environment=payload.get("environment") if isinstance(payload.get("environment"), str) else None,
         source_ip=client_ip(request),
@@ -210,12 +214,23 @@ async def http_check_in(request: web.Request) -> web.Response:
             payload["duration"] = float(request.query["duration"])
         except ValueError:
             return _error(400, "duration must be a number of seconds")
+        if not _plausible_duration(payload["duration"]):
+            return _error(400, "duration must be a finite number of seconds from 0 to 31536000")
     try:
         if not await _check_in(request, token, payload):
             return _error(404, f"no monitor {payload['monitor_slug']!r} for this key")
     except (SourceNotAllowed, RateLimited, StoreUnavailable) as exc:
         return _refused(exc)
     return web.json_response({"id": payload["check_in_id"]}, status=202)
+
+
+def _plausible_duration(value: Any) -> bool:
+    """A number of seconds cronmon can store: finite, 0 to a year (NaN and
+    Infinity parse from both query strings and JSON)."""
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+        and math.isfinite(value) and 0 <= value <= 31_536_000
+    )
 
 
 def add_routes(app: web.Application) -> None:
