@@ -229,8 +229,8 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
     if worker_index() is None:
         print_banner(settings, app[CORE].registry)
     # The scrape cache renders in a worker thread; a 1 ms switch interval
-    # (default 5 ms) gives the event loop the GIL back sooner, which cut
-    # the worst ping latency during a 10,000-monitor scrape by half.
+    # (default 5 ms) gives the event loop the GIL back sooner: the worst
+    # ping during 10,000-monitor scrapes went from 107 ms to 66 ms.
     sys.setswitchinterval(0.001)
     try:
         # reuse_port: the workers of a supervisor share the address.

@@ -17,7 +17,7 @@ from typing import Callable
 from . import credentials
 from .config import Config, ConfigError, config_digest, load_config
 from .core import Registry
-from .scrape import freeze_long_lived
+from .heap import freeze_long_lived
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class Reloader:
         finally:
             if loaded:
                 # Before the collector is back: its first pass would walk
-                # all of the new config (see scrape.freeze_long_lived).
+                # all of the new config (see heap.py).
                 freeze_long_lived(collect_young=False)
             if was_enabled:
                 gc.enable()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import gc
 import struct
 import threading
 import zlib
@@ -36,6 +35,7 @@ from typing import Iterable, Mapping
 
 from .collector import FAMILIES, MonitorBlock, render_monitor
 from .core import Core
+from .heap import freeze_long_lived
 from .model import Facts, Monitor
 from .store import StoreUnavailable
 
@@ -48,7 +48,7 @@ SHARD_SIZE = 256
 # scrape, so the better ratio wins.
 COMPRESS_LEVEL = 6
 # After an update that rendered this many monitors, the cache's new objects
-# are taken out of the garbage collector's passes (see freeze_long_lived).
+# are taken out of the garbage collector's passes (see heap.freeze_long_lived).
 FREEZE_AFTER_RENDERING = 1000
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, no mtime, OS unknown
 
@@ -82,6 +82,9 @@ class _Assembled:
     deflated: bytes
     crc: int
     length: int
+
+
+_NOTHING = _Assembled((), b"", 0, 0)  # no monitor part (store down, or nothing cached yet)
 
 
 class ScrapeCache:
@@ -220,11 +223,9 @@ class ScrapeCache:
     def body(self, tail: bytes, gzip: bool, include_monitors: bool = True) -> bytes:
         """The text exposition: the cached monitor part, then `tail`
         (cronmon's self metrics). gzip'd as one gzip member if asked."""
-        assembled = self._assembled if include_monitors else None
+        assembled = (self._assembled if include_monitors else None) or _NOTHING
         if not gzip:
-            return b"".join(assembled.texts) + tail if assembled else tail
-        if assembled is None:
-            return _GZIP_HEADER + _deflate_final(tail) + struct.pack("<II", zlib.crc32(tail), len(tail) & 0xFFFFFFFF)
+            return b"".join((*assembled.texts, tail))
         return b"".join(
             (
                 _GZIP_HEADER,
@@ -283,21 +284,4 @@ class Scraper:
                 freeze_long_lived()  # a (near) full rebuild: all of it is long-lived
             return True
 
-
-def freeze_long_lived(collect_young: bool = True) -> None:
-    """Keep the cyclic garbage collector off cronmon's long-lived heap.
-
-    The registry and the scrape cache (hundreds of thousands of objects
-    at 10,000 monitors) hold no reference cycles, so a full collection
-    finds nothing in them, yet each one walked them all: measured 45-80 ms
-    pauses of the event loop several times a minute under load. After a
-    young-generation collection (which frees the short-lived cycles),
-    everything alive moves to the permanent generation; refcounting still
-    frees frozen objects that are dropped later. What this gives up: a
-    reference cycle that was already old at this moment is never freed.
-    `collect_young=False` skips the young collection when everything young
-    is known to be kept (a freshly loaded config)."""
-    if collect_young:
-        gc.collect(1)
-    gc.freeze()
 

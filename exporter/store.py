@@ -316,34 +316,30 @@ class Store:
             raise _translate(exc) from exc
         return _parse_facts(*replies)
 
-    async def snapshot(self, monitor_ids: Iterable[str], chunk: int = 250) -> dict[str, Facts]:
-        """Facts of many monitors, pipelined `chunk` monitors a round trip
-        (for /metrics). Chunks keep the event loop free: parsing the replies
-        of 10,000 monitors at once would hold it for ~100 ms.
+    async def snapshot(self, monitor_ids: Iterable[str]) -> dict[str, Facts]:
+        """Facts of many monitors, pipelined (for /metrics).
 
         Not one transaction: each monitor's reads are consecutive, and a
         scrape that straddles a check-in shows it either way.
         """
         ids = list(monitor_ids)
-        found: dict[str, Facts] = {}
-        for start in range(0, len(ids), chunk):
-            part = ids[start : start + chunk]
-            replies = await self._pipelined(part, self._queue_facts)
-            for i, monitor_id in enumerate(part):
-                found[monitor_id] = _parse_facts(*replies[i * 4 : i * 4 + 4])
-        return found
+        replies = await self._pipelined(ids, self._queue_facts)
+        return {monitor_id: _parse_facts(*replies[i * 4 : i * 4 + 4]) for i, monitor_id in enumerate(ids)}
 
-    async def _pipelined(self, ids: list[str], queue: Callable[[Any, str], None]) -> list:
-        """Queue each monitor's reads on one pipeline; all replies, in order."""
-        if not ids:
-            return []
+    async def _pipelined(self, ids: list[str], queue: Callable[[Any, str], None], chunk: int = 250) -> list:
+        """Queue each monitor's reads on a pipeline, `chunk` monitors a
+        round trip; all replies, in order. Chunks keep the event loop free:
+        the replies of 10,000 monitors parsed at once held it ~100 ms."""
+        replies: list = []
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for monitor_id in ids:
-                    queue(pipe, monitor_id)
-                return await pipe.execute()
+            for start in range(0, len(ids), chunk):
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for monitor_id in ids[start : start + chunk]:
+                        queue(pipe, monitor_id)
+                    replies.extend(await pipe.execute())
         except Exception as exc:
             raise _translate(exc) from exc
+        return replies
 
     def _queue_facts(self, pipe: Any, monitor_id: str) -> None:
         for part in ("state", "runs", "counters", "meta"):
@@ -402,26 +398,29 @@ class Store:
         after `cursor`), read atomically in one round trip. The list is
         None when the caller must re-read everything: it has no cursor yet,
         or the feed went backwards (Redis lost its data or was flushed)."""
+        return await self._read_feed(self._feed_seq_key, self._feed_key, cursor)
+
+    async def _read_feed(self, counter_key: str, feed_key: str, since: int | None) -> tuple[int, list[str] | None]:
+        """A feed is a counter and a zset of id -> counter value at the id's
+        latest change: (the counter now, ids changed after `since`, or None
+        when everything must be read: no `since` yet, or the counter went
+        backwards)."""
         try:
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.get(self._feed_seq_key)
-                pipe.zrangebyscore(self._feed_key, f"({cursor}" if cursor is not None else "+inf", "+inf")
+                pipe.get(counter_key)
+                pipe.zrangebyscore(feed_key, f"({since}" if since is not None else "+inf", "+inf")
                 raw_position, changed = await pipe.execute()
         except Exception as exc:
             raise _translate(exc) from exc
         position = int(raw_position or 0)
-        if cursor is None or position < cursor:
+        if since is None or position < since:
             return position, None
         return position, changed
 
-    async def fingerprints(self, monitor_ids: list[str], chunk: int = 250) -> dict[str, str | None]:
+    async def fingerprints(self, monitor_ids: list[str]) -> dict[str, str | None]:
         """Each monitor's stored schedule fingerprint (None: none yet)."""
-        found: dict[str, str | None] = {}
-        for start in range(0, len(monitor_ids), chunk):
-            part = monitor_ids[start : start + chunk]
-            replies = await self._pipelined(part, lambda pipe, m: pipe.hget(self.key(m, "state"), "fp"))
-            found.update(zip(part, replies))
-        return found
+        replies = await self._pipelined(monitor_ids, lambda pipe, m: pipe.hget(self.key(m, "state"), "fp"))
+        return dict(zip(monitor_ids, replies))
 
     async def due(self, now: float, limit: int) -> list[str]:
         """Monitors whose next deadline or run timeout is at or before `now`."""
@@ -465,21 +464,10 @@ class Store:
 
     async def definition_changes(self, since: int) -> tuple[int, list[str] | None]:
         """(the definitions' revision now, the API monitors whose definition
-        changed after revision `since`), in one atomic round trip. None
-        instead of a list when the caller must load them all: `since` < 0
-        (nothing loaded yet), or the revision went backwards (Redis lost
-        its data or was flushed)."""
-        try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.get(self._revision_key)
-                pipe.zrangebyscore(self._definitions_feed_key, f"({max(since, 0)}", "+inf")
-                raw_revision, changed = await pipe.execute()
-        except Exception as exc:
-            raise _translate(exc) from exc
-        revision = int(raw_revision or 0)
-        if since < 0 or revision < since:
-            return revision, None
-        return revision, changed
+        changed after revision `since`), in one atomic round trip; None
+        instead of a list when the caller must load them all (`since` < 0:
+        nothing loaded yet; or Redis lost its data)."""
+        return await self._read_feed(self._revision_key, self._definitions_feed_key, since if since >= 0 else None)
 
     async def definitions(self, monitor_ids: list[str]) -> dict[str, dict | None]:
         """Several API monitors' definitions in one round trip (None: deleted)."""
@@ -644,8 +632,8 @@ def _monitor_settings(monitor: Monitor) -> str:
         "rate_count": monitor.rate_limit[0] if monitor.rate_limit else 0,
         "rate_window": monitor.rate_limit[1] if monitor.rate_limit else 0,
     }
-    if monitor.max_runtime is not None and not monitor.paused:
-        settings["max_runtime"] = monitor.max_runtime  # nothing times out while paused
+    if _max_runtime_arg(monitor):
+        settings["max_runtime"] = monitor.max_runtime
     return json.dumps(settings)
 
 

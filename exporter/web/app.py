@@ -24,7 +24,8 @@ from ..core import Core
 from ..embedded import EmbeddedRedis
 from ..probes import Prober, make_client
 from ..reloader import Reloader
-from ..scrape import Scraper, freeze_long_lived
+from ..heap import freeze_long_lived
+from ..scrape import Scraper
 from ..settings import Settings
 from ..store import Store, StoreUnavailable, connect
 from ..sweeper import Sweeper
