@@ -389,12 +389,13 @@ def wrk(children: Children, url: str, seconds: int, threads: int, conns: int, sc
 
 
 def wrk_pings(children: Children, base: str, n: int, seconds: int, conns: int) -> dict:
-    return wrk(children, base + "/", seconds, 2, conns, "compare_ping.lua",
-               {"COMPARE_MONITORS": str(n), "COMPARE_PING_KEY": KEY})
+    return wrk(children, base + "/", seconds, 2, conns, "compare_load.lua",
+               {"COMPARE_TARGET": "ping", "COMPARE_N": str(n), "COMPARE_PING_KEY": KEY})
 
 
 def wrk_pushes(children: Children, base: str, n: int, seconds: int, conns: int) -> dict:
-    return wrk(children, base + "/", seconds, 2, conns, "compare_push.lua", {"COMPARE_GROUPS": str(n)})
+    return wrk(children, base + "/", seconds, 2, conns, "compare_load.lua",
+               {"COMPARE_TARGET": "push", "COMPARE_N": str(n)})
 
 
 # --------------------------------------------------------------------------
