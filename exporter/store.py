@@ -41,7 +41,7 @@ import logging
 import math
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Callable, Iterable
+from typing import Any, AsyncIterator, Callable, Iterable
 
 import hiredis
 import redis.asyncio as redis
@@ -322,24 +322,33 @@ class Store:
         Not one transaction: each monitor's reads are consecutive, and a
         scrape that straddles a check-in shows it either way.
         """
-        ids = list(monitor_ids)
-        replies = await self._pipelined(ids, self._queue_facts)
-        return {monitor_id: _parse_facts(*replies[i * 4 : i * 4 + 4]) for i, monitor_id in enumerate(ids)}
+        found: dict[str, Facts] = {}
+        # Parsed chunk by chunk, between the round trips: parsing the facts
+        # of 10,000 monitors in one go held the event loop for ~200 ms.
+        async for part, replies in self._chunks(list(monitor_ids), self._queue_facts):
+            for i, monitor_id in enumerate(part):
+                found[monitor_id] = _parse_facts(*replies[i * 4 : i * 4 + 4])
+        return found
 
-    async def _pipelined(self, ids: list[str], queue: Callable[[Any, str], None], chunk: int = 250) -> list:
-        """Queue each monitor's reads on a pipeline, `chunk` monitors a
-        round trip; all replies, in order. Chunks keep the event loop free:
-        the replies of 10,000 monitors parsed at once held it ~100 ms."""
-        replies: list = []
-        try:
-            for start in range(0, len(ids), chunk):
+    async def _pipelined(self, ids: list[str], queue: Callable[[Any, str], None]) -> list:
+        """Queue each monitor's reads on pipelines; all replies, in order."""
+        return [reply async for _, replies in self._chunks(ids, queue) for reply in replies]
+
+    async def _chunks(
+        self, ids: list[str], queue: Callable[[Any, str], None], chunk: int = 250
+    ) -> AsyncIterator[tuple[list[str], list]]:
+        """(monitor ids, their replies), one pipelined round trip per
+        `chunk` monitors, so the event loop gets its turn between them."""
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            try:
                 async with self.client.pipeline(transaction=False) as pipe:
-                    for monitor_id in ids[start : start + chunk]:
+                    for monitor_id in part:
                         queue(pipe, monitor_id)
-                    replies.extend(await pipe.execute())
-        except Exception as exc:
-            raise _translate(exc) from exc
-        return replies
+                    replies = await pipe.execute()
+            except Exception as exc:
+                raise _translate(exc) from exc
+            yield part, replies
 
     def _queue_facts(self, pipe: Any, monitor_id: str) -> None:
         for part in ("state", "runs", "counters", "meta"):
