@@ -98,6 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="Boxwatch API: at most N cron checks per token owner (402 plan_limit_reached beyond; default 100)",
     )
     serve.add_argument(
+        "--web.idle-timeout", dest="idle_timeout", type=float, metavar="SECONDS",
+        default=float(os.environ.get("CRONMON_WEB_IDLE_TIMEOUT") or 30),
+        help=(
+            "close a connection that has not sent a complete request within SECONDS of opening or "
+            "of its last response (default 30; bounds slow-header clients); env CRONMON_WEB_IDLE_TIMEOUT"
+        ),
+    )
+    serve.add_argument(
+        "--monitors-per-owner", type=int, default=int(os.environ.get("CRONMON_MONITORS_PER_OWNER") or 10_000),
+        metavar="N",
+        help=(
+            "at most N monitors created through the APIs per token owner, over every API "
+            "(0: no limit; default 10000); env CRONMON_MONITORS_PER_OWNER"
+        ),
+    )
+    serve.add_argument(
         "--auto-provision", action="store_true",
         default=os.environ.get("CRONMON_AUTO_PROVISION", "") in ("1", "true", "yes"),
         help=(
@@ -115,14 +131,25 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
+        "--web.enable-lifecycle", dest="enable_lifecycle", action="store_true",
+        default=os.environ.get("CRONMON_WEB_ENABLE_LIFECYCLE", "") in ("1", "true", "yes"),
+        help=(
+            "serve POST /-/reload (off by default, as in Prometheus: it is unauthenticated, and a "
+            "reload of a large config costs seconds of CPU); SIGHUP always reloads; "
+            "env CRONMON_WEB_ENABLE_LIFECYCLE=1"
+        ),
+    )
+    serve.add_argument(
         "--probe-concurrency", type=int, default=64, metavar="N",
         help="active checks: at most N running at once in this process (default 64)",
     )
     serve.add_argument(
         "--probe-allow-network", action="append", type=_network, default=[], metavar="CIDR",
         help=(
-            "active checks may only connect to addresses in these networks (repeat for several; "
-            "default: anywhere). Use it to keep API users from probing your internal network."
+            "a network that active checks of API-created monitors may connect to besides public "
+            "addresses (repeat for several). Without it they reach public addresses only: loopback, "
+            "private, link-local, multicast and reserved ones are refused. YAML monitors' checks "
+            "may connect anywhere but cronmon's own Redis."
         ),
     )
     serve.add_argument(
@@ -201,7 +228,10 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
         alertmanager_urls=tuple(u.strip() for u in args.alertmanager_url),
         alert_resend_interval=args.alert_resend_interval,
         boxwatch_plan_limit=args.boxwatch_plan_limit,
+        monitors_per_owner=args.monitors_per_owner,
         auto_provision=args.auto_provision,
+        enable_lifecycle=args.enable_lifecycle,
+        idle_timeout=args.idle_timeout,
         trusted_proxies=tuple(args.trusted_proxy),
         probe_concurrency=args.probe_concurrency,
         probe_allowed_networks=tuple(args.probe_allow_network),
@@ -234,7 +264,12 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
     sys.setswitchinterval(0.001)
     try:
         # reuse_port: the workers of a supervisor share the address.
-        web.run_app(app, host=host, port=port, print=None, access_log=None, reuse_port=worker_index() is not None)
+        # keepalive_timeout also bounds how long a connection may take to
+        # send a request's headers (aiohttp closes a connection whose
+        # request has not arrived by then): a slowloris client holds a
+        # connection for idle_timeout seconds at most.
+        web.run_app(app, host=host, port=port, print=None, access_log=None, reuse_port=worker_index() is not None,
+                    keepalive_timeout=settings.idle_timeout)
     except EmbeddedRedisError as exc:
         print(f"cronmon: {exc}", file=sys.stderr)
         return 1

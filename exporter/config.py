@@ -110,14 +110,25 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+def _shown(value: Any) -> str:
+    """A value for an error message, cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:30]}... ({len(text)} characters)"
+
+
 def parse_duration(value: Any) -> float:
     """`30s`, `5m`, `1h30m`, `2d`, or plain seconds (int, float or digits)."""
     if isinstance(value, bool):
         raise ValueError("must be a duration such as 30s, 5m or 1h30m, not a boolean")
+    if isinstance(value, int) and not -MAX_DURATION <= value <= MAX_DURATION:
+        # Before float(): an integer beyond float range is an OverflowError.
+        raise ValueError(f"{_shown(value)} is longer than the longest duration cronmon takes (10 years)")
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
         text = value.strip()
+        if len(text) > 64:
+            raise ValueError(f"{_shown(value)} is not a duration; write it like 30s, 5m, 1h30m or 2d")
         try:
             seconds = float(text)
         except ValueError:
@@ -170,8 +181,12 @@ class ScheduleSpec(_Strict):
     def _zone_exists(cls, value: str | None) -> str | None:
         if value is not None:
             try:
+                # Checked for length first: ZoneInfo opens a file by that
+                # name, and a name over 255 bytes is an OSError (ENAMETOOLONG).
+                if len(value) > 64:
+                    raise ValueError
                 ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
+            except (ZoneInfoNotFoundError, ValueError, OSError):
                 raise ValueError(
                     f"unknown time zone {value!r}; use an IANA name such as Europe/Berlin or UTC"
                 ) from None
@@ -220,6 +235,13 @@ class PingSpec(_Strict):
 
     keys: list[str] | None = Field(
         default=None, description="names of the ping keys that may ping this monitor by slug"
+    )
+    # API tokens (by name) that may record check-ins on this YAML monitor
+    # through the token-authenticated routes (Crontify, Sentry). None may
+    # unless named here: a token of another team must not be able to mark
+    # this job successful or use up its rate limit.
+    tokens: list[Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")]] = Field(
+        default=[], description="names of the write-scope api_tokens that may record check-ins on this monitor"
     )
     uuid_env: Annotated[str, Field(pattern=ENV_NAME_PATTERN)] | None = None
     uuid_file: str | None = None
@@ -458,12 +480,24 @@ def load_config(path: str | Path, *, now: float | None = None) -> Config:
         for spec in parsed.monitors:
             if _first_declaration(seen_ids, spec.id, file, 'monitor "{}": field "id"', problems):
                 monitors.append(_to_monitor(spec, str(file)))
+    scopes = {token.name: token.scope for token in api_tokens}
     for monitor in monitors:
         for key_name in monitor.ping_key_names or ():
             if key_name not in seen_keys:
                 problems.append(
                     f'{monitor.source}: monitor "{monitor.id}": field "ping.keys": '
                     f'no ping key named "{key_name}" is declared under ping_keys'
+                )
+        for token_name in monitor.ping_token_names:
+            if token_name not in scopes:
+                problems.append(
+                    f'{monitor.source}: monitor "{monitor.id}": field "ping.tokens": '
+                    f'no api token named "{token_name}" is declared under api_tokens'
+                )
+            elif scopes[token_name] != "write":
+                problems.append(
+                    f'{monitor.source}: monitor "{monitor.id}": field "ping.tokens": api token "{token_name}" '
+                    'has the read scope; recording check-ins needs scope: write'
                 )
     if problems:
         raise ConfigError(problems)
@@ -623,6 +657,7 @@ def monitor_from_definition(monitor_id: str, definition: dict, now: float) -> Mo
         owner=definition.get("owner"),
         team=definition.get("team"),
         extras=definition.get("extras") or {},
+        retired=bool(definition.get("retired")),
     )
 
 
@@ -642,6 +677,7 @@ def _to_monitor(spec: MonitorSpec, source: str) -> Monitor:
         paused=spec.paused,
         source=source,
         ping_key_names=tuple(spec.ping.keys) if spec.ping.keys is not None else None,
+        ping_token_names=tuple(spec.ping.tokens),
         uuid_env=spec.ping.uuid_env,
         uuid_file=spec.ping.uuid_file,
         secret_refs=spec.ping.secret_refs(),
@@ -671,3 +707,16 @@ class _UniqueKeyLoader(_SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node):
+        # Python refuses to convert integers over 4,300 digits (a ValueError
+        # with no line number); no field takes more than a few digits.
+        digits = len(str(node.value).lstrip("+-").replace("_", ""))
+        if digits > 64:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {digits} digits is not a value any field takes", node.start_mark
+            )
+        return super().construct_yaml_int(node)
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _UniqueKeyLoader.construct_yaml_int)

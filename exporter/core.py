@@ -22,7 +22,7 @@ from .credentials import (
 from .evaluate import SWEEP_BATCH, SweepPlan, plan_arrival, plan_sweep
 from .model import CheckIn, Kind, Monitor
 from .schedule import next_slot
-from .store import RecordResult, Store
+from .store import Quota, RecordResult, Store
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,23 @@ class UnknownMonitor(LookupError):
 
 class MonitorExists(ValueError):
     pass
+
+
+class QuotaExceeded(Exception):
+    """Creating the monitor would put its owner over a quota; nothing was
+    written."""
+
+    def __init__(self, owner: str, quota: str, limit: int):
+        super().__init__(
+            f'owner "{owner}" already has {limit} monitors, its limit'
+            + ("" if quota == OWNER_QUOTA else f" for {quota}")
+            + "; delete one first, or raise the limit"
+        )
+        self.owner, self.quota, self.limit = owner, quota, limit
+
+
+# Every API monitor counts against its owner's limit (Core.monitors_per_owner).
+OWNER_QUOTA = "monitors"
 
 
 class RateLimited(Exception):
@@ -68,13 +85,15 @@ class ReadOnlyMonitor(ValueError):
 
 @dataclass(frozen=True)
 class MonitorUpdate:
-    """A new definition for an API monitor: spec, extras (None: keep them)
-    and the audit entry that explains it (None: none)."""
+    """A new definition for an API monitor: spec, extras (None: keep them),
+    the audit entry that explains it (None: none) and whether it is
+    soft-deleted (Monitor.retired; None: keep)."""
 
     monitor: Monitor
     spec: MonitorSpec
     extras: dict | None = None
     audit: dict | None = None
+    retired: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -123,7 +142,8 @@ class Registry:
 
     def by_uuid_digest(self, uuid_digest: bytes) -> Monitor | None:
         monitor_id = self._uuid_index.get(uuid_digest)
-        return self.monitors.get(monitor_id) if monitor_id else None
+        monitor = self.monitors.get(monitor_id) if monitor_id else None
+        return None if monitor is None or monitor.retired else monitor
 
     def secret(self, monitor: Monitor, kind: str) -> str | None:
         """An API monitor's derived API key or shortcode (see
@@ -151,7 +171,8 @@ class Registry:
                     index[secret_digest] = monitor_id
             self._derived_index[kind] = index
         monitor_id = index.get(digest(presented))
-        return self.monitors.get(monitor_id) if monitor_id else None
+        monitor = self.monitors.get(monitor_id) if monitor_id else None
+        return None if monitor is None or monitor.retired else monitor
 
     def ping_uuid(self, monitor: Monitor) -> str | None:
         """The ping UUID of an API monitor (YAML ones may come from env or
@@ -162,10 +183,15 @@ class Registry:
 
 
 class Core:
-    def __init__(self, store: Store, registry: Registry, clock: Callable[[], float] = time.time):
+    def __init__(
+        self, store: Store, registry: Registry, clock: Callable[[], float] = time.time,
+        monitors_per_owner: int = 0,
+    ):
         self.store = store
         self.registry = registry
         self.clock = clock
+        # At most this many API monitors per owner (0: no limit).
+        self.monitors_per_owner = monitors_per_owner
         # Told the id of every monitor whose state changed. They must not
         # block or raise: they run on the ingestion path (the alert bridge
         # only adds the id to a set).
@@ -210,19 +236,29 @@ class Core:
 
     async def create_monitor(
         self, spec: MonitorSpec, owner: str, team: str | None, extras: dict | None = None,
-        audit: dict | None = None,
+        audit: dict | None = None, quotas: Mapping[str, int] | None = None,
     ) -> Monitor:
         """Create an API monitor. `audit` (who did what, in the API's words)
-        is stamped with the time and kept in the monitor's audit log."""
+        is stamped with the time and kept in the monitor's audit log.
+        `quotas` (name -> limit) are limits of the API's own besides the
+        owner's monitors_per_owner (Boxwatch's plan limit): QuotaExceeded,
+        checked atomically with the write."""
         yaml_monitor = self.registry.yaml.get(spec.id)
         if yaml_monitor is not None:
             raise ReadOnlyMonitor(yaml_monitor)
+        limits = {OWNER_QUOTA: self.monitors_per_owner, **(quotas or {})}
         definition = {
             "spec": _spec_dict(spec), "owner": owner, "team": team, "created_at": self.clock(),
-            "extras": extras or {},
+            "extras": extras or {}, "quotas": sorted(limits),
         }
-        if await self.store.define_monitor(spec.id, "create", definition, self._stamped(audit)) == "exists":
+        names = sorted(limits)
+        reply = await self.store.define_monitor(
+            spec.id, "create", definition, self._stamped(audit), [Quota(n, owner, limits[n]) for n in names]
+        )
+        if reply == "exists":
             raise MonitorExists(spec.id)
+        if isinstance(reply, tuple):
+            raise QuotaExceeded(owner, names[reply[1]], limits[names[reply[1]]])
         return await self._after_write(spec.id)
 
     async def update_monitor(
@@ -265,9 +301,13 @@ class Core:
         new_spec = _spec_dict(update.spec)
         old_extras = current.get("extras") or {}
         new_extras = old_extras if update.extras is None else update.extras
-        if current.get("spec") == new_spec and old_extras == new_extras:
+        old_retired = bool(current.get("retired"))
+        new_retired = old_retired if update.retired is None else update.retired
+        if current.get("spec") == new_spec and old_extras == new_extras and old_retired == new_retired:
             return False
-        definition = {**current, "spec": new_spec, "extras": new_extras, "updated_at": self.clock()}
+        definition = {
+            **current, "spec": new_spec, "extras": new_extras, "retired": new_retired, "updated_at": self.clock(),
+        }
         if await self.store.define_monitor(monitor.id, "update", definition, self._stamped(update.audit)) == "missing":
             raise UnknownMonitor(monitor.id)
         return True
@@ -276,7 +316,12 @@ class Core:
         """Delete an API monitor with its state, counters and history."""
         if monitor.from_yaml:
             raise ReadOnlyMonitor(monitor)
-        if await self.store.define_monitor(monitor.id, "delete") == "missing":
+        current = await self.store.monitor_definition(monitor.id)
+        if current is None:
+            raise UnknownMonitor(monitor.id)
+        owner = current.get("owner") or ""
+        quotas = [Quota(name, owner, 0) for name in current.get("quotas") or ()]
+        if await self.store.define_monitor(monitor.id, "delete", quotas=quotas) == "missing":
             raise UnknownMonitor(monitor.id)
         await self.sync_api_monitors()
 
@@ -297,7 +342,7 @@ class Core:
         deadline passed that no sweeper has recorded yet (sweep first) or
         when the arrival's slot is not among the planned candidates."""
         monitor = self.registry.monitors.get(checkin.monitor_id)
-        if monitor is None:
+        if monitor is None or monitor.retired:
             raise UnknownMonitor(checkin.monitor_id)
         # An active check's result comes from cronmon itself, not the network.
         if checkin.probe_status_code is None and not monitor.allows_source(checkin.source_ip):

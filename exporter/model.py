@@ -151,6 +151,12 @@ class Monitor:
     paused: bool = False
     source: str = "api"
     ping_key_names: tuple[str, ...] | None = None
+    # Soft-deleted (a CrossCheck flight in its trash): its history is kept,
+    # and no route takes a check-in for it until it is restored.
+    retired: bool = False
+    # YAML monitors: the API tokens (by name) granted check-ins through the
+    # token-authenticated routes (see access.can_check_in).
+    ping_token_names: tuple[str, ...] = ()
     uuid_env: str | None = None
     uuid_file: str | None = None
     # Who may see and change an API-created monitor (management tokens of

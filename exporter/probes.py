@@ -15,13 +15,23 @@ next check is simply claimed by another (handover within one interval).
 A monitor's first due time has a phase derived from its id, which spreads
 checks evenly over the interval instead of firing them all at once.
 
-Targets are whatever a monitor's owner configured, so a check: follows at
+Targets are whatever a monitor's owner configured, so a check follows at
 most MAX_REDIRECTS redirects and never to another scheme, reads at most
-`max_bytes` of the body, has connect/read/total timeouts of `timeout`, and,
-with `allowed_networks` set, only connects to addresses inside them (every
-address the name resolves to must be allowed; a name that resolves
-differently between our check and httpx's connect — DNS rebinding — is not
-prevented, so pair the allow list with a resolver you trust).
+`max_bytes` of the body, and has connect/read/total timeouts of `timeout`.
+
+Where it may connect is a NetworkPolicy. A YAML monitor's check (written
+by the operator, in git) may connect anywhere. An API monitor's check
+(written by whoever holds a write token) may connect only to public
+addresses, plus the networks the operator names with
+--probe-allow-network, and never to cronmon's own Redis: loopback,
+private, link-local (169.254.169.254, the cloud metadata service),
+carrier-grade NAT, multicast and reserved addresses are refused, so a
+token cannot turn active checks into a scanner of the internal network.
+Every address the name resolves to must be permitted, at every redirect
+hop, and the check then connects to the address it checked (the URL is
+rewritten to it; Host and TLS SNI keep the name, so certificates are
+still verified against the name): a resolver that answers differently a
+moment later (DNS rebinding) cannot redirect the connection.
 """
 
 from __future__ import annotations
@@ -29,12 +39,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Awaitable, Callable, Sequence
 
 import httpx
 
@@ -84,39 +95,104 @@ class _Refused(Exception):
     pass
 
 
-async def _check_target(url: httpx.URL, allowed_networks: Sequence) -> None:
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to (the system resolver)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [info[4][0] for info in infos]
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    """Where a check may connect. `public_only`: only to global unicast
+    addresses, plus `allowed` networks; `allowed` alone (public_only off):
+    only there; neither: anywhere. `forbidden` (host, port) pairs are
+    refused whatever else allows them (cronmon's own Redis)."""
+
+    public_only: bool = False
+    allowed: tuple = ()
+    forbidden: tuple[tuple[str, int], ...] = ()
+
+    def refusal(self, address: str, port: int) -> str | None:
+        """Why `address` may not be connected to; None if it may."""
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        mapped = getattr(ip, "ipv4_mapped", None)
+        if mapped is not None:
+            ip = mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+        if (str(ip), port) in self.forbidden:
+            return f"{ip} port {port} is cronmon's own Redis"
+        if self.allowed and in_networks(str(ip), self.allowed):
+            return None
+        if self.public_only:
+            if ip.is_global and not ip.is_multicast:
+                return None
+            return (f"{ip} is not a public address (loopback, private, link-local, multicast or reserved); "
+                    "the operator can allow its network with --probe-allow-network")
+        if self.allowed:
+            return f"{ip} is outside the allowed probe networks"
+        return None
+
+
+ANYWHERE = NetworkPolicy()
+
+
+async def _permitted_address(url: httpx.URL, policy: NetworkPolicy, resolve: Resolver) -> str:
+    """The address to connect to for `url`: its host if that is an IP
+    literal, else the first address it resolves to; _Refused unless every
+    resolved address is permitted."""
     if url.scheme not in ("http", "https"):
         raise _Refused(f"scheme {url.scheme!r} is not http or https")
-    if not allowed_networks:
-        return
-    loop = asyncio.get_running_loop()
+    host = url.host
+    port = url.port or (443 if url.scheme == "https" else 80)
     try:
-        infos = await loop.getaddrinfo(url.host, url.port or (443 if url.scheme == "https" else 80),
-                                       type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise _Refused(f"cannot resolve {url.host}: {exc}") from None
-    for *_, sockaddr in infos:
-        if not in_networks(sockaddr[0], allowed_networks):
-            raise _Refused(f"{url.host} resolves to {sockaddr[0]}, outside the allowed probe networks")
+        addresses = [str(ipaddress.ip_address(host))]
+    except ValueError:
+        try:
+            addresses = await resolve(host, port)
+        except OSError as exc:
+            raise _Refused(f"cannot resolve {host}: {exc}") from None
+        if not addresses:
+            raise _Refused(f"cannot resolve {host}: no addresses")
+    for address in addresses:
+        why = policy.refusal(address, port)
+        if why is not None:
+            raise _Refused(f"{host} refused: {why}" if address != host else f"refused: {why}")
+    return addresses[0]
+
+
+def _pinned(url: httpx.URL, address: str) -> tuple[httpx.URL, dict, dict]:
+    """The request for `url` sent to `address`: the URL with the address as
+    host, the Host header and the TLS server name keeping the name."""
+    if address == url.host:
+        return url, {}, {}
+    host_header = url.host if url.port is None else f"{url.host}:{url.port}"
+    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+    return url.copy_with(host=address), {"Host": host_header}, extensions
 
 
 async def run_check(
     client: httpx.AsyncClient,
     probe: HttpProbe,
     *,
-    allowed_networks: Sequence = (),
+    policy: NetworkPolicy = ANYWHERE,
+    resolve: Resolver = system_resolver,
     max_bytes: int = 65536,
     clock: Callable[[], float] = time.perf_counter,
 ) -> ProbeResult:
-    """One check of `probe.url`. Never raises for anything the target does."""
+    """One check of `probe.url`. Never raises for anything the target does.
+    Every hop is checked against `policy` before anything connects."""
     started = clock()
     status_code, error = 0, None
     try:
         async with asyncio.timeout(probe.timeout):  # total, whatever the server drips
             url = httpx.URL(probe.url)
             for hop in range(MAX_REDIRECTS + 1):
-                await _check_target(url, allowed_networks)
-                async with client.stream("GET", url, timeout=httpx.Timeout(probe.timeout)) as response:
+                address = await _permitted_address(url, policy, resolve)
+                target_url, headers, extensions = _pinned(url, address)
+                async with client.stream("GET", target_url, headers=headers, extensions=extensions,
+                                         timeout=httpx.Timeout(probe.timeout)) as response:
                     status_code = response.status_code
                     location = response.headers.get("Location")
                     if response.is_redirect and location:
@@ -165,6 +241,22 @@ def checkin_for(monitor: Monitor, result: ProbeResult, now: float, test: bool = 
     )
 
 
+def redis_endpoints(redis_url: str | None) -> tuple[tuple[str, int], ...]:
+    """The (address, port) pairs of the Redis at `redis_url` (none for a
+    unix socket, which no HTTP check can reach), resolved at start-up."""
+    if not redis_url:
+        return ()
+    url = httpx.URL(redis_url)
+    if url.scheme not in ("redis", "rediss") or not url.host:
+        return ()
+    port = url.port or 6379
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(url.host, port, type=socket.SOCK_STREAM)}
+    except OSError:
+        return ()
+    return tuple((str(ipaddress.ip_address(a.split("%", 1)[0])), port) for a in sorted(addresses))
+
+
 class Prober:
     """Runs the checks this process claims, at most `concurrency` at once."""
 
@@ -174,14 +266,21 @@ class Prober:
         *,
         concurrency: int = 64,
         allowed_networks: Sequence = (),
+        forbidden: Sequence[tuple[str, int]] = (),
+        resolve: Resolver = system_resolver,
         max_bytes: int = 65536,
         tick: float = 0.25,
         clock: Callable[[], float] = time.time,
         on_lag: Callable[[float], None] | None = None,
     ):
+        """`allowed_networks`: where API monitors' checks may connect besides
+        public addresses (--probe-allow-network); `forbidden`: (address,
+        port) pairs no check may connect to (cronmon's own Redis)."""
         self.core = core
         self.concurrency = concurrency
-        self.allowed_networks = tuple(allowed_networks)
+        self.api_policy = NetworkPolicy(public_only=True, allowed=tuple(allowed_networks), forbidden=tuple(forbidden))
+        self.yaml_policy = NetworkPolicy(forbidden=tuple(forbidden))
+        self.resolve = resolve
         self.max_bytes = max_bytes
         self.tick = tick
         self.clock = clock
@@ -205,7 +304,7 @@ class Prober:
         now = self.clock()
         probes = [
             (m.id, fingerprint(m.probe), first_due(m.id, m.probe.interval, now))
-            for m in registry.monitors.values() if m.probe is not None
+            for m in registry.monitors.values() if m.probe is not None and not m.retired
         ]
         await self.core.store.sync_probes(probes)
         self._synced = registry
@@ -216,7 +315,8 @@ class Prober:
         """Check one monitor now and record the result (None: refused by the
         monitor's rate limit)."""
         assert monitor.probe is not None
-        result = await run_check(client, monitor.probe, allowed_networks=self.allowed_networks, max_bytes=self.max_bytes)
+        policy = self.yaml_policy if monitor.from_yaml else self.api_policy
+        result = await run_check(client, monitor.probe, policy=policy, resolve=self.resolve, max_bytes=self.max_bytes)
         checkin = checkin_for(monitor, result, self.clock(), test)
         try:
             recorded = await self.core.record(checkin)
@@ -235,7 +335,7 @@ class Prober:
         claimed = await self.core.store.claim_probes(now, free)
         for monitor_id, due in claimed:
             monitor = self.core.registry.monitors.get(monitor_id)
-            if monitor is None or monitor.probe is None:
+            if monitor is None or monitor.probe is None or monitor.retired:
                 continue  # another replica's config; ours will re-sync
             if self.on_lag is not None:
                 self.on_lag(max(0.0, now - due))

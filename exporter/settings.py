@@ -38,8 +38,15 @@ class Settings:
     alert_resend_interval: float = 30.0
     # Boxwatch's plan limit: at most this many checks per token owner.
     boxwatch_plan_limit: int = 100
+    # At most this many API-created monitors per token owner (0: no limit).
+    monitors_per_owner: int = 10_000
     # Healthchecks' ?create=1: a ping to an unknown slug creates the monitor.
     auto_provision: bool = False
+    # POST /-/reload (--web.enable-lifecycle); SIGHUP works regardless.
+    enable_lifecycle: bool = False
+    # Seconds a connection may stay without a complete request (idle
+    # keep-alive, or headers still arriving) before it is closed.
+    idle_timeout: float = 30.0
     boxwatch_plan: str = "self-hosted"
     # Reverse proxies whose X-Forwarded-For is believed (networks); the
     # client address of other requests is the peer address.

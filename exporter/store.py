@@ -41,7 +41,7 @@ import logging
 import math
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, AsyncIterator, Callable, Iterable
+from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 
 import hiredis
 import redis.asyncio as redis
@@ -196,6 +196,16 @@ def _is_noscript(reply: Any) -> bool:
 def _script(name: str) -> str:
     common = resources.files("exporter").joinpath("lua/common.lua").read_text()
     return common + "\n" + resources.files("exporter").joinpath(f"lua/{name}.lua").read_text()
+
+
+@dataclass(frozen=True)
+class Quota:
+    """At most `limit` API monitors (0: no limit) in the set `name` of
+    `owner`, enforced by define.lua when a monitor is created."""
+
+    name: str
+    owner: str
+    limit: int
 
 
 class Store:
@@ -497,22 +507,31 @@ class Store:
         return json.loads(raw) if raw is not None else None
 
     async def define_monitor(
-        self, monitor_id: str, mode: str, definition: dict | None = None, audit: dict | None = None
-    ) -> str:
-        """mode create | update | delete; returns "ok", "exists" or "missing".
-        Deleting also deletes the monitor's state, counters, history and
-        audit log. `audit` is appended to the monitor's audit log in the same
-        script as the change, so a change is never without its entry."""
+        self, monitor_id: str, mode: str, definition: dict | None = None, audit: dict | None = None,
+        quotas: Sequence[Quota] = (),
+    ) -> str | tuple[str, int, int]:
+        """mode create | update | delete; returns "ok", "exists" or "missing",
+        or ("quota", index into `quotas`, ids it holds) when a create would
+        go over a quota. Creating adds the id to each quota's set, deleting
+        removes it (pass the same quotas). Deleting also deletes the
+        monitor's state, counters, history and audit log. `audit` is
+        appended to the monitor's audit log in the same script as the
+        change, so a change is never without its entry."""
         data_keys = [self.key(monitor_id, part) for part in _MONITOR_PARTS] if mode == "delete" else []
+        quota_keys = [f"{self.prefix}:quota:{quota.name}:{quota.owner}" for quota in quotas]
         try:
             reply = await self._define(
                 keys=[self._definitions_key, self._revision_key, self._due_key, self._feed_key,
-                      self._feed_seq_key, self._definitions_feed_key, self.key(monitor_id, "audit"), *data_keys],
+                      self._feed_seq_key, self._definitions_feed_key, self.key(monitor_id, "audit"),
+                      *quota_keys, *data_keys],
                 args=[monitor_id, mode, json.dumps(definition) if definition is not None else "",
-                      json.dumps(audit) if audit is not None else "", self.limits.audit],
+                      json.dumps(audit) if audit is not None else "", self.limits.audit,
+                      len(quotas), *(quota.limit for quota in quotas)],
             )
         except Exception as exc:
             raise _translate(exc) from exc
+        if reply[0] == "quota":
+            return ("quota", int(reply[1]) - 1, int(reply[2]))
         return reply[0]
 
     async def audit(self, monitor_id: str) -> list[dict]:

@@ -159,3 +159,24 @@ async def raw_redis(redis_server):
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+
+async def redis_dump(client: redis.Redis, prefix: str) -> dict:
+    """Every key under `prefix` with its serialized value and whether it
+    expires: equal before and after a request means the request changed
+    nothing in Redis (the "a refusal changes nothing" invariant)."""
+    dump = {}
+    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        dump[key] = (await client.dump(key), await client.pttl(key) >= 0)
+    return dump
+
+
+async def app_dump(test_client) -> dict:
+    """redis_dump of a test app's store, once its sweeper has made its first
+    pass (which writes the deadline index at start-up)."""
+    from exporter.web.keys import CORE, SWEEPER
+
+    app = test_client.app
+    await wait_for(lambda: app[SWEEPER].passes > 0)
+    return await redis_dump(app[CORE].store.client, app[CORE].store.prefix)

@@ -10,6 +10,7 @@ CONFIG = """
 api_tokens:
   - {name: bw, env: T_BW, owner: ops, scope: write}
   - {name: bw-other, env: T_BW2, owner: someone-else, scope: write}
+  - {name: bw-dashboard, env: T_BW_RO, owner: ops, scope: read}
 """
 AUTH = {"Authorization": "Bearer bw-token"}
 EXAMPLE = {"name": "Nightly DB backup", "interval_seconds": 86400, "grace_seconds": 600,
@@ -20,6 +21,7 @@ EXAMPLE = {"name": "Nightly DB backup", "interval_seconds": 86400, "grace_second
 async def client(aiohttp_client, app_settings, tmp_path, monkeypatch, clock):
     monkeypatch.setenv("T_BW", "bw-token")
     monkeypatch.setenv("T_BW2", "other-token")
+    monkeypatch.setenv("T_BW_RO", "dashboard-token")
     monkeypatch.setenv("CRONMON_PING_KEY", "bw-test-ping-key")
     settings = app_settings(write_config(tmp_path, CONFIG), boxwatch_plan_limit=3, public_url="https://cron.example")
     return await aiohttp_client(create_app(settings, clock=clock))
@@ -128,3 +130,32 @@ async def test_checks_show_up_in_metrics(client):
     await client.get(f"/ping/{check['slug']}")
     metrics = await (await client.get("/metrics")).text()
     assert 'cronmon_runs_total{monitor="nightly-db-backup-1",outcome="ok"} 1\n' in metrics
+
+
+async def test_concurrent_creates_cannot_both_take_the_last_place(client):
+    """The plan limit is checked in the same Redis script as the write: of
+    creates racing for the last places, exactly the limit's worth succeed."""
+    import asyncio
+
+    statuses = await asyncio.gather(*(
+        client.post("/cron-checks", json={**EXAMPLE, "name": f"job {i}"}, headers=AUTH) for i in range(8)
+    ))
+    assert sorted(r.status for r in statuses) == [201] * 3 + [402] * 5
+    listed = await (await client.get("/cron-checks", headers=AUTH)).json()
+    assert listed["current_count"] == 3
+    # Deleting frees a place.
+    assert (await client.delete(f"/cron-checks/{listed['checks'][0]['id']}", headers=AUTH)).status == 200
+    await create(client, {**EXAMPLE, "name": "after a delete"})
+
+
+async def test_a_read_scope_token_never_sees_the_ping_slug(client):
+    """The slug is the ping UUID, a check-in credential: a dashboard's token
+    must not be able to ping (as the native API hides ping_url)."""
+    slug = (await create(client))["check"]["slug"]
+    ro = {"Authorization": "Bearer dashboard-token"}
+    listed = await (await client.get("/cron-checks", headers=ro)).json()
+    detail = await (await client.get("/cron-checks/1", headers=ro)).json()
+    assert listed["checks"][0]["slug"] is None and detail["check"]["slug"] is None
+    assert detail["ping_urls"] is None
+    assert slug not in str(listed) + str(detail)
+    assert (await (await client.get("/cron-checks/1", headers=AUTH)).json())["check"]["slug"] == slug

@@ -1,6 +1,7 @@
 """Crontify-compatible pings, following seeds/crontify-http.txt (host swapped)."""
 
 import json
+import logging
 import re
 
 import pytest
@@ -9,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.web.app import create_app
 from exporter.web.keys import CORE
 
-from .conftest import write_config
+from .conftest import app_dump, write_config
 
 CONFIG = """
 api_tokens:
@@ -21,9 +22,13 @@ monitors:
     schedule: {interval: 1h}
     labels: {team: data}
     meta_rules: ["rows_processed < 1", "emails_sent == 0"]
+    ping: {tokens: [ck-live]}
   - id: limited
     schedule: {interval: 1h}
     rate_limit: 2/1m
+    ping: {tokens: [ck-live]}
+  - id: not-granted
+    schedule: {interval: 1h}
 """
 KEY = {"X-API-Key": "ck_live_0123456789abcdef"}
 BASE = "/api/v1/ping/nightly-report"
@@ -119,13 +124,21 @@ async def test_log_output_is_cut_stored_apart_and_read_back(client):
         ({"X-API-Key": "ck_live_wrong"}, f"{BASE}/start", 401, "Missing or invalid API key"),
         (KEY, "/api/v1/ping/no-such-monitor/start", 404, "Monitor not found"),
         (KEY, "/api/v1/ping/globex-job/start", 404, "Monitor not found"),  # another account's
+        # A YAML monitor that does not name the token in ping.tokens.
+        (KEY, "/api/v1/ping/not-granted/success", 403, 'name it in the monitor\'s ping.tokens'),
+        # The other account's token, on a YAML monitor granted to ck-live only.
+        ({"X-API-Key": "ck_live_globex"}, f"{BASE}/success", 403, 'api token "other-account" may not'),
+        # A read-scope token of the right account.
+        ({"X-API-Key": "ui-token"}, f"{BASE}/success", 403, "has the read scope"),
     ],
 )
 async def test_auth_errors(client, headers, path, status, message):
-    response = await client.post(path, headers=headers)
+    before = await app_dump(client)
+    response = await client.post(path, headers=headers, json={"meta": {"rows": 1}, "logOutput": "x"})
     assert response.status == status
     body = await response.json()
     assert body["success"] is False and message in body["error"]
+    assert await app_dump(client) == before  # no counter, no rate limit use
 
 
 @pytest.mark.parametrize(
@@ -162,3 +175,40 @@ async def test_rate_limit_says_how_long_to_wait(client):
     assert (await client.app[CORE].store.facts("limited")).checkins == {"success": 2}
     # The Healthchecks form of the same monitor is limited too.
     assert (await client.get("/ping/crontify-test-ping-key/limited")).status == 429
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b'{"meta": {"rows": ' + b"9" * 400 + b"}}", "digits"),
+        (b'{"meta": {"rows": ' + b"9" * 5000 + b"}}", "digits"),
+        (b'{"meta": {"rows": 1e400}}', "beyond the range"),
+        (b'{"meta": {"rows": NaN}}', "NaN is not a JSON value"),
+        (b'{"meta": {"rows": -Infinity}}', "Infinity is not a JSON value"),
+        (b'{"logOutput": "tail \\ud800"}', "logOutput holds a lone surrogate"),
+        (b'{"errorMessage": "\\udfff"}', "errorMessage holds a lone surrogate"),
+        (b'{"meta": {"\\ud800": 1}}', "key"),
+        (b"[" * 50_000, "nested too deeply"),
+        (b'{"meta": "\xff\xfe"}', "not valid JSON"),
+    ],
+)
+async def test_hostile_bodies_are_a_400_that_records_nothing(client, raw, reason, caplog):
+    before = await app_dump(client)
+    response = await client.post(f"{BASE}/success", headers={**KEY, "Content-Type": "application/json"}, data=raw)
+    assert response.status == 400, await response.text()
+    assert reason in (await response.json())["error"]
+    assert await app_dump(client) == before
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_log_output_is_cut_to_the_byte_limit_too(client):
+    """10,000 characters of "€" are 30 kB: the byte limit every stored log
+    has applies as well, on a character boundary."""
+    raw = json.dumps({"logOutput": "€" * 10_000}, ensure_ascii=False).encode()
+    response = await client.post(f"{BASE}/fail", headers={**KEY, "Content-Type": "application/json"}, data=raw)
+    assert response.status == 200
+    store = client.app[CORE].store
+    event = (await store.history("nightly-report", 0, 1))[0]
+    body = (await store.logs("nightly-report", [event["log"]]))[event["log"]]
+    assert event["log_truncated"] is True
+    assert body == "€" * (10_000 // 3) and len(body.encode()) <= 10_000

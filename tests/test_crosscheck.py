@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.web.app import create_app
 from exporter.web.keys import CORE
 
-from .conftest import T0, write_config
+from .conftest import T0, app_dump, write_config
 
 SEEDS = Path(__file__).resolve().parent / "data" / "seeds"  # copies of shared/seeds/
 CONFIG = """
@@ -224,9 +224,16 @@ async def test_soft_delete_restore_purge_and_hard_delete(client):
     assert await api_flights(client) == []
     trash = await (await client.get("/api/flights/?is_deleted=true", headers=AUTH)).json()
     assert [f["id"] for f in trash] == [flight["id"]]
-    # A soft-deleted flight takes no check-ins.
+    # A soft-deleted flight takes no check-ins, on CrossCheck's routes or any other.
+    registry = client.app[CORE].registry
+    uuid = registry.ping_uuid(registry.monitors[flight["path"]])
+    before = await app_dump(client)
     assert (await client.post("/api/flights/check-in/", headers={"X-API-Key": flight["api_key"]})).status == 401
     assert (await client.get(f"/c/{flight['shortcode']}/")).status == 404
+    assert (await client.get(f"/ping/{uuid}")).status == 404
+    assert (await client.get(f"/ping/cc-test-ping-key/{flight['path']}")).status == 404
+    assert (await client.post(f"/api/v1/ping/{flight['path']}/success", headers={"X-API-Key": "ops-token"})).status == 404
+    assert await app_dump(client) == before
     restored = await (await client.post(f"{url}restore/", headers=AUTH)).json()
     assert restored["is_deleted"] is False and restored["status"] == "new"
     assert (await client.post("/api/flights/check-in/", headers={"X-API-Key": flight["api_key"]})).status == 201

@@ -7,7 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.web.app import create_app
-from exporter.web.keys import CORE, SWEEPER
+from exporter.web.keys import CORE, SETTINGS, SWEEPER
 
 from .conftest import T0, wait_for, write_config
 
@@ -58,7 +58,7 @@ def config_path(tmp_path):
 @pytest.fixture
 async def client(aiohttp_client, app_settings, config_path, monkeypatch, clock):
     monkeypatch.setenv("CRONMON_PING_KEY", "k" * 22)
-    return await aiohttp_client(create_app(app_settings(config_path), clock=clock))
+    return await aiohttp_client(create_app(app_settings(config_path, enable_lifecycle=True), clock=clock))
 
 
 def samples(text: str) -> list:
@@ -328,3 +328,51 @@ async def test_a_reload_of_unchanged_files_parses_nothing_but_reads_secrets_agai
     config_path.write_text(CONFIG + "  - {id: added, schedule: {interval: 1m}}\n")
     assert (await client.post("/-/reload")).status == 200
     assert parses == [1]
+
+
+async def test_reload_over_http_needs_the_lifecycle_flag(aiohttp_client, app_settings, config_path, monkeypatch, clock):
+    """As Prometheus: POST /-/reload is unauthenticated and costly, so it
+    answers only with --web.enable-lifecycle; SIGHUP always works."""
+    monkeypatch.setenv("CRONMON_PING_KEY", "k" * 22)
+    client = await aiohttp_client(create_app(app_settings(config_path), clock=clock))
+    config_path.write_text(CONFIG + "  - {id: added, schedule: {interval: 1m}}\n")
+    response = await client.post("/-/reload")
+    assert response.status == 403 and "--web.enable-lifecycle" in await response.text()
+    assert "added" not in client.app[CORE].registry.monitors
+
+
+async def test_the_monitor_page_shows_what_a_job_sent_only_to_a_token_that_can_see_it(
+    aiohttp_client, app_settings, tmp_path, monkeypatch, clock
+):
+    monkeypatch.setenv("CRONMON_PING_KEY", "k" * 22)
+    monkeypatch.setenv("T_A", "token-a")
+    monkeypatch.setenv("T_B", "token-b")
+    path = write_config(tmp_path, """
+        api_tokens:
+          - {name: a, env: T_A, owner: team-a, scope: write}
+          - {name: b, env: T_B, owner: team-b, scope: read}
+    """)
+    client = await aiohttp_client(create_app(app_settings(path), clock=clock))
+    created = await client.post("/api/v1/monitors", json={"id": "secret-job", "schedule": {"interval": "1h"}},
+                                headers={"Authorization": "Bearer token-a"})
+    assert created.status == 201
+    ping_url = (await created.json())["monitor"]["ping_url"]
+    failed = await client.post(ping_url.replace(client.app[SETTINGS].base_url, "") + "/1",
+                               data=b"db password is hunter2", headers={"User-Agent": "backup-host-17"})
+    assert failed.status == 200
+
+    async def event(headers: dict) -> dict:
+        page = await client.get("/monitors/secret-job", headers=headers)
+        assert page.status == 200
+        body = await page.json()
+        assert body["status"] == "failed"  # the state is public, as in /metrics
+        return body["recent_events"][0]
+
+    public = await event({})
+    assert public["kind"] == "fail" and public["exit_code"] == 1
+    assert not {"ip", "ua", "message", "metadata"} & set(public) and public["has_log"] is True
+    assert not {"ip", "ua"} & set(await event({"Authorization": "Bearer token-b"}))  # another team's token
+    owner = await event({"Authorization": "Bearer token-a"})
+    assert owner["ua"] == "backup-host-17" and owner["ip"] == "127.0.0.1" and owner["has_log"] is True
+    wrong = await client.get("/monitors/secret-job", headers={"Authorization": "Bearer nope"})
+    assert wrong.status == 401

@@ -8,12 +8,13 @@ import subprocess
 import threading
 import time
 
+import httpx
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.model import HttpProbe, Kind
-from exporter.probes import classify, first_due, make_client, run_check
+from exporter.probes import NetworkPolicy, classify, first_due, make_client, redis_endpoints, run_check
 from exporter.web.app import create_app
 from exporter.web.keys import PROBER
 
@@ -134,11 +135,95 @@ async def test_body_read_is_capped(target):
 
 async def test_target_network_allow_list(target):
     allowed = (ipaddress.ip_network("10.0.0.0/8"),)
-    refused = await check(f"{target.base}/fast", allowed_networks=allowed)
+    refused = await check(f"{target.base}/fast", policy=NetworkPolicy(allowed=allowed))
     assert refused.kind is Kind.FAIL and "outside the allowed probe networks" in refused.error
+    public_only = await check(f"{target.base}/fast", policy=NetworkPolicy(public_only=True))
+    assert public_only.kind is Kind.FAIL and "127.0.0.1 is not a public address" in public_only.error
     assert target.hits == []  # not even connected
-    ok = await check(f"{target.base}/fast", allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),))
+    loopback = (ipaddress.ip_network("127.0.0.0/8"),)
+    ok = await check(f"{target.base}/fast", policy=NetworkPolicy(public_only=True, allowed=loopback))
     assert ok.kind is Kind.SUCCESS
+
+
+@pytest.mark.parametrize("address", [
+    "127.0.0.1", "127.8.9.10", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
+    "0.0.0.0", "224.0.0.251", "255.255.255.255", "192.0.2.1", "::1", "::", "fe80::1", "fc00::1",
+    "ff02::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "fe80::1%eth0",
+])
+def test_api_checks_refuse_every_non_public_address(address):
+    """Decided on the address alone, before anything connects."""
+    assert "not a public address" in NetworkPolicy(public_only=True).refusal(address, 80)
+    assert NetworkPolicy().refusal(address, 80) is None  # YAML monitors: anywhere
+
+
+def test_public_addresses_pass_and_the_operator_can_widen_but_never_reach_redis():
+    policy = NetworkPolicy(public_only=True)
+    assert policy.refusal("93.184.216.34", 443) is None and policy.refusal("2606:2800:220:1::", 443) is None
+    wider = NetworkPolicy(public_only=True, allowed=(ipaddress.ip_network("10.0.0.0/8"),),
+                          forbidden=(("10.0.0.5", 6379),))
+    assert wider.refusal("10.1.2.3", 80) is None
+    assert "cronmon's own Redis" in wider.refusal("10.0.0.5", 6379)
+    assert wider.refusal("10.0.0.5", 80) is None
+    assert "cronmon's own Redis" in NetworkPolicy(forbidden=(("127.0.0.1", 6379),)).refusal("::ffff:127.0.0.1", 6379)
+    assert redis_endpoints("redis://127.0.0.1:6380/0") == (("127.0.0.1", 6380),)
+    assert redis_endpoints("unix:///tmp/redis.sock") == ()
+
+
+class FakeResolver:
+    """A test-local resolver: names map to the addresses a test gives, one
+    list per call (the last repeats), so a name can "rebind"."""
+
+    def __init__(self, answers: dict[str, list[list[str]]]):
+        self.answers = answers
+        self.calls: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.calls.append(host)
+        answers = self.answers[host]
+        return answers[min(self.calls.count(host) - 1, len(answers) - 1)]
+
+
+async def mock_check(url, handler, resolver, policy=NetworkPolicy(public_only=True)):
+    """run_check through an httpx MockTransport: nothing leaves the process,
+    and `handler` sees exactly what would have been sent."""
+    sent = []
+
+    def record(request):
+        sent.append(request)
+        return handler(request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(record)) as client:
+        result = await run_check(client, HttpProbe(url, 10, 1.0, 2.0), policy=policy, resolve=resolver)
+    return result, sent
+
+
+async def test_the_check_connects_to_the_address_it_checked():
+    """DNS rebinding: the name resolves to a public address when checked and
+    to 127.0.0.1 a moment later. The request goes to the checked address,
+    with the name in Host and in TLS SNI (certificates are verified
+    against the name)."""
+    resolver = FakeResolver({"rebind.test": [["93.184.216.34"], ["127.0.0.1"]]})
+    result, sent = await mock_check("https://rebind.test:8443/health", lambda r: httpx.Response(200, stream=httpx.ByteStream(b"ok")), resolver)
+    assert result.kind is Kind.SUCCESS
+    assert [r.url.host for r in sent] == ["93.184.216.34"] and resolver.calls == ["rebind.test"]
+    assert sent[0].headers["Host"] == "rebind.test:8443" and sent[0].extensions["sni_hostname"] == "rebind.test"
+
+
+@pytest.mark.parametrize("answers", [["10.0.0.7"], ["93.184.216.34", "10.0.0.7"], ["169.254.169.254"]])
+async def test_every_resolved_address_must_be_public(answers):
+    resolver = FakeResolver({"internal.test": [answers]})
+    result, sent = await mock_check("http://internal.test/", lambda r: httpx.Response(200, stream=httpx.ByteStream(b"ok")), resolver)
+    assert result.kind is Kind.FAIL and "not a public address" in result.error and sent == []
+
+
+async def test_a_redirect_into_the_internal_network_is_refused_before_it_is_followed():
+    resolver = FakeResolver({"public.test": [["93.184.216.34"]], "metadata.test": [["169.254.169.254"]]})
+    for location in ("http://169.254.169.254/latest/meta-data/", "http://metadata.test/", "http://[::1]:9879/"):
+        result, sent = await mock_check(
+            "http://public.test/", lambda r: httpx.Response(302, headers={"Location": location}, stream=httpx.ByteStream(b"")), resolver
+        )
+        assert result.kind is Kind.FAIL and "not a public address" in result.error
+        assert [r.url.host for r in sent] == ["93.184.216.34"]  # the first hop only
 
 
 def test_classify_is_pure():
@@ -230,7 +315,8 @@ async def test_checks_thresholds_flips_and_probe_metrics(aiohttp_client, app_set
 
 async def test_active_flight_test_now_runs_a_real_check(aiohttp_client, app_settings, tmp_path, monkeypatch, clock, target):
     monkeypatch.setenv("T_OPS", "ops-token")
-    settings = app_settings(write_config(tmp_path, "api_tokens: [{name: o, env: T_OPS, owner: a, scope: write}]\n"))
+    settings = app_settings(write_config(tmp_path, "api_tokens: [{name: o, env: T_OPS, owner: a, scope: write}]\n"),
+                            probe_allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),))
     client = await aiohttp_client(create_app(settings, clock=clock))
     auth = {"Authorization": "Bearer ops-token"}
     created = await client.post("/api/flights/", headers=auth, json={
@@ -325,3 +411,23 @@ def test_two_processes_probe_each_check_once_and_hand_over(tmp_path, redis_serve
     gaps = [b - a for a, b in zip(both, both[1:])]
     assert min(gaps) > 0.5, gaps
     assert len(after) >= 2, after
+
+
+async def test_an_api_token_cannot_make_cronmon_probe_loopback(aiohttp_client, app_settings, tmp_path, monkeypatch,
+                                                             clock, target):
+    """Without --probe-allow-network, an API-created check of a loopback URL
+    (cronmon's own port, a local admin page) is refused before connecting,
+    and test_now reports the refusal, not the target's status or timing."""
+    monkeypatch.setenv("T_OPS", "ops-token")
+    settings = app_settings(write_config(tmp_path, "api_tokens: [{name: o, env: T_OPS, owner: a, scope: write}]\n"))
+    client = await aiohttp_client(create_app(settings, clock=clock))
+    auth = {"Authorization": "Bearer ops-token"}
+    created = await client.post("/api/flights/", headers=auth, json={
+        "name": "Scanner", "monitoring_type": "ACTIVE", "monitor_url": f"{target.base}/fast",
+        "monitor_interval": 60, "timeout_threshold": 2, "slow_response_threshold": 1})
+    flight = await created.json()
+    body = await (await client.post(f"/api/flights/{flight['id']}/test_now/", headers=auth)).json()
+    landing = body["landing"]
+    assert landing["status"] == "ERROR" and landing["metadata"]["status_code"] == 0
+    assert "127.0.0.1 is not a public address" in landing["metadata"]["error"]
+    assert target.hits == []

@@ -3,6 +3,7 @@ gzip, brotli), the official sentry-sdk as a real client (with and without
 brotli), the HTTP check-in endpoint, and the error paths."""
 
 import gzip
+import logging
 import json
 import sys
 import textwrap
@@ -13,15 +14,21 @@ import pytest
 from exporter.web.app import create_app
 from exporter.web.keys import CORE
 
-from .conftest import write_config
+from .conftest import app_dump, write_config
 
 CONFIG = """
 api_tokens:
   - {name: sentry-dsn, env: T_DSN, owner: web, team: web, scope: write}
   - {name: sentry-ro, env: T_RO, owner: ro, scope: read}
+  - {name: other-team, env: T_OTHER, owner: ops, team: ops, scope: write}
 monitors:
   - id: my-monitor
     schedule: {interval: 1h}
+    ping: {tokens: [sentry-dsn]}
+  - id: limited
+    schedule: {interval: 1h}
+    rate_limit: 1/1h
+    ping: {tokens: [sentry-dsn]}
 """
 AUTH = {"X-Sentry-Auth": "Sentry sentry_key=dsnkey123, sentry_version=7, sentry_client=test/1.0"}
 DOC_CONFIG = {  # the document's monitor upsert example
@@ -49,6 +56,7 @@ def envelope(*payloads: dict, extra_items: list[tuple[dict, bytes]] = ()) -> byt
 def env(monkeypatch):
     monkeypatch.setenv("T_DSN", "dsnkey123")
     monkeypatch.setenv("T_RO", "readonlykey")
+    monkeypatch.setenv("T_OTHER", "otherteamkey")
     monkeypatch.setenv("CRONMON_PING_KEY", "sentry-test-ping-key")
 
 
@@ -221,3 +229,102 @@ async def test_an_implausible_duration_in_an_envelope_is_dropped_not_fatal(clien
     assert response.status == 200
     recorded = await facts(client, "my-monitor")
     assert recorded.checkins == {"success": 1} and recorded.last_duration is None
+
+
+def _item(body: bytes, header: bytes | None = None) -> bytes:
+    return (header or json.dumps({"type": "check_in", "length": len(body)}).encode()) + b"\n" + body
+
+
+GOOD_ITEM = _item(json.dumps({"check_in_id": "c" * 32, "monitor_slug": "my-monitor", "status": "ok"}).encode())
+ENVELOPE_HEADER = b'{"event_id": "9ec79c33ec9942ab8353589fcb2e04dc"}\n'
+
+
+@pytest.mark.parametrize(
+    "body, encoding, reason",
+    [
+        # A good check-in, then a line that is not an item header.
+        (ENVELOPE_HEADER + GOOD_ITEM + b"\nnot json\n", "", "is not JSON"),
+        (ENVELOPE_HEADER + GOOD_ITEM + b"\n[1, 2]\n{}\n", "", "must be a JSON object"),
+        (ENVELOPE_HEADER + GOOD_ITEM + b'\n{"type": "check_in", "length": 99999}\n{}\n', "", "length"),
+        (ENVELOPE_HEADER + GOOD_ITEM + b'\n{"type": "check_in", "length": -1}\n{}\n', "", "length"),
+        (b"[]\n" + GOOD_ITEM, "", "envelope header"),
+        (ENVELOPE_HEADER + GOOD_ITEM + b"\n" + _item(b'"a string"'), "", "must be a JSON object"),
+        (ENVELOPE_HEADER + GOOD_ITEM + b"\n" + _item(b'{"monitor_slug": 7, "status": "ok"}'), "", "monitor_slug"),
+        (ENVELOPE_HEADER + GOOD_ITEM + b"\n" + _item(b'{"monitor_slug": "x", "status": "done"}'), "", "status"),
+        (ENVELOPE_HEADER + GOOD_ITEM + b"\n" + _item(b'{"monitor_slug": "x", "status": "ok", "duration": '
+                                                     + b"9" * 5000 + b"}"), "", "is not JSON"),
+        (ENVELOPE_HEADER + GOOD_ITEM + b"\n" + _item(b"[" * 60_000), "", "nested too deeply"),
+        (ENVELOPE_HEADER + GOOD_ITEM + b"\n" + _item(b'{"monitor_slug": "x", "status": "ok", "monitor_config": 5}'),
+         "", "monitor_config"),
+        (brotli.compress(ENVELOPE_HEADER + GOOD_ITEM)[:-4], "br", ""),  # cut short
+        (b"\x0b\x02\x80", "br", ""),  # a valid brotli stream of nothing
+        (gzip.compress(ENVELOPE_HEADER + GOOD_ITEM)[:-20], "gzip", ""),  # cut inside the deflate stream
+        (b"", "", "empty"),
+    ],
+)
+async def test_a_malformed_envelope_is_a_400_that_records_nothing(client, body, encoding, reason, caplog):
+    before = await app_dump(client)
+    headers = {**AUTH, "Content-Encoding": encoding} if encoding else AUTH
+    response = await client.post("/api/42/envelope/", data=body, headers=headers)
+    assert response.status == 400, await response.text()
+    assert reason in (await response.json())["detail"]
+    assert await app_dump(client) == before
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_refused_item_is_dropped_and_the_rest_recorded_once(client):
+    """The second item's monitor is over its rate limit: answering 429
+    after recording the first would make the SDK send both again."""
+    limited = {"check_in_id": "d" * 32, "monitor_slug": "limited", "status": "ok"}
+    first = await client.post("/api/42/envelope/", data=envelope(limited), headers=AUTH)
+    assert first.status == 200
+    mine = {"check_in_id": "e" * 32, "monitor_slug": "my-monitor", "status": "ok"}
+    again = {**limited, "check_in_id": "f" * 32}
+    response = await client.post("/api/42/envelope/", data=envelope(mine, again), headers=AUTH)
+    assert response.status == 200
+    assert (await response.json())["dropped"] == [{"monitor_slug": "limited", "reason": "rate_limited"}]
+    assert (await facts(client, "my-monitor")).checkins == {"success": 1}
+    assert (await facts(client, "limited")).checkins == {"success": 1}
+    # Nothing of it recorded: the refusal itself.
+    alone = await client.post("/api/42/envelope/", data=envelope(again), headers=AUTH)
+    assert alone.status == 429 and alone.headers["Retry-After"]
+
+
+@pytest.mark.parametrize("key, reason", [("readonlykey", "read scope"), ("otherteamkey", "ping.tokens")])
+async def test_a_token_records_only_where_it_is_granted(client, key, reason):
+    """A YAML monitor takes check-ins only from tokens its ping.tokens
+    names; a read-scope token records nowhere. Nothing changes in Redis, not
+    even the rate limit's counter."""
+    before = await app_dump(client)
+    for slug in ("my-monitor", "limited"):
+        http = await client.get(f"/api/42/cron/{slug}/{key}/?status=ok")
+        assert http.status == 403 and reason in (await http.json())["detail"]
+        payload = {"check_in_id": "a" * 32, "monitor_slug": slug, "status": "ok"}
+        sent = await client.post(f"/api/42/envelope/?sentry_key={key}", data=envelope(payload))
+        assert sent.status == 403 and reason in (await sent.json())["detail"]
+    assert await app_dump(client) == before
+    granted = await client.get("/api/42/cron/limited/dsnkey123/?status=ok")
+    assert granted.status == 202
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"schedule": {"type": "interval", "value": "five", "unit": "minute"}},
+        {"schedule": {"type": "interval", "value": 10**40, "unit": "minute"}},
+        {"schedule": "0 * * * *"},
+        {"schedule": {"type": "crontab", "value": ["0 * * * *"]}},
+        {"schedule": {"type": "crontab", "value": "0 * * * *"}, "checkin_margin": "5"},
+        {"schedule": {"type": "crontab", "value": "0 * * * *"}, "max_runtime": 1e308},
+        {"schedule": {"type": "crontab", "value": "0 * * * *"}, "failure_issue_threshold": "x"},
+        {"schedule": {"type": "crontab", "value": "0 * * * *"}, "recovery_threshold": 1.5},
+        {"schedule": {"type": "crontab", "value": "0 * * * *"}, "timezone": ["UTC"]},
+        {"schedule": {"type": "crontab", "value": "0 * * * *"}, "timezone": "A" * 300},
+    ],
+)
+async def test_a_monitor_config_of_the_wrong_shape_creates_nothing_and_is_no_500(client, config, caplog):
+    payload = {"check_in_id": "a" * 32, "monitor_slug": "new-one", "status": "in_progress", "monitor_config": config}
+    response = await client.post("/api/42/envelope/", data=envelope(payload), headers=AUTH)
+    assert response.status == 200
+    assert "new-one" not in client.app[CORE].registry.monitors
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -52,7 +52,7 @@ def metric_sum(base: str, name: str, **labels) -> float:
 @pytest.fixture
 def server(tmp_path):
     config = write_config(tmp_path, CONFIG)
-    server = Server(config, tmp_path / "data", {"CRONMON_PING_KEY": KEY}, ["--workers", "2"])
+    server = Server(config, tmp_path / "data", {"CRONMON_PING_KEY": KEY}, ["--workers", "2", "--web.enable-lifecycle"])
     server.wait_ready()
     yield server
     server.stop()

@@ -2,19 +2,33 @@
 -- definitions' revision, atomically (replicas reload when it changes).
 -- KEYS: 1 definitions hash, 2 revision, 3 due index, 4 change feed,
 --       5 change feed sequence, 6 definitions feed (id -> revision of its
---       latest change), 7 audit list, 8.. the monitor's data keys (deleted
---       with it)
+--       latest change), 7 audit list, 8..7+q the owner's quota sets (ids
+--       of the API monitors it counts), then the monitor's data keys
+--       (deleted with it)
 -- ARGV: 1 monitor id, 2 mode (create|update|delete), 3 definition (json),
---       4 audit entry (json, '' for none), 5 audit cap
--- Returns {'ok', revision} | {'exists'} | {'missing'}
+--       4 audit entry (json, '' for none), 5 audit cap, 6 q (number of
+--       quota sets), 7..6+q each set's limit (create; 0: none)
+-- Returns {'ok', revision} | {'exists'} | {'missing'} | {'quota', i, used}:
+-- the i-th quota set is full (checked before any write, so two creates
+-- racing for the last place cannot both take it)
 local defs, rev, due, id, mode = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
+local quotas = tonumber(ARGV[6])
 local present = redis.call('HEXISTS', defs, id) == 1
 if mode == 'create' and present then return {'exists'} end
 if mode ~= 'create' and not present then return {'missing'} end
+if mode == 'create' then
+  for i = 1, quotas do
+    local limit, used = tonumber(ARGV[6 + i]), redis.call('SCARD', KEYS[7 + i])
+    if limit > 0 and used >= limit then return {'quota', i, used} end
+  end
+  for i = 1, quotas do redis.call('SADD', KEYS[7 + i], id) end
+end
 if mode == 'delete' then
   redis.call('HDEL', defs, id)
   redis.call('ZREM', due, id)
-  for i = 7, #KEYS do redis.call('DEL', KEYS[i]) end
+  for i = 1, quotas do redis.call('SREM', KEYS[7 + i], id) end
+  redis.call('DEL', KEYS[7])
+  for i = 8 + quotas, #KEYS do redis.call('DEL', KEYS[i]) end
 else
   redis.call('HSET', defs, id, ARGV[3])
   if ARGV[4] ~= '' then

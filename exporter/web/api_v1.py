@@ -18,18 +18,18 @@ Bodies use the YAML fields as JSON. Every error has one shape:
 from __future__ import annotations
 
 import functools
-import json
 from typing import Any
 
 from aiohttp import web
 
 from ..access import can_change, can_see
 from ..config import MonitorSpec, SpecError, parse_monitor_spec
-from ..core import MonitorExists, ReadOnlyMonitor, UnknownMonitor
+from ..core import MonitorExists, QuotaExceeded, ReadOnlyMonitor, UnknownMonitor
 from ..credentials import ApiToken, match_api_token
 from ..evaluate import evaluate
 from ..model import CronSchedule, Facts, Monitor, iso_utc
 from ..store import StoreUnavailable
+from . import client
 from .keys import CORE, SETTINGS
 
 MAX_PAGE = 200
@@ -82,11 +82,9 @@ def visible_monitor(request: web.Request, token: ApiToken) -> Monitor:
 
 async def read_json(request: web.Request) -> Any:
     try:
-        return await request.json()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "too_large", f"the body is over {request.app[SETTINGS].max_body_bytes} bytes") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        return await client.read_json(request, request.app[SETTINGS].max_body_bytes)
+    except client.BodyError as exc:
+        raise ApiError(exc.status, "too_large" if exc.status == 413 else "invalid_json", exc.reason) from None
 
 
 def parse_spec(request: web.Request, data: Any) -> MonitorSpec:
@@ -161,6 +159,8 @@ async def create_monitor(request: web.Request) -> web.Response:
         raise ApiError(409, "read_only", str(exc)) from None
     except MonitorExists:
         raise ApiError(409, "conflict", f'a monitor "{spec.id}" exists already') from None
+    except QuotaExceeded as exc:
+        raise ApiError(403, "quota_exceeded", str(exc)) from None
     return web.json_response({"monitor": await monitor_json(request, monitor, token)}, status=201)
 
 

@@ -22,7 +22,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from ..bridge import AlertBridge
 from ..core import Core
 from ..embedded import EmbeddedRedis
-from ..probes import Prober, make_client
+from ..probes import Prober, make_client, redis_endpoints
 from ..reloader import Reloader
 from ..heap import freeze_long_lived
 from ..scrape import Scraper
@@ -32,6 +32,7 @@ from ..sweeper import Sweeper
 from ..workers import MULTIPROC_ENV
 from . import api_v1, boxwatch, crontify, crosscheck, crosscheck_checkin, healthchecks, ops, sentry
 from .keys import BRIDGE, CORE, EMBEDDED, PROBER, RELOADER, SCRAPER, SELF_REGISTRY, SETTINGS, SWEEPER
+from .logs import quiet_client_errors
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir, settings.redis_server_binary)
     url = settings.redis_url or embedded.url  # type: ignore[union-attr]
     store = Store(connect(url), settings.key_prefix, settings.limits)
-    core = Core(store, registry, clock)
+    core = Core(store, registry, clock, monitors_per_owner=settings.monitors_per_owner)
     sweeper = Sweeper(core, interval=settings.sweep_interval, clock=clock)
 
     def on_swap(new_registry) -> None:
@@ -94,6 +95,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
         core,
         concurrency=settings.probe_concurrency,
         allowed_networks=settings.probe_allowed_networks,
+        forbidden=redis_endpoints(settings.redis_url),
         max_bytes=settings.probe_max_bytes,
         clock=clock,
         on_lag=probe_lag.observe,
@@ -126,6 +128,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
                 histogram = timed[name] = request_seconds.labels(name)
             histogram.observe(time.perf_counter() - started)
 
+    quiet_client_errors()
     app = web.Application(
         middlewares=[instrument],
         client_max_size=settings.max_body_bytes,

@@ -18,7 +18,6 @@ owner (402 plan_limit_reached). Errors keep the document's shapes:
 from __future__ import annotations
 
 import functools
-import json
 import re
 from typing import Any
 
@@ -27,15 +26,17 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, ValidationErr
 
 from ..access import can_change, can_see
 from ..config import SpecError, parse_monitor_spec
-from ..core import UnknownMonitor
+from ..core import QuotaExceeded, UnknownMonitor
 from ..credentials import ApiToken
 from ..evaluate import evaluate
 from ..model import Facts, Monitor, iso_utc
 from ..store import StoreUnavailable
 from .api_v1 import bearer_token
+from .client import BodyError, read_json
 from .keys import CORE, SETTINGS
 
 PINGS_PAGE = 25
+PLAN_QUOTA = "boxwatch"
 _MIN_INTERVAL, _MAX_INTERVAL = 60, 7_776_000
 _ALERTS = ("alert_on_missed", "alert_on_fail", "alert_on_stuck", "alert_on_long")
 _UPDATABLE = ("name", "server_id", "interval_seconds", "grace_seconds", "max_duration_seconds", "enabled", *_ALERTS)
@@ -92,11 +93,11 @@ def _check(request: web.Request, token: ApiToken) -> Monitor:
 
 async def _body(request: web.Request) -> CheckFields:
     try:
-        data = await request.json()
-    except web.HTTPRequestEntityTooLarge:
-        raise _Error(413, {"error": "payload_too_large"}) from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise _Error(400, {"error": "validation_failed", "issues": [{"field": "body", "reason": "not valid JSON"}]}) from None
+        data = await read_json(request, request.app[SETTINGS].max_body_bytes)
+    except BodyError as exc:
+        if exc.status == 413:
+            raise _Error(413, {"error": "payload_too_large"}) from None
+        raise _Error(400, {"error": "validation_failed", "issues": [{"field": "body", "reason": exc.reason}]}) from None
     if not isinstance(data, dict):
         raise _Error(400, {"error": "validation_failed", "issues": [{"field": "body", "reason": "must be a JSON object"}]})
     try:
@@ -173,7 +174,12 @@ def _ping_urls(request: web.Request, monitor: Monitor) -> dict[str, str]:
     return {"success": base, "start": f"{base}/start", "fail": f"{base}/fail"}
 
 
-async def _check_json(request: web.Request, monitor: Monitor, facts: Facts | None = None) -> dict[str, Any]:
+async def _check_json(
+    request: web.Request, token: ApiToken, monitor: Monitor, facts: Facts | None = None
+) -> dict[str, Any]:
+    """A check in the document's shape. Its `slug` is the ping UUID, a
+    check-in credential: shown only to tokens that may change the check
+    (null for read-scope ones), as the native API shows ping_url."""
     core = request.app[CORE]
     if facts is None:
         facts = await core.store.facts(monitor.id)
@@ -188,7 +194,7 @@ async def _check_json(request: web.Request, monitor: Monitor, facts: Facts | Non
         "server_id": fields["server_id"],
         "server_hostname": None,
         "name": fields["name"],
-        "slug": core.registry.ping_uuid(monitor),
+        "slug": core.registry.ping_uuid(monitor) if can_change(token, monitor) else None,
         "interval_seconds": fields["interval_seconds"],
         "grace_seconds": fields["grace_seconds"],
         "max_duration_seconds": fields["max_duration_seconds"],
@@ -211,7 +217,7 @@ async def list_checks(request: web.Request) -> web.Response:
     facts = await request.app[CORE].store.snapshot(m.id for m in checks)  # one round trip
     return web.json_response(
         {
-            "checks": [await _check_json(request, m, facts[m.id]) for m in checks],
+            "checks": [await _check_json(request, token, m, facts[m.id]) for m in checks],
             "plan_limit": request.app[SETTINGS].boxwatch_plan_limit,
             "current_count": sum(1 for m in checks if m.owner == token.owner),
             "plan": request.app[SETTINGS].boxwatch_plan,
@@ -230,17 +236,23 @@ async def create_check(request: web.Request) -> web.Response:
                 "alert_on_missed": True, "alert_on_fail": True, "alert_on_stuck": True, "alert_on_long": False}
     fields = _validated({**defaults, **sent})
     settings, core = request.app[SETTINGS], request.app[CORE]
-    owned = sum(1 for m in _checks(request, token) if m.owner == token.owner)
-    if owned >= settings.boxwatch_plan_limit:
-        raise _Error(402, {"error": "plan_limit_reached", "current": owned,
-                           "limit": settings.boxwatch_plan_limit, "plan": settings.boxwatch_plan})
     number = await core.store.next_sequence("boxwatch")
     monitor_id = f"{_slugify(fields['name'])}-{number}"
     extras = {"boxwatch_id": number, "server_id": fields["server_id"], "created_at": core.clock(),
               **{key: fields[key] for key in _ALERTS}}
-    monitor = await core.create_monitor(_spec(monitor_id, fields), token.owner, token.team, extras)
+    try:
+        # The plan limit is checked by the store in the same script as the
+        # write: two creates racing for the last place cannot both get it.
+        monitor = await core.create_monitor(
+            _spec(monitor_id, fields), token.owner, token.team, extras,
+            quotas={PLAN_QUOTA: settings.boxwatch_plan_limit},
+        )
+    except QuotaExceeded as exc:
+        limit = exc.limit
+        raise _Error(402, {"error": "plan_limit_reached", "current": limit, "limit": limit,
+                           "plan": settings.boxwatch_plan if exc.quota == PLAN_QUOTA else "monitors_per_owner"}) from None
     return web.json_response(
-        {"check": await _check_json(request, monitor), "ping_urls": _ping_urls(request, monitor)}, status=201
+        {"check": await _check_json(request, token, monitor), "ping_urls": _ping_urls(request, monitor)}, status=201
     )
 
 
@@ -270,8 +282,8 @@ async def get_check(request: web.Request) -> web.Response:
     facts = await store.facts(monitor.id)
     return web.json_response(
         {
-            "check": await _check_json(request, monitor, facts),
-            "ping_urls": _ping_urls(request, monitor),
+            "check": await _check_json(request, token, monitor, facts),
+            "ping_urls": _ping_urls(request, monitor) if can_change(token, monitor) else None,
             "pings": pings,
             "pings_total": sum(facts.checkins.get(k, 0) for k in ("start", "success", "fail", "log")),
         }
@@ -296,7 +308,7 @@ async def update_check(request: web.Request) -> web.Response:
         updated = await request.app[CORE].update_monitor(monitor, _spec(monitor.id, fields), extras)
     except UnknownMonitor:
         raise _Error(404, {"error": "not_found"}) from None
-    return web.json_response({"check": await _check_json(request, updated)})
+    return web.json_response({"check": await _check_json(request, token, updated)})
 
 
 async def delete_check(request: web.Request) -> web.Response:

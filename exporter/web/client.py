@@ -1,11 +1,16 @@
-"""Who sent a request: the client address every adapter records and every
-IP allow list is checked against."""
+"""What every adapter reads off a request the same way: who sent it (the
+client address every adapter records and every IP allow list is checked
+against) and its body."""
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import math
+from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..model import in_networks
 from .keys import SETTINGS
@@ -36,3 +41,106 @@ def _parses(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+class BodyError(Exception):
+    """A request body that cannot be read; each adapter answers `status`
+    with `reason` in its own error shape."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body, inflated when it came with Content-Encoding (aiohttp does
+    that, and applies `limit` to the inflated bytes: a compression bomb is
+    a 413). BodyError for a body over the limit (413) or one that does not
+    decode as its Content-Encoding says (400), never a 500."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyError(413, f"request body too large: the limit is {limit} bytes")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyError(413, f"request body too large: the limit is {limit} bytes") from None
+    except RequestPayloadError:
+        encoding = request.headers.get("Content-Encoding", "").strip() or "none"
+        raise BodyError(
+            400, f"the request body does not decode as its Content-Encoding ({encoding}) says; "
+            "send it uncompressed, or compressed as the header says"
+        ) from None
+
+
+def parse_json(raw: bytes, non_finite: bool = False) -> Any:
+    """A JSON body; BodyError(400) for anything json.loads refuses,
+    including invalid UTF-8, integers over 4,300 digits and nesting too deep
+    for the parser (RecursionError), none of which may become a 500. Also
+    refused: integers beyond float range, and, naming where they are: NaN and Infinity (Python reads them,
+    JSON has no such values) and lone UTF-16 surrogates ("\\ud800", which
+    decode but cannot be stored, shown or encoded again). `non_finite`
+    lets NaN, Infinity and 1e400 through, for a caller that drops such
+    values itself (Sentry SDK envelopes: the duration only)."""
+    try:
+        if non_finite:
+            value = json.loads(raw, parse_int=_bounded_int)
+        else:
+            value = json.loads(raw, parse_constant=_no_constant, parse_int=_bounded_int, parse_float=_finite_float)
+    except (ValueError, RecursionError) as exc:
+        reason = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise BodyError(400, f"the body is not valid JSON: {reason}") from None
+    problem = _unstorable(value)
+    if problem:
+        raise BodyError(400, f"the body is not valid JSON: {problem}")
+    return value
+
+
+def _bounded_int(digits: str) -> int:
+    # Every number cronmon keeps is a float (Lua's too): an integer beyond
+    # float range could not be stored, and one over 4,300 digits not parsed.
+    if len(digits.lstrip("-")) > 300:
+        raise ValueError(f"an integer of {len(digits.lstrip('-'))} digits is beyond the range of any field")
+    return int(digits)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400
+        raise ValueError(f"{text[:40]} is beyond the range of any field")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value; send a finite number")
+
+
+def _unstorable(value: Any) -> str | None:
+    """Where `value` holds a string that is not valid Unicode, if anywhere."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not _is_unicode(key):
+                    return f"the key {key!r} at {path or 'the top level'} holds a lone surrogate; send valid Unicode"
+                stack.append((child, f"{path}.{key}" if path else key))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(item))
+        elif isinstance(item, str) and not _is_unicode(item):
+            return f"the string at {path or 'the top level'} holds a lone surrogate; send valid Unicode"
+    return None
+
+
+def _is_unicode(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+async def read_json(request: web.Request, limit: int, empty: Any = None) -> Any:
+    """read_body, then parse_json; `empty` for a blank body."""
+    raw = await read_body(request, limit)
+    return parse_json(raw) if raw.strip() else empty

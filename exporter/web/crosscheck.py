@@ -40,14 +40,15 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from .. import uptime
-from ..access import can_change, can_see
+from ..access import can_change, can_check_in, can_see, check_in_refusal
 from ..config import SpecError, parse_monitor_spec, parse_network
-from ..core import MonitorExists, MonitorUpdate, RateLimited, ReadOnlyMonitor, SourceNotAllowed, UnknownMonitor
+from ..core import MonitorExists, MonitorUpdate, QuotaExceeded, RateLimited, ReadOnlyMonitor, SourceNotAllowed, UnknownMonitor
 from ..credentials import ApiToken
 from ..evaluate import evaluate
 from ..model import CheckIn, Kind, Monitor, iso_utc
 from ..store import Details, StoreUnavailable
 from .api_v1 import bearer_token
+from . import client
 from .client import client_ip
 from .keys import CORE, PROBER, SETTINGS
 
@@ -171,17 +172,14 @@ def field_errors(exc: ValidationError) -> dict[str, list[str]]:
 async def read_body(request: web.Request, required: bool = True) -> Any:
     """The JSON body (None if empty and not required)."""
     try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise Problem(413, f"Request body over {request.app[SETTINGS].max_body_bytes} bytes.") from None
-    if not raw.strip():
-        if required:
-            raise Problem(400, "A JSON body is required.")
-        return None
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Problem(400, f"JSON parse error - {exc}") from None
+        raw = await client.read_body(request, request.app[SETTINGS].max_body_bytes)
+        if not raw.strip():
+            if required:
+                raise Problem(400, "A JSON body is required.")
+            return None
+        return client.parse_json(raw)
+    except client.BodyError as exc:
+        raise Problem(exc.status, f"JSON parse error - {exc.reason}" if exc.status == 400 else exc.reason) from None
 
 
 # -- who is asking -----------------------------------------------------------
@@ -432,6 +430,7 @@ def flight_update(
     return MonitorUpdate(
         monitor, monitor_spec(request, monitor.id, stored, groups),
         {**monitor.extras, "crosscheck": stored}, _audit(token, action, changes),
+        retired=bool(stored.get("is_deleted")),
     )
 
 
@@ -496,6 +495,8 @@ async def create_flight(request: web.Request) -> web.Response:
         )
     except MonitorExists:
         raise Problem(400, {"path": [f'A flight or monitor with path "{path}" already exists.']}) from None
+    except QuotaExceeded as exc:
+        raise Problem(403, str(exc)) from None
     except ReadOnlyMonitor as exc:
         raise Problem(400, {"path": [str(exc)]}) from None
     return web.json_response(await flight_json(request, monitor, groups=groups), status=201)
@@ -618,8 +619,8 @@ async def test_now(request: web.Request) -> web.Response:
     schedule nor the status: a test must never stand in for a real run."""
     token = authenticate(request, write=True)
     monitor = find_flight(request, token)
-    if not can_change(token, monitor) and not monitor.from_yaml:
-        raise Problem(403, "You do not have permission to perform this action.")
+    if not can_check_in(token, monitor):
+        raise Problem(403, "You do not have permission to perform this action: " + check_in_refusal(token, monitor))
     core = request.app[CORE]
     fields = flight_fields(monitor)
     prober = request.app[PROBER]

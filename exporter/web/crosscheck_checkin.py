@@ -68,10 +68,9 @@ async def _body(request: web.Request) -> CheckInBody:
 
 
 def _flight_by(request: web.Request, kind: str, presented: str) -> Monitor | None:
-    monitor = request.app[CORE].registry.by_secret(kind, presented)
-    if monitor is None or flight_fields(monitor).get("is_deleted"):
-        return None  # a soft-deleted flight takes no check-ins until restored
-    return monitor
+    # None for a soft-deleted flight too (Monitor.retired): it takes no
+    # check-ins, here or on any other route, until restored.
+    return request.app[CORE].registry.by_secret(kind, presented)
 
 
 def _keyed_flight(request: web.Request) -> Monitor:

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ..config import SpecError, parse_monitor_spec
-from ..core import MonitorExists, RateLimited, SourceNotAllowed
+from ..core import MonitorExists, QuotaExceeded, RateLimited, SourceNotAllowed, UnknownMonitor
 from ..credentials import digest, key_allows, match_ping_key
 from ..model import CheckIn, Kind, Monitor
 from ..store import StoreUnavailable
-from .client import client_ip
+from .client import BodyError, client_ip, read_body
 from .keys import CORE, SETTINGS
 
 _SUFFIXES = {"start": Kind.START, "fail": Kind.FAIL, "log": Kind.LOG}
@@ -129,6 +129,8 @@ async def _provision(request: web.Request, slug: str, key_name: str) -> Monitor:
         raise BadPing(400, "invalid slug: use a-z, 0-9, - and _ (1 to 63 characters)") from None
     try:
         return await core.create_monitor(spec, f"ping-key:{key_name}", None)
+    except QuotaExceeded as exc:
+        raise BadPing(403, f"not created: {exc}") from None
     except MonitorExists:  # another request created it a moment ago
         await core.sync_api_monitors()
         return core.registry.monitors[slug]
@@ -154,12 +156,10 @@ async def ping(request: web.Request) -> web.Response:
         monitor, created = await _find_monitor(request, path)
         body = b""
         if request.method == "POST":
-            if request.content_length is not None and request.content_length > settings.max_body_bytes:
-                raise _too_large(settings.max_body_bytes)
             try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                raise _too_large(settings.max_body_bytes) from None
+                body = await read_body(request, settings.max_body_bytes)
+            except BodyError as exc:
+                raise BadPing(exc.status, exc.reason) from None
         log_text, truncated = cut_log(body, settings.log_limit_bytes) if body else (None, False)
         checkin = CheckIn(
             monitor_id=monitor.id,
@@ -174,6 +174,8 @@ async def ping(request: web.Request) -> web.Response:
             user_agent=request.headers.get("User-Agent"),
         )
         await core.record(checkin)
+    except UnknownMonitor:  # removed, or soft-deleted, since it was looked up
+        return web.Response(status=404, text="not found", headers=_HEADERS)
     except BadPing as exc:
         return web.Response(status=exc.status, text=exc.text, headers=_HEADERS)
     except StoreUnavailable:
@@ -213,10 +215,6 @@ def _exit_and_duration(request: web.Request, path: PingPath) -> tuple[int | None
         if not 0 <= duration < 10**8:
             raise BadPing(400, "invalid duration: seconds, e.g. 12.5")
     return exit_code, duration
-
-
-def _too_large(limit: int) -> BadPing:
-    return BadPing(413, f"request body too large: the limit is {limit} bytes")
 
 
 def add_routes(app: web.Application) -> None:

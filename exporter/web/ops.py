@@ -6,12 +6,14 @@ from aiohttp import web
 from prometheus_client import exposition as prometheus_exposition
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
+from ..access import can_see
 from ..collector import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, SelfState, render_self
 from ..config import ConfigError
 from ..evaluate import evaluate
 from ..store import StoreUnavailable
 from ..workers import ask_parent_to_reload
-from .keys import CORE, RELOADER, SCRAPER, SELF_REGISTRY
+from .api_v1 import bearer_token
+from .keys import CORE, RELOADER, SCRAPER, SELF_REGISTRY, SETTINGS
 
 _TEXT = "text/plain"
 
@@ -47,14 +49,25 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers=headers)
 
 
+# What an event shows without a token: what /metrics already tells anyone.
+_PUBLIC_EVENT_FIELDS = ("seq", "t", "kind", "outcome", "duration", "exit_code", "has_log")
+
+
 async def monitor_page(request: web.Request) -> web.Response:
     """A monitor's current state and recent events, as JSON: where alert
-    links point. It shows what /metrics already shows, plus the event list;
-    log bodies are not included."""
+    links point, so it opens without credentials. Without a token it shows
+    what /metrics already shows, and each event's time, kind, outcome,
+    duration and exit code; what a job sent (messages, metadata, source
+    addresses, User-Agents) needs a management token that can see the
+    monitor (Authorization: Bearer). Log bodies are never included."""
     core = request.app[CORE]
     monitor = core.registry.monitors.get(request.match_info["monitor"])
     if monitor is None:
         return web.json_response({"error": "no monitor with this id"}, status=404)
+    presented, token = bearer_token(request)
+    if presented and token is None:
+        return web.json_response({"error": "unknown token: send a token from api_tokens, or none"}, status=401)
+    full = token is not None and can_see(token, monitor)
     try:
         facts = await core.store.facts(monitor.id)
         events = await core.store.history(monitor.id, 0, 25)
@@ -65,6 +78,8 @@ async def monitor_page(request: web.Request) -> web.Response:
         if "log" in event:
             event["has_log"] = True
             del event["log"]
+    if not full:
+        events = [{k: e[k] for k in _PUBLIC_EVENT_FIELDS if k in e} for e in events]
     return web.json_response(
         {
             "id": monitor.id,
@@ -101,6 +116,12 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def reload(request: web.Request) -> web.Response:
+    if not request.app[SETTINGS].enable_lifecycle:
+        # Prometheus' answer and flag name, so runbooks carry over.
+        return web.Response(
+            status=403, text="Lifecycle API is not enabled: start cronmon with --web.enable-lifecycle, "
+            "or send it SIGHUP\n", content_type=_TEXT,
+        )
     try:
         registry = await request.app[RELOADER].reload()
     except ConfigError as exc:
@@ -122,7 +143,7 @@ async def index(request: web.Request) -> web.Response:
             "GET  /monitors/<id>  one monitor's state and recent events (JSON)\n"
             "GET  /-/healthy      liveness\n"
             "GET  /-/ready        readiness (503 while Redis is unreachable)\n"
-            "POST /-/reload       reload the config (also: SIGHUP)\n"
+            "POST /-/reload       reload the config (with --web.enable-lifecycle; SIGHUP always)\n"
             "     /ping/...       Healthchecks-compatible pings (see README)\n"
         ),
         content_type=_TEXT,

@@ -4,9 +4,11 @@
     GET|POST /api/<project_id>/cron/<slug>/<sentry_key>/?status=...   HTTP check-in
 
 The DSN's public key (X-Sentry-Auth `sentry_key=`, or the `sentry_key`
-query parameter) is a token from `api_tokens:`: check-ins go to monitors it
-can see, and a `monitor_config` creates or updates an API monitor when the
-token has the write scope (YAML monitors keep their YAML config). Envelopes
+query parameter) is a token from `api_tokens:`. It records check-ins where
+access.can_check_in allows (write scope; its own or its team's API
+monitors, YAML monitors that name it in `ping.tokens`), and a
+`monitor_config` creates or updates an API monitor when the token has the
+write scope (YAML monitors keep their YAML config). Envelopes
 come gzip- or brotli-compressed or plain. Items other than check_in are
 accepted and ignored, never an error, as Sentry does; so are check-ins for
 monitors that neither exist nor come with a config. (aiohttp inflates the
@@ -15,7 +17,6 @@ body; the `brotli` dependency is what lets it read `br`.)
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -23,13 +24,13 @@ from typing import Any
 
 from aiohttp import web
 
-from ..access import can_change, can_see
+from ..access import can_change, can_check_in, can_see, check_in_refusal
 from ..config import SpecError, parse_monitor_spec
-from ..core import RateLimited, ReadOnlyMonitor, SourceNotAllowed
+from ..core import QuotaExceeded, RateLimited, ReadOnlyMonitor, SourceNotAllowed, UnknownMonitor
 from ..credentials import ApiToken, match_api_token
 from ..model import CheckIn, Kind, Monitor
 from ..store import StoreUnavailable
-from .client import client_ip
+from .client import BodyError, client_ip, parse_json, read_body
 from .keys import CORE, SETTINGS
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,21 @@ _AUTH_KEY = re.compile(r"sentry_key=([^,\s]+)")
 _ENCODINGS = ("", "identity", "gzip", "deflate", "br")
 
 
+class NotPermitted(Exception):
+    """The token can see the monitor but may not record on it."""
+
+
 def _error(status: int, detail: str) -> web.Response:
     return web.json_response({"detail": detail}, status=status)
 
 
+_DROP_REASONS = {RateLimited: "rate_limited", SourceNotAllowed: "source_not_allowed", NotPermitted: "forbidden"}
+
+
 def _refused(exc: Exception) -> web.Response:
     """The answer when the core did not record a check-in."""
+    if isinstance(exc, NotPermitted):
+        return _error(403, str(exc))
     if isinstance(exc, SourceNotAllowed):
         return _error(403, "check-ins from this address are not allowed for this monitor")
     if isinstance(exc, RateLimited):
@@ -62,48 +72,108 @@ def _token(request: web.Request, key: str | None) -> ApiToken | None:
     return match_api_token(key, secrets.api_tokens if secrets else ()) if key else None
 
 
-def parse_envelope(data: bytes) -> list[tuple[dict, bytes]]:
-    """(item header, payload) pairs of an envelope (the first line is the
-    envelope header; an item's payload is `length` bytes or one line)."""
+def parse_envelope(data: bytes) -> tuple[dict, list[tuple[dict, bytes]]]:
+    """The envelope header and its (item header, payload) pairs (an item's
+    payload is `length` bytes, or one line). ValueError, naming the line,
+    for anything that is not an envelope: every header must be a JSON
+    object and every length must fit the body."""
+    first, _, rest = data.partition(b"\n")
+    envelope_header = _json_object(first, "the envelope header (line 1)") if first.strip() else {}
+    if not data.strip():
+        raise ValueError("the body is empty (a corrupt compressed body inflates to nothing)")
     items = []
-    _, _, rest = data.partition(b"\n")
+    line = 1
     while rest.strip():
         header_line, _, rest = rest.partition(b"\n")
+        line += 1
         if not header_line.strip():
             continue
-        header = json.loads(header_line)
+        header = _json_object(header_line, f"item header (line {line})")
         length = header.get("length")
-        if isinstance(length, int):
+        if length is not None:
+            if not isinstance(length, int) or isinstance(length, bool) or not 0 <= length <= len(rest):
+                raise ValueError(f"item header (line {line}): length {length!r} is not the size of its payload")
             payload, rest = rest[:length], rest[length:]
             if rest.startswith(b"\n"):
                 rest = rest[1:]
         else:
             payload, _, rest = rest.partition(b"\n")
+        line += payload.count(b"\n") + 1
         items.append((header, payload))
-    return items
+    return envelope_header, items
+
+
+def _json_object(raw: bytes, what: str, non_finite: bool = False) -> dict:
+    try:
+        value = parse_json(raw, non_finite)
+    except BodyError as exc:
+        raise ValueError(f"{what} is not JSON: {exc.reason.removeprefix('the body is not valid JSON: ')}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def check_in_items(items: list[tuple[dict, bytes]]) -> list[dict]:
+    """The envelope's check-in payloads, each checked before any is
+    recorded (so a bad item refuses the whole envelope and records
+    nothing). Other item types are Sentry's business: ignored."""
+    check_ins = []
+    for number, (header, payload) in enumerate(items, 1):
+        if header.get("type") != "check_in":
+            continue
+        # An SDK's non-finite duration is dropped, not refused (see _check_in).
+        body = _json_object(payload, f"item {number} (check_in)", non_finite=True)
+        if not isinstance(body.get("monitor_slug"), str) or not body["monitor_slug"]:
+            raise ValueError(f"item {number} (check_in): monitor_slug must be a non-empty string")
+        if body.get("status") not in _KINDS:
+            raise ValueError(f"item {number} (check_in): status must be in_progress, ok or error")
+        if "monitor_config" in body and body["monitor_config"] is not None and not isinstance(body["monitor_config"], dict):
+            raise ValueError(f"item {number} (check_in): monitor_config must be an object")
+        check_ins.append(body)
+    return check_ins
+
+
+def _number(config: dict, name: str, default: float, low: float, high: float) -> float:
+    value = config.get(name)
+    if value is None:
+        return default
+    # Compared before float(): an integer beyond float range must not overflow.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise SpecError([(name, f"must be a number from {low:g} to {high:g}")])
+    return float(value)
 
 
 def spec_from_config(slug: str, config: dict) -> Any:
-    """A monitor_config as a monitor definition (minutes -> durations)."""
+    """A monitor_config as a monitor definition (minutes -> durations);
+    SpecError for a config of the wrong shape."""
     schedule = config.get("schedule") or {}
+    if not isinstance(schedule, dict):
+        raise SpecError([("schedule", "must be an object with type and value")])
     timezone = config.get("timezone") or "UTC"
+    if not isinstance(timezone, str):
+        raise SpecError([("timezone", "must be a tz database name, e.g. Europe/Berlin")])
     if schedule.get("type") == "crontab":
-        spec_schedule: dict[str, Any] = {"cron": str(schedule.get("value", "")), "timezone": timezone}
+        if not isinstance(schedule.get("value"), str):
+            raise SpecError([("schedule.value", "a crontab schedule needs a string value, e.g. 0 * * * *")])
+        spec_schedule: dict[str, Any] = {"cron": schedule["value"], "timezone": timezone}
     elif schedule.get("type") == "interval":
         unit = schedule.get("unit")
-        if unit not in _UNIT_SECONDS or not isinstance(schedule.get("value"), (int, float)):
+        if unit not in _UNIT_SECONDS:
             raise SpecError([("schedule", "an interval needs a number value and a unit: minute, hour, day, week, month, year")])
-        spec_schedule = {"interval": schedule["value"] * _UNIT_SECONDS[unit]}
+        value = _number(schedule, "value", 0, 1, 10_000)
+        spec_schedule = {"interval": value * _UNIT_SECONDS[unit]}
     else:
         raise SpecError([("schedule.type", "must be crontab or interval")])
     data: dict[str, Any] = {"id": slug, "schedule": spec_schedule}
     # Sentry's defaults: a 1-minute margin; max_runtime 30 minutes.
-    data["grace"] = float(config.get("checkin_margin") or 1) * 60
-    data["max_runtime"] = float(config.get("max_runtime") or 30) * 60
-    if config.get("failure_issue_threshold"):
-        data["failure_threshold"] = int(config["failure_issue_threshold"])
-    if config.get("recovery_threshold"):
-        data["recovery_threshold"] = int(config["recovery_threshold"])
+    data["grace"] = (_number(config, "checkin_margin", 0, 0, 40_320) or 1) * 60
+    data["max_runtime"] = (_number(config, "max_runtime", 0, 0, 40_320) or 30) * 60
+    for name, field in (("failure_issue_threshold", "failure_threshold"), ("recovery_threshold", "recovery_threshold")):
+        threshold = _number(config, name, 0, 0, 720)
+        if threshold:
+            if threshold != int(threshold):
+                raise SpecError([(name, "must be a whole number")])
+            data[field] = int(threshold)
     return data
 
 
@@ -125,19 +195,24 @@ async def _upsert(request: web.Request, token: ApiToken, slug: str, config: dict
         return await core.update_monitor(current, spec)
     except ReadOnlyMonitor as exc:
         return exc.monitor
+    except QuotaExceeded as exc:
+        log.warning("sentry: monitor %s not created: %s", slug, exc)
+        return current
 
 
 async def _check_in(request: web.Request, token: ApiToken, payload: dict) -> bool:
-    """Record one check-in; False if it was ignored."""
-    slug = payload.get("monitor_slug")
-    kind = _KINDS.get(payload.get("status"))
-    if not isinstance(slug, str) or kind is None:
-        return False
+    """Record one check-in; False if it was ignored (no such monitor, or
+    one the token cannot see). NotPermitted if the token may see but not
+    check in on it (access.can_check_in)."""
+    slug = payload["monitor_slug"]
+    kind = _KINDS[payload["status"]]
     monitor = request.app[CORE].registry.monitors.get(slug)
     if isinstance(payload.get("monitor_config"), dict):
         monitor = await _upsert(request, token, slug, payload["monitor_config"])
-    if monitor is None or not can_see(token, monitor):
+    if monitor is None or monitor.retired or not can_see(token, monitor):
         return False
+    if not can_check_in(token, monitor):
+        raise NotPermitted(check_in_refusal(token, monitor))
     run_id = str(payload.get("check_in_id") or "").replace("-", "").lower()
     duration = payload.get("duration")
     checkin = CheckIn(
@@ -155,11 +230,22 @@ async def _check_in(request: web.Request, token: ApiToken, payload: dict) -> boo
         source_ip=client_ip(request),
         user_agent=request.headers.get("User-Agent"),
     )
-    await request.app[CORE].record(checkin)
+    try:
+        await request.app[CORE].record(checkin)
+    except UnknownMonitor:  # removed, or soft-deleted, a moment ago
+        return False
     return True
 
 
 async def envelope(request: web.Request) -> web.Response:
+    """An SDK's envelope. Every item is checked before the first is
+    recorded: a malformed envelope is a 400 that records nothing. Of its
+    check-ins, one that is refused (rate limit, allowed_ips, token not
+    granted) is dropped and the others are recorded; the answer is 200
+    listing what was dropped, or the refusal itself when nothing was
+    recorded. Never an error after a partial write that the SDK would retry
+    and so record twice (503 excepted: the store failed mid-way; Sentry's
+    check_in_id makes the retried check-ins duplicates that change nothing)."""
     auth = _AUTH_KEY.search(request.headers.get("X-Sentry-Auth", ""))
     token = _token(request, auth.group(1) if auth else request.query.get("sentry_key"))
     if token is None:
@@ -171,28 +257,30 @@ async def envelope(request: web.Request) -> web.Response:
     try:
         # aiohttp inflates gzip and brotli bodies itself, and applies the
         # body limit to the inflated bytes (so a compression bomb is a 413).
-        data = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _error(413, f"envelope over {limit} bytes (after decompression)")
-    except Exception as exc:  # a corrupt gzip/brotli stream raises the codec's own error
-        return _error(400, f"cannot decompress the envelope ({encoding}): {exc}")
+        data = await read_body(request, limit)
+    except BodyError as exc:
+        return _error(exc.status, exc.reason)
     try:
-        items = parse_envelope(data)
+        header, items = parse_envelope(data)
+        check_ins = check_in_items(items)
     except ValueError as exc:
         return _error(400, f"cannot read the envelope: {exc}")
-    try:
-        for header, payload in items:
-            if header.get("type") != "check_in":
-                continue  # events, sessions, ... are not ours: accepted, ignored
-            try:
-                body = json.loads(payload)
-            except ValueError:
-                continue
-            if isinstance(body, dict):
-                await _check_in(request, token, body)
-    except (SourceNotAllowed, RateLimited, StoreUnavailable) as exc:
-        return _refused(exc)
-    return web.json_response({"id": (json.loads(data.partition(b"\n")[0] or b"{}") or {}).get("event_id")})
+    recorded, dropped = 0, []
+    first_refusal: Exception | None = None
+    for body in check_ins:
+        try:
+            recorded += await _check_in(request, token, body)
+        except (SourceNotAllowed, RateLimited, NotPermitted) as exc:
+            first_refusal = first_refusal or exc
+            dropped.append({"monitor_slug": body["monitor_slug"], "reason": _DROP_REASONS[type(exc)]})
+        except StoreUnavailable as exc:
+            return _refused(exc)
+    if first_refusal is not None and not recorded:
+        return _refused(first_refusal)
+    answer: dict[str, Any] = {"id": header.get("event_id")}
+    if dropped:
+        answer["dropped"] = dropped
+    return web.json_response(answer)
 
 
 async def http_check_in(request: web.Request) -> web.Response:
@@ -219,7 +307,7 @@ async def http_check_in(request: web.Request) -> web.Response:
     try:
         if not await _check_in(request, token, payload):
             return _error(404, f"no monitor {payload['monitor_slug']!r} for this key")
-    except (SourceNotAllowed, RateLimited, StoreUnavailable) as exc:
+    except (SourceNotAllowed, RateLimited, NotPermitted, StoreUnavailable) as exc:
         return _refused(exc)
     return web.json_response({"id": payload["check_in_id"]}, status=202)
 
