@@ -74,7 +74,7 @@ def firing_alerts(monitor: Monitor, facts: Facts, ev: Evaluation) -> list[str]:
         names.append("CronJobTooLong")
     if facts.last_outcome is not None and facts.last_outcome.value == "silent_failure":
         names.append("CronJobSilentFailure")
-    return names
+    return [name for name in names if name not in monitor.muted]
 
 
 def alert_labels(monitor: Monitor, name: str) -> dict[str, str]:

@@ -89,6 +89,8 @@ FAMILIES: tuple[Family, ...] = (
            "Active monitors: HTTP status of the latest check (0: no answer, or none yet)."),
     Family("cronmon_probe_last_timestamp_seconds", "gauge",
            "Active monitors: when the latest HTTP check finished (0: never)."),
+    Family("cronmon_alert_muted", "gauge",
+           "1 for each alert switched off for the monitor (its mute: setting); no series otherwise."),
     Family("cronmon_checkins", "counter", "Check-ins received, by kind (opt-in: checkins).", "checkins"),
     Family("cronmon_last_outcome", "gauge",
            "The latest recorded outcome: 1 for it, 0 for the others (all 0 before the first; opt-in: last_outcome).",
@@ -193,6 +195,10 @@ def render_monitor(monitor: Monitor, facts: Facts, now: float, base_url: str) ->
         out[_INDEX["cronmon_run_meta"]] = "".join(
             f'cronmon_run_meta{{{base},key="{_escape_value(key)}"}} {_num(facts.meta[key])}\n'
             for key in sorted(facts.meta)
+        )
+    if monitor.muted:
+        out[_INDEX["cronmon_alert_muted"]] = "".join(
+            f'cronmon_alert_muted{{{base},alert="{name}"}} 1\n' for name in sorted(monitor.muted)
         )
     if monitor.probe is not None:
         put("cronmon_probe_success", 1 if facts.probe_success else 0)

@@ -43,7 +43,7 @@ from pydantic import (
     model_validator,
 )
 
-from .model import CronSchedule, HttpProbe, IntervalSchedule, MetaRule, Monitor
+from .model import MUTABLE_ALERTS, CronSchedule, HttpProbe, IntervalSchedule, MetaRule, Monitor
 from .schedule import ScheduleError, validate_cron
 
 MONITOR_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
@@ -285,6 +285,8 @@ class MonitorSpec(_Strict):
     rate_limit: str | None = None
     allowed_ips: list[str] = []
     metrics: list[OptionalSeries] = []
+    # Alerts switched off for this monitor (Boxwatch's alert_on_* switches).
+    mute: list[Literal["missed", "failed", "stuck", "too_long", "silent_failure", "probe_down"]] = []
 
     @model_validator(mode="after")
     def _schedule_or_probe(self) -> "MonitorSpec":
@@ -685,6 +687,7 @@ def _to_monitor(spec: MonitorSpec, source: str) -> Monitor:
         rate_limit=parse_rate_limit(spec.rate_limit) if spec.rate_limit else None,
         allowed_networks=tuple(parse_network(value) for value in spec.allowed_ips),
         metrics=frozenset(spec.metrics),
+        muted=frozenset(MUTABLE_ALERTS[name] for name in spec.mute),
     )
 
 

@@ -128,6 +128,17 @@ class MetaRule:
         return f"{self.key} {self.op} {self.value:g}"
 
 
+# `mute:` values -> the alerts they switch off (alertmanager/cronmon-rules.yml).
+MUTABLE_ALERTS: Mapping[str, str] = {
+    "missed": "CronJobMissed",
+    "failed": "CronJobFailed",
+    "stuck": "CronJobStuck",
+    "too_long": "CronJobTooLong",
+    "silent_failure": "CronJobSilentFailure",
+    "probe_down": "CronProbeDown",
+}
+
+
 @dataclass(frozen=True)
 class Monitor:
     """A monitor as the core uses it, whatever declared it (YAML or API).
@@ -151,6 +162,9 @@ class Monitor:
     paused: bool = False
     source: str = "api"
     ping_key_names: tuple[str, ...] | None = None
+    # Alerts switched off for this monitor (alert names, see MUTABLE_ALERTS):
+    # the rules and the bridge skip them; its status and series are unchanged.
+    muted: frozenset[str] = frozenset()
     # Soft-deleted (a CrossCheck flight in its trash): its history is kept,
     # and no route takes a check-in for it until it is restored.
     retired: bool = False

@@ -3,6 +3,7 @@
 import pytest
 
 from exporter.web.app import create_app
+from exporter.web.keys import CORE
 
 from .conftest import write_config
 
@@ -159,3 +160,19 @@ async def test_a_read_scope_token_never_sees_the_ping_slug(client):
     assert detail["ping_urls"] is None
     assert slug not in str(listed) + str(detail)
     assert (await (await client.get("/cron-checks/1", headers=AUTH)).json())["check"]["slug"] == slug
+
+
+async def test_alert_switches_mute_their_alerts(client):
+    """alert_on_* off mutes the alert (cronmon_alert_muted, which the rules
+    and the bridge honour); alert_on_long is off by default."""
+    check = (await create(client, {**EXAMPLE, "alert_on_long": False, "alert_on_missed": False}))["check"]
+    monitor = client.app[CORE].registry.monitors[f"nightly-db-backup-{check['id']}"]
+    assert monitor.muted == {"CronJobMissed", "CronJobTooLong"}
+    text = await (await client.get("/metrics")).text()
+    muted = sorted(line.split('alert="')[1].split('"')[0] for line in text.splitlines()
+                   if line.startswith("cronmon_alert_muted{") and monitor.id in line)
+    assert muted == ["CronJobMissed", "CronJobTooLong"]
+    updated = await client.put(f"/cron-checks/{check['id']}", json={"alert_on_missed": True, "alert_on_long": True},
+                               headers=AUTH)
+    assert updated.status == 200
+    assert client.app[CORE].registry.monitors[monitor.id].muted == frozenset()

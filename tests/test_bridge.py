@@ -51,6 +51,18 @@ class TestWhichAlerts:
         long_run = Facts(**base, last_duration=61.0)
         assert self.names(long_run) == ["CronJobTooLong"]
 
+    def test_muted_alerts_are_not_sent(self):
+        from dataclasses import replace
+
+        muted = replace(self.monitor, muted=frozenset({"CronJobTooLong", "CronJobMissed"}))
+        base = dict(first_checkin=T0, accounted_through=T0, next_slot=T0 + 3600)
+        both = Facts(**base, last_duration=61.0)
+        late = T0 + 3600 + 300
+        assert self.names(both, now=late) == ["CronJobMissed", "CronJobTooLong"]
+        assert firing_alerts(muted, both, evaluate(muted, both, late)) == []
+        stuck = Facts(**base, open_runs=(OpenRun("r", T0 - 100),))
+        assert firing_alerts(muted, stuck, evaluate(muted, stuck, T0 + 10)) == ["CronJobStuck"]
+
     def test_an_active_monitor_that_fails_is_a_probe_down(self):
         from dataclasses import replace
 

@@ -679,3 +679,17 @@ async def test_allowed_ips_hold_for_every_api(client, method, path, headers):
     response = await client.request(method, path, headers=headers)
     assert response.status == 403
     assert await metric(client, "cronmon_runs_total", monitor="fenced", outcome="ok") == 0
+
+
+async def test_a_read_scope_token_never_sees_a_flights_check_in_credentials(client):
+    """api_key and shortcode let anyone check in: a dashboard's read token
+    sees the flight, but not them (as the native API hides ping_url)."""
+    flight = await create(client)
+    assert flight["api_key"] and flight["shortcode"]
+    read = {"Authorization": "Bearer read-token"}
+    listed = await api_flights(client, headers=read)
+    detail = await (await client.get(f"/api/flights/{flight['id']}/", headers=read)).json()
+    for seen in (listed[0], detail):
+        assert seen["id"] == flight["id"]
+        assert seen["api_key"] is None and seen["shortcode"] is None and seen["short_check_in_url"] is None
+    assert flight["api_key"] not in str(listed) + str(detail)

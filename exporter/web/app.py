@@ -114,6 +114,12 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
         try:
             response = await handler(request)
             code = response.status
+            if request.body_exists and "Content-Encoding" in request.headers and not request.content.at_eof():
+                # A compressed body the handler did not read (it refused the
+                # request first): aiohttp would drain it after the answer,
+                # and a corrupt one would close the connection the client
+                # then reuses. Say so: the client opens a new one.
+                response.force_close()
             return response
         except web.HTTPException as exc:
             code = exc.status

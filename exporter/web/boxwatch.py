@@ -39,6 +39,7 @@ PINGS_PAGE = 25
 PLAN_QUOTA = "boxwatch"
 _MIN_INTERVAL, _MAX_INTERVAL = 60, 7_776_000
 _ALERTS = ("alert_on_missed", "alert_on_fail", "alert_on_stuck", "alert_on_long")
+_MUTES = {"alert_on_missed": "missed", "alert_on_fail": "failed", "alert_on_stuck": "stuck", "alert_on_long": "too_long"}
 _UPDATABLE = ("name", "server_id", "interval_seconds", "grace_seconds", "max_duration_seconds", "enabled", *_ALERTS)
 
 
@@ -147,6 +148,9 @@ def _spec(monitor_id: str, fields: dict[str, Any]) -> Any:
         "grace": fields["grace_seconds"],
         "max_runtime": fields["max_duration_seconds"],
         "paused": not fields["enabled"],
+        # A switch that is off mutes its alert (cronmon_alert_muted; the
+        # rules and the bridge skip it).
+        "mute": [mute for switch, mute in _MUTES.items() if not fields[switch]],
     }
     try:
         return parse_monitor_spec(data, 0.0)

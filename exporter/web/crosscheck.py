@@ -280,9 +280,14 @@ def _iso(ts: float | None) -> str | None:
 
 
 async def flight_json(
-    request: web.Request, monitor: Monitor, details: Details | None = None, groups: dict | None = None
+    request: web.Request, token: ApiToken, monitor: Monitor, details: Details | None = None,
+    groups: dict | None = None,
 ) -> dict[str, Any]:
+    """A flight in CrossCheck's shape. Its api_key and shortcode are
+    check-in credentials: shown (as the native API shows ping_url) only to
+    a token that may change the flight, null for read-scope ones."""
     core = request.app[CORE]
+    credentials = can_change(token, monitor)
     if details is None:
         details = (await core.store.details([monitor.id], audit=100, history=20))[monitor.id]
     if groups is None:
@@ -291,7 +296,7 @@ async def flight_json(
     now = core.clock()
     month = uptime.summary(details.uptime, now)["30d"]
     last_landing = next((e for e in details.history if e.get("kind") in LANDING_KINDS), None)
-    shortcode = core.registry.secret(monitor, "shortcode")
+    shortcode = core.registry.secret(monitor, "shortcode") if credentials else None
     group = groups.get(fields.get("group") or "")
     return {
         "id": fields["id"],
@@ -304,7 +309,7 @@ async def flight_json(
             "consecutive_failure_threshold", "order", "team", "extra_config",
         )},
         "group": fields.get("group") if group else None,
-        "api_key": core.registry.secret(monitor, "api_key"),
+        "api_key": core.registry.secret(monitor, "api_key") if credentials else None,
         "shortcode": shortcode,
         "short_check_in_url": f"{request.app[SETTINGS].base_url}/c/{shortcode}/" if shortcode else None,
         "last_check_in": _iso(details.facts.last_checkin),
@@ -469,7 +474,7 @@ async def list_flights(request: web.Request) -> web.Response:
     store = request.app[CORE].store
     details = await store.details([m.id for m in flights], audit=100, history=20)
     groups = await store.documents(GROUPS)
-    return web.json_response([await flight_json(request, m, details[m.id], groups) for m in flights])
+    return web.json_response([await flight_json(request, token, m, details[m.id], groups) for m in flights])
 
 
 @handles_problems
@@ -499,13 +504,13 @@ async def create_flight(request: web.Request) -> web.Response:
         raise Problem(403, str(exc)) from None
     except ReadOnlyMonitor as exc:
         raise Problem(400, {"path": [str(exc)]}) from None
-    return web.json_response(await flight_json(request, monitor, groups=groups), status=201)
+    return web.json_response(await flight_json(request, token, monitor, groups=groups), status=201)
 
 
 @handles_problems
 async def get_flight(request: web.Request) -> web.Response:
     token = authenticate(request)
-    return web.json_response(await flight_json(request, find_flight(request, token)))
+    return web.json_response(await flight_json(request, token, find_flight(request, token)))
 
 
 @handles_problems
@@ -526,7 +531,7 @@ async def update_flight(request: web.Request) -> web.Response:
     fields = {**current, **sent}
     check_flight(fields, token, groups)
     updated = await write_flight(request, token, monitor, fields, "updated", groups)
-    return web.json_response(await flight_json(request, updated, groups=groups))
+    return web.json_response(await flight_json(request, token, updated, groups=groups))
 
 
 @handles_problems
@@ -556,7 +561,7 @@ async def _set_deleted(request: web.Request, deleted: bool) -> web.Response:
     updated = await write_flight(
         request, token, monitor, {**fields, "is_deleted": deleted}, "soft_deleted" if deleted else "restored"
     )
-    return web.json_response(await flight_json(request, updated))
+    return web.json_response(await flight_json(request, token, updated))
 
 
 @handles_problems
