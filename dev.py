@@ -68,7 +68,7 @@ def ensure_venv() -> None:
                 f"cannot create a virtual environment ({exc}); on Debian/Ubuntu: apt-get install python3-venv",
                 file=sys.stderr,
             )
-            raise SystemExit(1)
+            raise SystemExit(1) from None
     print("installing cronmon and its test dependencies into .venv ...", flush=True)
     pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)

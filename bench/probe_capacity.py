@@ -133,7 +133,7 @@ def main() -> int:
                     break
                 except OSError:
                     if time.monotonic() > deadline:
-                        raise SystemExit("cronmon did not become ready")
+                        raise SystemExit("cronmon did not become ready") from None
                     time.sleep(0.2)
             print("warming up for 65s (the first checks spread over the first minute) ...")
             time.sleep(65)

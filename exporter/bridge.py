@@ -21,15 +21,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import httpx
 
 from .core import Core
+from .errors import StoreUnavailable
 from .evaluate import evaluate
 from .model import Evaluation, Facts, Monitor, Outcome, Status, iso_utc
-from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class AlertBridge:
         while not self._stopping.is_set():
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             now = self.clock()

@@ -24,7 +24,9 @@ def parse_listen(value: str) -> tuple[str, int]:
     """HOST:PORT, :PORT (all interfaces) or [IPv6]:PORT."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT (for example :{DEFAULT_PORT} or 127.0.0.1:{DEFAULT_PORT})")
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not HOST:PORT (for example :{DEFAULT_PORT} or 127.0.0.1:{DEFAULT_PORT})"
+        )
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
 
@@ -47,41 +49,62 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
-        "--config", required=True, type=Path, metavar="PATH",
+        "--config",
+        required=True,
+        type=Path,
+        metavar="PATH",
         help="a YAML file, or a directory whose *.yaml / *.yml files are merged",
     )
     serve.add_argument(
-        "--listen", default=f":{DEFAULT_PORT}", type=parse_listen, metavar="HOST:PORT",
+        "--listen",
+        default=f":{DEFAULT_PORT}",
+        type=parse_listen,
+        metavar="HOST:PORT",
         help=f"address to serve HTTP on (default :{DEFAULT_PORT}, all interfaces)",
     )
     serve.add_argument(
-        "--redis-url", default=os.environ.get("CRONMON_REDIS_URL"), metavar="URL",
+        "--redis-url",
+        default=os.environ.get("CRONMON_REDIS_URL"),
+        metavar="URL",
         help=(
-            "use this Redis server (redis://, rediss:// or unix://) instead of the embedded "
-            "one; env CRONMON_REDIS_URL"
+            "use this Redis server (redis://, rediss:// or unix://) instead of the embedded one; env CRONMON_REDIS_URL"
         ),
     )
     serve.add_argument(
-        "--data-dir", default=Path(os.environ.get("CRONMON_DATA_DIR", "cronmon-data")), type=Path, metavar="DIR",
+        "--data-dir",
+        default=Path(os.environ.get("CRONMON_DATA_DIR", "cronmon-data")),
+        type=Path,
+        metavar="DIR",
         help=(
             "where the embedded Redis keeps its data and a generated ping key is kept "
             "(default ./cronmon-data; env CRONMON_DATA_DIR)"
         ),
     )
     serve.add_argument(
-        "--redis-server", default=None, metavar="BINARY",
-        help="redis-server binary for the embedded store (default: the one shipped with cronmon; env CRONMON_REDIS_SERVER)",
+        "--redis-server",
+        default=None,
+        metavar="BINARY",
+        help=(
+            "redis-server binary for the embedded store (default: the one shipped with cronmon; "
+            "env CRONMON_REDIS_SERVER)"
+        ),
     )
     serve.add_argument(
-        "--public-url", default=os.environ.get("CRONMON_PUBLIC_URL"), metavar="URL",
+        "--public-url",
+        default=os.environ.get("CRONMON_PUBLIC_URL"),
+        metavar="URL",
         help="base URL jobs use to reach cronmon, for the ping URLs printed at start-up (env CRONMON_PUBLIC_URL)",
     )
     serve.add_argument(
-        "--key-prefix", default="cronmon", metavar="PREFIX",
+        "--key-prefix",
+        default="cronmon",
+        metavar="PREFIX",
         help="prefix of every Redis key, to share one Redis between installations (default cronmon)",
     )
     serve.add_argument(
-        "--alertmanager-url", action="append", metavar="URL",
+        "--alertmanager-url",
+        action="append",
+        metavar="URL",
         default=[u for u in os.environ.get("CRONMON_ALERTMANAGER_URLS", "").split(",") if u.strip()],
         help=(
             "turn on the direct bridge: post alerts to this Alertmanager (repeat for an HA pair); "
@@ -90,15 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
-        "--alert-resend-interval", type=float, default=30.0, metavar="SECONDS",
+        "--alert-resend-interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
         help="how often the bridge re-posts firing alerts (default 30)",
     )
     serve.add_argument(
-        "--boxwatch-plan-limit", type=int, default=100, metavar="N",
+        "--boxwatch-plan-limit",
+        type=int,
+        default=100,
+        metavar="N",
         help="Boxwatch API: at most N cron checks per token owner (402 plan_limit_reached beyond; default 100)",
     )
     serve.add_argument(
-        "--web.idle-timeout", dest="idle_timeout", type=float, metavar="SECONDS",
+        "--web.idle-timeout",
+        dest="idle_timeout",
+        type=float,
+        metavar="SECONDS",
         default=float(os.environ.get("CRONMON_WEB_IDLE_TIMEOUT") or 30),
         help=(
             "close a connection that has not sent a complete request within SECONDS of opening or "
@@ -106,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
-        "--monitors-per-owner", type=int, default=int(os.environ.get("CRONMON_MONITORS_PER_OWNER") or 10_000),
+        "--monitors-per-owner",
+        type=int,
+        default=int(os.environ.get("CRONMON_MONITORS_PER_OWNER") or 10_000),
         metavar="N",
         help=(
             "at most N monitors created through the APIs per token owner, over every API "
@@ -114,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
-        "--auto-provision", action="store_true",
+        "--auto-provision",
+        action="store_true",
         default=os.environ.get("CRONMON_AUTO_PROVISION", "") in ("1", "true", "yes"),
         help=(
             "let /ping/<ping key>/<slug>?create=1 create an unknown monitor (Healthchecks' "
@@ -122,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
-        "--trusted-proxy", action="append", type=_network, metavar="CIDR",
+        "--trusted-proxy",
+        action="append",
+        type=_network,
+        metavar="CIDR",
         default=[_network(n) for n in os.environ.get("CRONMON_TRUSTED_PROXIES", "").split(",") if n.strip()],
         help=(
             "a reverse proxy (address or network) whose X-Forwarded-For header is believed for the "
@@ -131,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
-        "--web.enable-lifecycle", dest="enable_lifecycle", action="store_true",
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
         default=os.environ.get("CRONMON_WEB_ENABLE_LIFECYCLE", "") in ("1", "true", "yes"),
         help=(
             "serve POST /-/reload (off by default, as in Prometheus: it is unauthenticated, and a "
@@ -140,11 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
-        "--probe-concurrency", type=int, default=64, metavar="N",
+        "--probe-concurrency",
+        type=int,
+        default=64,
+        metavar="N",
         help="active checks: at most N running at once in this process (default 64)",
     )
     serve.add_argument(
-        "--probe-allow-network", action="append", type=_network, default=[], metavar="CIDR",
+        "--probe-allow-network",
+        action="append",
+        type=_network,
+        default=[],
+        metavar="CIDR",
         help=(
             "a network that active checks of API-created monitors may connect to besides public "
             "addresses (repeat for several). Without it they reach public addresses only: loopback, "
@@ -153,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
-        "--workers", type=_workers, default=_workers(os.environ.get("CRONMON_WORKERS") or str(os.cpu_count() or 1)),
+        "--workers",
+        type=_workers,
+        default=_workers(os.environ.get("CRONMON_WORKERS") or str(os.cpu_count() or 1)),
         metavar="N",
         help=(
             "serve with N processes on one port (SO_REUSEPORT) that share the one Redis; "
@@ -161,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
         help="log verbosity (default info)",
     )
 
@@ -212,9 +263,7 @@ def check_config(path: Path) -> int:
 
 
 def serve(args: argparse.Namespace, argv: list[str]) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = args.listen
     settings = Settings(
         config_path=args.config,
@@ -268,8 +317,15 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
         # send a request's headers (aiohttp closes a connection whose
         # request has not arrived by then): a slowloris client holds a
         # connection for idle_timeout seconds at most.
-        web.run_app(app, host=host, port=port, print=None, access_log=None, reuse_port=worker_index() is not None,
-                    keepalive_timeout=settings.idle_timeout)
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            print=None,
+            access_log=None,
+            reuse_port=worker_index() is not None,
+            keepalive_timeout=settings.idle_timeout,
+        )
     except EmbeddedRedisError as exc:
         print(f"cronmon: {exc}", file=sys.stderr)
         return 1
@@ -302,7 +358,10 @@ def print_banner(settings: Settings, registry) -> None:
         return
     generated = secrets.generated_key
     if generated:
-        print(f"ping key generated and kept in {settings.data_dir / GENERATED_KEY_FILE} (set CRONMON_PING_KEY to choose one)")
+        print(
+            f"ping key generated and kept in {settings.data_dir / GENERATED_KEY_FILE} "
+            "(set CRONMON_PING_KEY to choose one)"
+        )
     key_names = [key.name for key in secrets.ping_keys]
     print("ping URLs (append /start, /fail, /log or /<exit status>):")
     for monitor in registry.monitors.values():

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 import platform
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from . import __version__
 from .evaluate import evaluate, next_change
@@ -64,39 +64,69 @@ FAMILIES: tuple[Family, ...] = (
     Family("cronmon_monitor_info", "gauge", "Monitor metadata; always 1."),
     Family("cronmon_monitor_status", "gauge", "Current status: 1 for the monitor's status, 0 for the others."),
     Family("cronmon_up", "gauge", "1 unless the monitor is down, failed or stuck."),
-    Family("cronmon_silent_failure", "gauge",
-           "1 while the latest completed run reported success but broke a meta rule, else 0."),
+    Family(
+        "cronmon_silent_failure",
+        "gauge",
+        "1 while the latest completed run reported success but broke a meta rule, else 0.",
+    ),
     Family("cronmon_last_checkin_timestamp_seconds", "gauge", "Last check-in of any kind (0: never)."),
     Family("cronmon_last_start_timestamp_seconds", "gauge", "Last start check-in (0: never)."),
     Family("cronmon_last_success_timestamp_seconds", "gauge", "Last successful completion (0: never)."),
     Family("cronmon_last_failure_timestamp_seconds", "gauge", "Last failed completion (0: never)."),
     Family("cronmon_last_duration_seconds", "gauge", "Duration of the last completed run (0: none yet)."),
     Family("cronmon_last_exit_code", "gauge", "Exit code of the last completion that reported one (0: none yet)."),
-    Family("cronmon_next_expected_timestamp_seconds", "gauge",
-           "When the next (or overdue) arrival is expected (0: not known yet)."),
-    Family("cronmon_deadline_timestamp_seconds", "gauge",
-           "next_expected + grace: after it the slot is missed (0: not known yet)."),
+    Family(
+        "cronmon_next_expected_timestamp_seconds",
+        "gauge",
+        "When the next (or overdue) arrival is expected (0: not known yet).",
+    ),
+    Family(
+        "cronmon_deadline_timestamp_seconds",
+        "gauge",
+        "next_expected + grace: after it the slot is missed (0: not known yet).",
+    ),
     Family("cronmon_grace_seconds", "gauge", "Configured grace period."),
     Family("cronmon_max_runtime_seconds", "gauge", "Configured maximum run time (0: none)."),
     Family("cronmon_running_runs", "gauge", "Runs started and not yet finished."),
     Family("cronmon_consecutive_failures", "gauge", "Bad outcomes (error, missed, timeout) in a row."),
     Family("cronmon_runs", "counter", "Run outcomes recorded (missed slots and timeouts included), by outcome."),
     Family("cronmon_run_meta", "gauge", "Last value of each numeric meta key reported by the job."),
-    Family("cronmon_probe_success", "gauge",
-           "Active monitors: 1 if the latest HTTP check succeeded (a slow answer too), else 0."),
-    Family("cronmon_probe_duration_seconds", "gauge", "Active monitors: duration of the latest HTTP check (0: none yet)."),
-    Family("cronmon_probe_status_code", "gauge",
-           "Active monitors: HTTP status of the latest check (0: no answer, or none yet)."),
-    Family("cronmon_probe_last_timestamp_seconds", "gauge",
-           "Active monitors: when the latest HTTP check finished (0: never)."),
-    Family("cronmon_alert_muted", "gauge",
-           "1 for each alert switched off for the monitor (its mute: setting); no series otherwise."),
+    Family(
+        "cronmon_probe_success",
+        "gauge",
+        "Active monitors: 1 if the latest HTTP check succeeded (a slow answer too), else 0.",
+    ),
+    Family(
+        "cronmon_probe_duration_seconds", "gauge", "Active monitors: duration of the latest HTTP check (0: none yet)."
+    ),
+    Family(
+        "cronmon_probe_status_code",
+        "gauge",
+        "Active monitors: HTTP status of the latest check (0: no answer, or none yet).",
+    ),
+    Family(
+        "cronmon_probe_last_timestamp_seconds",
+        "gauge",
+        "Active monitors: when the latest HTTP check finished (0: never).",
+    ),
+    Family(
+        "cronmon_alert_muted",
+        "gauge",
+        "1 for each alert switched off for the monitor (its mute: setting); no series otherwise.",
+    ),
     Family("cronmon_checkins", "counter", "Check-ins received, by kind (opt-in: checkins).", "checkins"),
-    Family("cronmon_last_outcome", "gauge",
-           "The latest recorded outcome: 1 for it, 0 for the others (all 0 before the first; opt-in: last_outcome).",
-           "last_outcome"),
-    Family("cronmon_run_duration_seconds", "histogram",
-           "Durations of completed runs (opt-in: duration_histogram).", "duration_histogram"),
+    Family(
+        "cronmon_last_outcome",
+        "gauge",
+        "The latest recorded outcome: 1 for it, 0 for the others (all 0 before the first; opt-in: last_outcome).",
+        "last_outcome",
+    ),
+    Family(
+        "cronmon_run_duration_seconds",
+        "histogram",
+        "Durations of completed runs (opt-in: duration_histogram).",
+        "duration_histogram",
+    ),
 )
 _INDEX = {family.name: i for i, family in enumerate(FAMILIES)}
 

@@ -26,10 +26,11 @@ import ipaddress
 import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -166,7 +167,7 @@ class ScheduleSpec(_Strict):
     timezone: str | None = None
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "ScheduleSpec":
+    def _one_kind(self) -> ScheduleSpec:
         if (self.interval is None) == (self.cron is None):
             raise ValueError("give exactly one of interval (e.g. 15m) or cron (e.g. \"0 3 * * *\")")
         if self.interval is not None:
@@ -215,7 +216,7 @@ class HttpProbeSpec(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _sane_times(self) -> "HttpProbeSpec":
+    def _sane_times(self) -> HttpProbeSpec:
         if self.interval < 1:
             raise ValueError("interval must be at least 1s")
         if not 0 < self.slow <= self.timeout:
@@ -252,7 +253,7 @@ class PingSpec(_Strict):
     shortcode_file: str | None = None
 
     @model_validator(mode="after")
-    def _one_uuid_source(self) -> "PingSpec":
+    def _one_uuid_source(self) -> PingSpec:
         for kind in ("uuid", "api_key", "shortcode"):
             if getattr(self, f"{kind}_env") is not None and getattr(self, f"{kind}_file") is not None:
                 raise ValueError(f"give at most one of {kind}_env and {kind}_file")
@@ -289,7 +290,7 @@ class MonitorSpec(_Strict):
     mute: list[Literal["missed", "failed", "stuck", "too_long", "silent_failure", "probe_down"]] = []
 
     @model_validator(mode="after")
-    def _schedule_or_probe(self) -> "MonitorSpec":
+    def _schedule_or_probe(self) -> MonitorSpec:
         if self.schedule is None and self.http is None:
             raise ValueError("give a schedule (interval or cron), or an http probe")
         if self.schedule is not None and self.http is not None:
@@ -350,7 +351,7 @@ class PingKeySpec(_Strict):
     file: str | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> "PingKeySpec":
+    def _one_source(self) -> PingKeySpec:
         if (self.env is None) == (self.file is None):
             raise ValueError("give exactly one of env (an environment variable) or file (a path)")
         return self
@@ -368,7 +369,7 @@ class ApiTokenSpec(_Strict):
     scope: Literal["read", "write"] = "read"
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ApiTokenSpec":
+    def _one_source(self) -> ApiTokenSpec:
         if (self.env is None) == (self.file is None):
             raise ValueError("give exactly one of env (an environment variable) or file (a path)")
         return self
@@ -534,7 +535,7 @@ def _parse_file(file: Path, problems: list[str], now: float) -> ConfigFile | Non
         problems.append(f"{file}: the top level must be a mapping with monitors:, ping_keys: and/or api_tokens:")
         return None
     parsed, errors = _validate_file(raw)
-    if errors:
+    if parsed is None:
         problems.extend(_describe(file, raw, errors))
         return None
     before = len(problems)
@@ -547,14 +548,14 @@ def _parse_file(file: Path, problems: list[str], now: float) -> ConfigFile | Non
     return parsed if len(problems) == before else None
 
 
-def _validate_file(raw: dict) -> tuple[ConfigFile | None, list[dict]]:
+def _validate_file(raw: dict) -> tuple[ConfigFile | None, list[Any]]:
     """Validate one file's mapping: (the file, pydantic's error dicts).
 
     Monitors are validated one at a time rather than in one call over the
     whole file: pydantic holds the GIL for the length of a call, and one
     call over 10,000 monitors kept a reloading cronmon from answering pings
     for half a second. Locations are those a whole-file validation gives."""
-    errors: list[dict] = []
+    errors: list[Any] = []  # pydantic's ErrorDetails
     monitors = raw.get("monitors")
     per_item = isinstance(monitors, list)
     try:
@@ -564,7 +565,7 @@ def _validate_file(raw: dict) -> tuple[ConfigFile | None, list[dict]]:
         head = None
     specs: list[MonitorSpec] = []
     if per_item:
-        for index, item in enumerate(monitors):
+        for index, item in enumerate(monitors or ()):
             try:
                 specs.append(MonitorSpec.model_validate(item))
             except ValidationError as exc:
@@ -599,7 +600,7 @@ def _describe(file: Path, raw: dict, errors: list[dict]) -> list[str]:
     return out
 
 
-def _issues(errors: list[dict]) -> list[tuple[list, str, str]]:
+def _issues(errors: list[Any]) -> list[tuple[list, str, str]]:
     """(location, dotted field within its item, message) of each error."""
     out = []
     for error in errors:
@@ -668,7 +669,9 @@ def _to_monitor(spec: MonitorSpec, source: str) -> Monitor:
         id=spec.id,
         name=spec.name,
         description=spec.description,
-        schedule=spec.schedule.to_schedule() if spec.schedule else IntervalSchedule(spec.http.interval),
+        # An active monitor without a schedule lands once per check (the
+        # spec's validator guarantees one of the two).
+        schedule=spec.schedule.to_schedule() if spec.schedule else IntervalSchedule(spec.http.interval),  # type: ignore[union-attr]
         probe=HttpProbe(spec.http.url, spec.http.interval, spec.http.slow, spec.http.timeout) if spec.http else None,
         grace=spec.grace,
         max_runtime=spec.max_runtime,
@@ -693,10 +696,10 @@ def _to_monitor(spec: MonitorSpec, source: str) -> Monitor:
 
 # libyaml's parser when PyYAML was built with it (the wheels are): 10x faster
 # on large configs. The safe constructor is the same either way.
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _UniqueKeyLoader(_SafeLoader):
+class _UniqueKeyLoader(_SafeLoader):  # type: ignore[valid-type,misc]  # a base chosen at import time
     """SafeLoader that rejects a key given twice in one mapping (PyYAML
     silently keeps the last one, which hides copy-paste mistakes)."""
 

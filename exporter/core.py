@@ -12,12 +12,26 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping, Sequence
 
 from .config import Config, ConfigError, MonitorSpec, monitor_from_definition
 from .credentials import (
-    ResolvedSecrets, derive_secret, derive_uuid, derived_secret_digest, derived_uuid_digest, digest,
+    ResolvedSecrets,
+    derive_secret,
+    derive_uuid,
+    derived_secret_digest,
+    derived_uuid_digest,
+    digest,
+)
+from .errors import (
+    OWNER_QUOTA,
+    MonitorExists,
+    QuotaExceeded,
+    RateLimited,
+    ReadOnlyMonitor,
+    SourceNotAllowed,
+    UnknownMonitor,
 )
 from .evaluate import SWEEP_BATCH, SweepPlan, plan_arrival, plan_sweep
 from .model import CheckIn, Kind, Monitor
@@ -29,58 +43,6 @@ log = logging.getLogger(__name__)
 # Compare-and-set retries before giving up for this round (another replica
 # keeps changing the monitor; the next sweeper tick tries again).
 _CAS_ATTEMPTS = 5
-
-
-class UnknownMonitor(LookupError):
-    pass
-
-
-class MonitorExists(ValueError):
-    pass
-
-
-class QuotaExceeded(Exception):
-    """Creating the monitor would put its owner over a quota; nothing was
-    written."""
-
-    def __init__(self, owner: str, quota: str, limit: int):
-        super().__init__(
-            f'owner "{owner}" already has {limit} monitors, its limit'
-            + ("" if quota == OWNER_QUOTA else f" for {quota}")
-            + "; delete one first, or raise the limit"
-        )
-        self.owner, self.quota, self.limit = owner, quota, limit
-
-
-# Every API monitor counts against its owner's limit (Core.monitors_per_owner).
-OWNER_QUOTA = "monitors"
-
-
-class RateLimited(Exception):
-    """The monitor's rate limit refused a check-in; nothing was recorded."""
-
-    def __init__(self, monitor_id: str, retry_after: int):
-        super().__init__(f"monitor {monitor_id}: rate limit exceeded, retry in {retry_after} seconds")
-        self.retry_after = retry_after
-
-
-class SourceNotAllowed(PermissionError):
-    """The check-in came from outside the monitor's allowed networks."""
-
-    def __init__(self, monitor_id: str, source_ip: str | None):
-        super().__init__(f"monitor {monitor_id}: check-ins from {source_ip or 'an unknown address'} are not allowed")
-        self.source_ip = source_ip
-
-
-class ReadOnlyMonitor(ValueError):
-    """The monitor is declared in YAML; API writes to it are refused."""
-
-    def __init__(self, monitor: Monitor):
-        super().__init__(
-            f'monitor "{monitor.id}" is declared in {monitor.source}; change it there '
-            "(YAML-declared monitors are read-only through the APIs)"
-        )
-        self.monitor = monitor
 
 
 @dataclass(frozen=True)
@@ -134,10 +96,10 @@ class Registry:
         object.__setattr__(self, "_uuid_index", index)
 
     @classmethod
-    def build(cls, config: Config, secrets: ResolvedSecrets) -> "Registry":
+    def build(cls, config: Config, secrets: ResolvedSecrets) -> Registry:
         return cls({m.id: m for m in config.monitors}, secrets, config.group_metrics)
 
-    def with_api(self, api: Mapping[str, Monitor], revision: int) -> "Registry":
+    def with_api(self, api: Mapping[str, Monitor], revision: int) -> Registry:
         return replace(self, api=api, api_revision=revision)
 
     def by_uuid_digest(self, uuid_digest: bytes) -> Monitor | None:
@@ -170,9 +132,9 @@ class Registry:
                 if secret_kind == kind:
                     index[secret_digest] = monitor_id
             self._derived_index[kind] = index
-        monitor_id = index.get(digest(presented))
-        monitor = self.monitors.get(monitor_id) if monitor_id else None
-        return None if monitor is None or monitor.retired else monitor
+        found_id = index.get(digest(presented))
+        found = self.monitors.get(found_id) if found_id else None
+        return None if found is None or found.retired else found
 
     def ping_uuid(self, monitor: Monitor) -> str | None:
         """The ping UUID of an API monitor (YAML ones may come from env or
@@ -212,6 +174,7 @@ class Core:
         first time or after Redis lost its data. True if anything changed.
         Creating one API monitor so costs the same at 10 or 10,000."""
         revision, changed = await self.store.definition_changes(self.registry.api_revision)
+        definitions: Mapping[str, dict | None]
         if changed is None:
             _, definitions = await self.store.monitor_definitions()
             api: dict[str, Monitor] = {}
@@ -358,6 +321,7 @@ class Core:
             elif result.status == "slot":
                 # The first unaccounted slot is further back than the plan
                 # guessed (grace longer than the cron interval).
+                assert result.slot is not None  # the script names the slot
                 plan = plan.with_slot(monitor.schedule, result.slot)
             elif result.status == "limited":
                 raise RateLimited(monitor.id, result.retry_after or 1)

@@ -29,9 +29,9 @@ import hmac
 import os
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from .config import Config, ConfigError
 from .model import Monitor
@@ -169,10 +169,11 @@ def resolve(config: Config, data_dir: Path, env: Mapping[str, str] | None = None
             imported[(kind, digest(value))] = monitor.id
 
     tokens = []
-    for ref in config.api_tokens:
-        value = _read_secret(ref.env, ref.file, env, f'{ref.source}: api token "{ref.name}"', problems)
+    for token_ref in config.api_tokens:
+        value = _read_secret(token_ref.env, token_ref.file, env, f'{token_ref.source}: api token "{token_ref.name}"',
+                             problems)
         if value is not None:
-            tokens.append(ApiToken(ref.name, digest(value), ref.owner, ref.team, ref.scope))
+            tokens.append(ApiToken(token_ref.name, digest(value), token_ref.owner, token_ref.team, token_ref.scope))
 
     seen: dict[str, str] = {}
     for monitor_id, value in uuids.items():

@@ -214,7 +214,7 @@ class EmbeddedRedis:
             process.terminate()
             try:
                 await asyncio.wait_for(process.wait(), timeout=30)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("embedded redis-server did not stop in 30s; killing it")
                 process.kill()
                 await process.wait()

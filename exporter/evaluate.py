@@ -45,7 +45,7 @@ class ArrivalPlan:
     first: tuple[float, float]
     candidates: tuple[tuple[float, float], ...] = ()
 
-    def with_slot(self, schedule: Schedule, slot: float) -> "ArrivalPlan":
+    def with_slot(self, schedule: Schedule, slot: float) -> ArrivalPlan:
         return replace(self, candidates=(*self.candidates, (slot, next_slot(schedule, slot))))
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 
@@ -242,7 +243,9 @@ class CheckIn:
     log: str | None = None
     log_truncated: bool = False
     meta: Mapping[str, float] = field(default_factory=dict)
-    metadata: Mapping[str, str] = field(default_factory=dict)
+    # Free-form JSON values a job sent with the check-in (CrossCheck metadata,
+    # an active check's status code and timing), kept with the event.
+    metadata: Mapping[str, Any] = field(default_factory=dict)
     release: str | None = None
     environment: str | None = None
     source_ip: str | None = None
@@ -345,4 +348,14 @@ def format_duration(seconds: float) -> str:
 
 def iso_utc(ts: float) -> str:
     """RFC 3339 in UTC with milliseconds, as every JSON API here writes time."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Details:
+    """What the management APIs show of a monitor beyond its facts."""
+
+    facts: Facts
+    uptime: dict[str, int]  # "h<hour>:<outcome>" / "d<day>:<outcome>" -> count
+    audit: list[dict]  # newest first
+    history: list[dict]  # newest first

@@ -44,15 +44,17 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
+from typing import Any
 
 import httpx
 
 from . import __version__
-from .core import Core, RateLimited
+from .core import Core, Registry
+from .errors import RateLimited, StoreUnavailable
 from .model import CheckIn, HttpProbe, Kind, Monitor, in_networks
-from .store import RecordResult, StoreUnavailable
+from .store import RecordResult
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 async def system_resolver(host: str, port: int) -> list[str]:
     """The addresses `host` resolves to (the system resolver)."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [info[4][0] for info in infos]
+    return [str(info[4][0]) for info in infos]
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,8 @@ async def _permitted_address(url: httpx.URL, policy: NetworkPolicy, resolve: Res
     try:
         addresses = [str(ipaddress.ip_address(host))]
     except ValueError:
+        addresses = None  # a name, not an address literal
+    if addresses is None:
         try:
             addresses = await resolve(host, port)
         except OSError as exc:
@@ -226,7 +230,7 @@ def checkin_for(monitor: Monitor, result: ProbeResult, now: float, test: bool = 
     annotations: dict = {"probe": True}
     if test:
         annotations["test"] = True
-    metadata = {"status_code": result.status_code, "response_time": round(result.duration, 6)}
+    metadata: dict[str, Any] = {"status_code": result.status_code, "response_time": round(result.duration, 6)}
     if result.error:
         metadata["error"] = result.error
     return CheckIn(
@@ -251,7 +255,7 @@ def redis_endpoints(redis_url: str | None) -> tuple[tuple[str, int], ...]:
         return ()
     port = url.port or 6379
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(url.host, port, type=socket.SOCK_STREAM)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(url.host, port, type=socket.SOCK_STREAM)}
     except OSError:
         return ()
     return tuple((str(ipaddress.ip_address(a.split("%", 1)[0])), port) for a in sorted(addresses))
@@ -286,7 +290,7 @@ class Prober:
         self.clock = clock
         self.on_lag = on_lag  # told how late each claimed check starts
         self.checks = 0  # checks finished by this process (tests, benchmarks)
-        self._synced = None
+        self._synced: Registry | None = None
         # The shared HTTP client, while run() runs (test_now checks with it).
         self.client: httpx.AsyncClient | None = None
         self._running: set[asyncio.Task] = set()

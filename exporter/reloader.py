@@ -11,8 +11,8 @@ import asyncio
 import gc
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 from . import credentials
 from .config import Config, ConfigError, config_digest, load_config

@@ -223,7 +223,7 @@ def _fixed_latest(schedule: CronSchedule, instant: float) -> float:
         # fold length later on the naive clock map to first-pass instants that
         # are still before `instant`, so start the backward search above them.
         first_pass = at.replace(fold=0)
-        upper_local += first_pass.utcoffset() - at.utcoffset()
+        upper_local += _offset(first_pass) - _offset(at)
     ticks = croniter(schedule.expression, upper_local + timedelta(seconds=1))
     for _ in range(_MAX_TICKS):
         found = _local_to_instant(ticks.get_prev(datetime), zone)
@@ -271,3 +271,10 @@ def _local_to_instant(naive: datetime, zone: ZoneInfo) -> float:
         else:
             high = mid
     return float(high)
+
+
+def _offset(moment: datetime) -> timedelta:
+    """The UTC offset of an aware datetime (never None for a ZoneInfo one)."""
+    offset = moment.utcoffset()
+    assert offset is not None
+    return offset

@@ -30,14 +30,14 @@ import bisect
 import struct
 import threading
 import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from .collector import FAMILIES, MonitorBlock, render_monitor
 from .core import Core
+from .errors import StoreUnavailable
 from .heap import freeze_long_lived
 from .model import Facts, Monitor
-from .store import StoreUnavailable
 
 # Monitors per shard (when cut): small enough that one changed monitor
 # recompresses little (a piece is 25-100 KB of text), large enough that
@@ -130,8 +130,8 @@ class ScrapeCache:
         dirty: set[tuple[int, str]] = set()  # (family index, monitor id) whose fragment changed
         removed = [m for m in self._monitors if m not in monitors]
         for monitor_id in removed:
-            block = self._blocks.pop(monitor_id)
-            dirty.update((i, monitor_id) for i, text in enumerate(block.fragments) if text)
+            gone = self._blocks.pop(monitor_id)
+            dirty.update((i, monitor_id) for i, text in enumerate(gone.fragments) if text)
             del self._monitors[monitor_id]
             self._facts.pop(monitor_id, None)
         self._facts.update({k: v for k, v in fetched.items() if k in monitors})

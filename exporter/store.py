@@ -39,9 +39,10 @@ import asyncio
 import json
 import logging
 import math
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, cast
 
 import hiredis
 import redis.asyncio as redis
@@ -49,8 +50,9 @@ from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from .errors import StoreUnavailable
 from .evaluate import ArrivalPlan, SweepPlan
-from .model import CheckIn, Facts, Monitor, OpenRun, Outcome
+from .model import CheckIn, Details, Facts, Monitor, OpenRun, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +65,6 @@ DURATION_BUCKETS: tuple[float, ...] = (
 
 # The stored fingerprint of a monitor the config no longer declares.
 REMOVED_FINGERPRINT = "removed"
-
-
-class StoreUnavailable(Exception):
-    """Redis cannot be reached or refuses writes; nothing was changed."""
 
 
 @dataclass(frozen=True)
@@ -87,16 +85,6 @@ class RecordResult:
     duration: float | None = None
     slot: float | None = None  # with "slot": the slot the plan must also offer
     retry_after: int | None = None  # with "limited": seconds until allowed again
-
-
-@dataclass(frozen=True)
-class Details:
-    """What the management APIs show of a monitor beyond its facts."""
-
-    facts: Facts
-    uptime: dict[str, int]  # "h<hour>:<outcome>" / "d<day>:<outcome>" -> count
-    audit: list[dict]  # newest first
-    history: list[dict]  # newest first
 
 
 _UNAVAILABLE = (
@@ -264,7 +252,7 @@ class Store:
     ) -> RecordResult:
         k = self.key
         m = monitor.id
-        extra = {
+        extra: dict[str, Any] = {
             name: value
             for name, value in (
                 ("ip", checkin.source_ip),
@@ -444,7 +432,9 @@ class Store:
     async def due(self, now: float, limit: int) -> list[str]:
         """Monitors whose next deadline or run timeout is at or before `now`."""
         try:
-            return await self.client.zrangebyscore(self._due_key, "-inf", repr(now), start=0, num=limit)
+            # decode_responses=True (connect): redis-py's bytes | str is str here.
+            due = await self.client.zrangebyscore(self._due_key, "-inf", repr(now), start=0, num=limit)
+            return cast(list[str], due)
         except Exception as exc:
             raise _translate(exc) from exc
 
@@ -598,7 +588,7 @@ class Store:
             raw = await self.client.hgetall(f"{self.prefix}:documents:{collection}")
         except Exception as exc:
             raise _translate(exc) from exc
-        return {key: json.loads(value) for key, value in raw.items()}
+        return {cast(str, key): json.loads(value) for key, value in raw.items()}
 
     async def put_document(self, collection: str, document_id: str, document: dict) -> None:
         try:
@@ -628,7 +618,7 @@ class Store:
             values = await self.client.hmget(self.key(monitor_id, "logs"), [str(s) for s in seqs])
         except Exception as exc:
             raise _translate(exc) from exc
-        return {seq: value for seq, value in zip(seqs, values) if value is not None}
+        return {seq: cast(str, value) for seq, value in zip(seqs, values) if value is not None}
 
     async def history(self, monitor_id: str, offset: int = 0, count: int = 50) -> list[dict]:
         try:
@@ -639,7 +629,7 @@ class Store:
 
     async def log(self, monitor_id: str, seq: int) -> str | None:
         try:
-            return await self.client.hget(self.key(monitor_id, "logs"), str(seq))
+            return cast(str | None, await self.client.hget(self.key(monitor_id, "logs"), str(seq)))
         except Exception as exc:
             raise _translate(exc) from exc
 

@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .core import Core
-from .store import StoreUnavailable
+from .errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 

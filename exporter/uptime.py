@@ -13,8 +13,8 @@ ended ok or with a warning (a slow but working job or endpoint is up).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 HOUR, DAY = 3600, 86400
 
@@ -44,7 +44,7 @@ class UptimeCounts:
             return None
         return round(100.0 * self.successful / self.total, 2)
 
-    def __add__(self, other: "UptimeCounts") -> "UptimeCounts":
+    def __add__(self, other: UptimeCounts) -> UptimeCounts:
         return UptimeCounts(
             self.success + other.success, self.warning + other.warning,
             self.error + other.error, self.missed + other.missed,

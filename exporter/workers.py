@@ -73,6 +73,7 @@ async def _supervise(argv: list[str], workers: int, redis_url: str | None, data_
     stopping = asyncio.Event()
 
     async def start(index: int) -> None:
+        assert redis_url is not None  # given, or the embedded server's
         env = {**os.environ, WORKER_INDEX_ENV: str(index), MULTIPROC_ENV: metrics_dir}
         command = [sys.executable, "-m", "exporter.cli", "serve", *argv, "--workers", "1", "--redis-url", redis_url]
         children[index] = await asyncio.create_subprocess_exec(*command, env=env, preexec_fn=die_with_parent)
@@ -99,18 +100,18 @@ async def _supervise(argv: list[str], workers: int, redis_url: str | None, data_
             if stopping.is_set():
                 break
             for task in done:
-                index = waiters.get(task)
-                if index is None:
+                finished = waiters.get(task)
+                if finished is None:
                     continue
-                code = children[index].returncode
-                if loop.time() - started[index] < 5 and code in (1, 2):
+                code = children[finished].returncode
+                if loop.time() - started[finished] < 5 and code in (1, 2):
                     # It could not start at all (port in use, ...); it said why.
-                    status = code
+                    status = int(code or 1)
                     stopping.set()
                     break
-                log.warning("worker %d exited with status %s; starting it again in 1s", index, code)
+                log.warning("worker %d exited with status %s; starting it again in 1s", finished, code)
                 await asyncio.sleep(1)
-                await start(index)
+                await start(finished)
     finally:
         for child in children.values():
             if child.returncode is None:
@@ -118,7 +119,7 @@ async def _supervise(argv: list[str], workers: int, redis_url: str | None, data_
         for child in children.values():
             try:
                 await asyncio.wait_for(child.wait(), 30)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 child.kill()
                 await child.wait()
         if embedded is not None:

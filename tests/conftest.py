@@ -13,16 +13,16 @@ import subprocess
 import textwrap
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import redis.asyncio as redis
 
-from exporter.core import Core, Registry
-from exporter.config import load_config
 from exporter import credentials
+from exporter.config import load_config
+from exporter.core import Core, Registry
 from exporter.embedded import find_redis_server
 from exporter.settings import Settings
 from exporter.store import Store, StoreLimits, connect

@@ -4,6 +4,7 @@ Alertmanager for the inhibitions."""
 
 import subprocess
 import time
+from datetime import UTC
 
 import httpx
 import pytest
@@ -108,9 +109,9 @@ async def test_job_alerts_are_inhibited_while_cronmon_is_down(aiohttp_server, tm
 
 
 def _iso(ts: float) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 async def _sleep(seconds: float) -> None:

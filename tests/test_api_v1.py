@@ -104,7 +104,11 @@ async def test_yaml_monitors_are_read_only(client):
 @pytest.mark.parametrize(
     "body, field, reason",
     [
-        ({**NEW, "schedule": {"cron": "0 3 * * *", "timezone": "Mars/Base"}}, "schedule.timezone", "unknown time zone 'Mars/Base'"),
+        (
+            {**NEW, "schedule": {"cron": "0 3 * * *", "timezone": "Mars/Base"}},
+            "schedule.timezone",
+            "unknown time zone 'Mars/Base'",
+        ),
         ({**NEW, "colour": "red"}, "colour", "unknown key"),
         ({**NEW, "schedule": {"cron": "0 0 30 2 *"}}, "schedule.cron", "never fires"),
         ({**NEW, "id": "Bad Id"}, "id", "is not a valid id"),
@@ -125,8 +129,12 @@ async def test_bad_bodies_and_conflicts(client):
     await error(await client.post("/api/v1/monitors", data="x" * 6000, headers=ALICE), 413, "too_large")
     assert (await client.post("/api/v1/monitors", json=NEW, headers=ALICE)).status == 201
     await error(await client.post("/api/v1/monitors", json=NEW, headers=CAROL), 409, "conflict")
-    await error(await client.patch("/api/v1/monitors/etl", json={"id": "other"}, headers=ALICE), 400, "validation_failed")
-    await error(await client.patch("/api/v1/monitors/etl", json={"grace": "soon"}, headers=ALICE), 400, "validation_failed")
+    await error(
+        await client.patch("/api/v1/monitors/etl", json={"id": "other"}, headers=ALICE), 400, "validation_failed"
+    )
+    await error(
+        await client.patch("/api/v1/monitors/etl", json={"grace": "soon"}, headers=ALICE), 400, "validation_failed"
+    )
     await error(await client.get("/api/v1/monitors/etl/runs?limit=0", headers=ALICE), 400, "validation_failed")
     await error(await client.get("/api/v1/monitors/etl/runs?before=x", headers=ALICE), 400, "validation_failed")
 
@@ -138,7 +146,9 @@ async def test_runs_pagination_and_logs(client, clock):
         await client.post("/ping/api-test-ping-key/etl/log", data=f"line {i}")
     first = await (await client.get("/api/v1/monitors/etl/runs?limit=2", headers=ALICE)).json()
     assert [r["seq"] for r in first["runs"]] == [5, 4] and first["next_before"] == 4
-    second = await (await client.get(f"/api/v1/monitors/etl/runs?limit=2&before={first['next_before']}", headers=ALICE)).json()
+    second = await (
+        await client.get(f"/api/v1/monitors/etl/runs?limit=2&before={first['next_before']}", headers=ALICE)
+    ).json()
     assert [r["seq"] for r in second["runs"]] == [3, 2]
     last = await (await client.get("/api/v1/monitors/etl/runs?limit=2&before=2", headers=ALICE)).json()
     assert [r["seq"] for r in last["runs"]] == [1] and last["next_before"] is None

@@ -62,7 +62,12 @@ async def test_create_list_get_update_delete(client, clock):
     detail = await (await client.get("/cron-checks/1", headers=AUTH)).json()
     assert detail["pings_total"] == 3
     newest, success, start = detail["pings"]
-    assert (newest["ping_type"], newest["exit_code"], newest["duration_seconds"], newest["body"]) == ("fail", 3, 7.5, "disk full")
+    assert (newest["ping_type"], newest["exit_code"], newest["duration_seconds"], newest["body"]) == (
+        "fail",
+        3,
+        7.5,
+        "disk full",
+    )
     assert success["ping_type"] == "success" and success["user_agent"] == "curl/8.4.0"
     assert success["duration_seconds"] == pytest.approx(2) and success["source_ip"] == "127.0.0.1"
     assert start["check_id"] == 1 and start["received_at"].endswith("Z")
@@ -105,7 +110,12 @@ async def test_validation_failed_with_issues(client, body, field):
 async def test_defaults_and_short_interval_grace(client):
     check = (await create(client, {"name": "Heartbeat", "interval_seconds": 60}))["check"]
     assert check["grace_seconds"] == 30  # half the interval: the documented 300 would break the rule
-    assert (check["alert_on_missed"], check["alert_on_fail"], check["alert_on_stuck"], check["alert_on_long"]) == (1, 1, 1, 0)
+    assert (check["alert_on_missed"], check["alert_on_fail"], check["alert_on_stuck"], check["alert_on_long"]) == (
+        1,
+        1,
+        1,
+        0,
+    )
     assert check["max_duration_seconds"] is None and check["server_id"] is None
 
 
@@ -138,9 +148,9 @@ async def test_concurrent_creates_cannot_both_take_the_last_place(client):
     creates racing for the last places, exactly the limit's worth succeed."""
     import asyncio
 
-    statuses = await asyncio.gather(*(
-        client.post("/cron-checks", json={**EXAMPLE, "name": f"job {i}"}, headers=AUTH) for i in range(8)
-    ))
+    statuses = await asyncio.gather(
+        *(client.post("/cron-checks", json={**EXAMPLE, "name": f"job {i}"}, headers=AUTH) for i in range(8))
+    )
     assert sorted(r.status for r in statuses) == [201] * 3 + [402] * 5
     listed = await (await client.get("/cron-checks", headers=AUTH)).json()
     assert listed["current_count"] == 3
@@ -169,10 +179,14 @@ async def test_alert_switches_mute_their_alerts(client):
     monitor = client.app[CORE].registry.monitors[f"nightly-db-backup-{check['id']}"]
     assert monitor.muted == {"CronJobMissed", "CronJobTooLong"}
     text = await (await client.get("/metrics")).text()
-    muted = sorted(line.split('alert="')[1].split('"')[0] for line in text.splitlines()
-                   if line.startswith("cronmon_alert_muted{") and monitor.id in line)
+    muted = sorted(
+        line.split('alert="')[1].split('"')[0]
+        for line in text.splitlines()
+        if line.startswith("cronmon_alert_muted{") and monitor.id in line
+    )
     assert muted == ["CronJobMissed", "CronJobTooLong"]
-    updated = await client.put(f"/cron-checks/{check['id']}", json={"alert_on_missed": True, "alert_on_long": True},
-                               headers=AUTH)
+    updated = await client.put(
+        f"/cron-checks/{check['id']}", json={"alert_on_missed": True, "alert_on_long": True}, headers=AUTH
+    )
     assert updated.status == 200
     assert client.app[CORE].registry.monitors[monitor.id].muted == frozenset()

@@ -124,7 +124,9 @@ async def test_bridge_pages_with_rich_annotations_and_resolves(
         missed = await receiver.wait_for("CronJobMissed", monitor="heartbeat")
         print(f"\nbridge: missed deadline -> webhook in {missed.received_at - deadline:.1f}s")
         assert missed.receiver_path == "data-pager"
-        assert missed.labels == {"alertname": "CronJobMissed", "monitor": "heartbeat", "team": "data", "severity": "critical"}
+        assert missed.labels == {
+            "alertname": "CronJobMissed", "monitor": "heartbeat", "team": "data", "severity": "critical",
+        }
         assert missed.annotations["link"] == "http://cronmon.test/monitors/heartbeat"
 
         failed = await receiver.wait_for("CronJobFailed", monitor="etl")

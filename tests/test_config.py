@@ -109,7 +109,20 @@ def test_check_config_exit_codes():
 @pytest.mark.parametrize(
     "command, flags",
     [
-        ("serve", ["--config", "--listen", "--redis-url", "--data-dir", "--redis-server", "--public-url", "--key-prefix", "--log-level", "CRONMON_REDIS_URL"]),
+        (
+            "serve",
+            [
+                "--config",
+                "--listen",
+                "--redis-url",
+                "--data-dir",
+                "--redis-server",
+                "--public-url",
+                "--key-prefix",
+                "--log-level",
+                "CRONMON_REDIS_URL",
+            ],
+        ),
         ("check-config", ["PATH"]),
     ],
 )
@@ -120,9 +133,15 @@ def test_help_explains_every_flag(command, flags):
         assert flag in out.stdout
 
 
-@pytest.mark.parametrize("field, value", [
-    ("grace", float("nan")), ("grace", float("inf")), ("max_runtime", 1e300), ("grace", "99999999999999999d"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("grace", float("nan")),
+        ("grace", float("inf")),
+        ("max_runtime", 1e300),
+        ("grace", "99999999999999999d"),
+    ],
+)
 def test_api_monitor_specs_refuse_non_finite_and_huge_durations(field, value):
     """JSON bodies can carry NaN and Infinity (Python's json accepts them):
     such a monitor used to answer 500 to every ping after recording it."""

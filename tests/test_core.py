@@ -7,9 +7,10 @@ import random
 import pytest
 
 from exporter.core import Core
+from exporter.errors import StoreUnavailable
 from exporter.evaluate import SWEEP_BATCH, evaluate
 from exporter.model import CheckIn, Kind, Status
-from exporter.store import Store, StoreLimits, StoreUnavailable, connect
+from exporter.store import Store, StoreLimits, connect
 from exporter.sweeper import Sweeper
 
 from .conftest import T0, free_port
@@ -598,10 +599,17 @@ async def test_a_hung_job_that_starts_again_does_not_page_missed(make_core, cloc
     assert (await core.store.facts("job")).outcomes.get("missed") == 1
 
 
-@pytest.mark.parametrize("old, new", [
-    ("grace: 5m", "grace: 10m"), ("max_runtime: 10m", "max_runtime: 20m"), ("grace: 5m", "grace: 5m\n    failure_threshold: 1"),
-])
-async def test_editing_grace_or_max_runtime_while_late_does_not_forgive_the_slot(make_core, store, clock, tmp_path, old, new):
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("grace: 5m", "grace: 10m"),
+        ("max_runtime: 10m", "max_runtime: 20m"),
+        ("grace: 5m", "grace: 5m\n    failure_threshold: 1"),
+    ],
+)
+async def test_editing_grace_or_max_runtime_while_late_does_not_forgive_the_slot(
+    make_core, store, clock, tmp_path, old, new
+):
     from .conftest import registry_from, write_config
 
     core = make_core(HOURLY)  # hourly, grace 5m

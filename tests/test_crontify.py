@@ -76,7 +76,9 @@ async def test_the_documented_shell_script_flow(client, clock):
     assert facts.last_duration == pytest.approx(30) and facts.meta == {"exit_code": 0.0}
     # Signal failure with log output
     output = "Traceback (most recent call last):\n  ...\nValueError: boom\n"
-    fail = await client.post(f"{BASE}/fail", headers=KEY, json={"errorMessage": "Job exited with code 1", "logOutput": output})
+    fail = await client.post(
+        f"{BASE}/fail", headers=KEY, json={"errorMessage": "Job exited with code 1", "logOutput": output}
+    )
     envelope(await fail.json(), "failed")
     events = await client.app[CORE].store.history("nightly-report")
     assert events[0]["message"] == "Job exited with code 1"
@@ -90,14 +92,19 @@ async def test_meta_on_success_and_silent_failure(client):
     text = await (await client.get("/metrics")).text()
     samples = {
         (s.name, s.labels.get("outcome")): s.value
-        for family in text_string_to_metric_families(text) for s in family.samples
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
         if s.labels.get("monitor") == "nightly-report"
     }
     assert samples[("cronmon_runs_total", "silent_failure")] == 1
     assert samples[("cronmon_runs_total", "ok")] == 1
     assert samples[("cronmon_silent_failure", None)] == 1
-    status = [s for f in text_string_to_metric_families(text) for s in f.samples
-              if s.name == "cronmon_monitor_status" and s.labels["monitor"] == "nightly-report" and s.value == 1]
+    status = [
+        s
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "cronmon_monitor_status" and s.labels["monitor"] == "nightly-report" and s.value == 1
+    ]
     assert status[0].labels["status"] == "up"  # a silent failure is not a threshold failure
 
 
@@ -106,14 +113,22 @@ async def test_log_output_is_cut_stored_apart_and_read_back(client):
     run_id = start["data"]["runId"]
     long_log = "x" * 10_000 + "TAIL"
     await client.post(f"{BASE}/fail", headers=KEY, json={"errorMessage": "boom", "logOutput": long_log})
-    listing = await (await client.get("/api/v1/monitors/nightly-report/runs", headers={"Authorization": "Bearer ui-token"})).json()
+    listing = await (
+        await client.get("/api/v1/monitors/nightly-report/runs", headers={"Authorization": "Bearer ui-token"})
+    ).json()
     assert "x" * 100 not in json.dumps(listing)  # never in list queries
-    log = await client.get(f"/api/v1/monitors/nightly-report/runs/{run_id}/log", headers={"Authorization": "Bearer ui-token"})
+    log = await client.get(
+        f"/api/v1/monitors/nightly-report/runs/{run_id}/log", headers={"Authorization": "Bearer ui-token"}
+    )
     body = await log.json()
     assert body["hasLog"] is True and body["content"] == "x" * 10_000 and body["truncated"] is True
     no_log = await (await client.post(f"{BASE}/start", headers=KEY)).json()
-    body = await (await client.get(f"/api/v1/monitors/nightly-report/runs/{no_log['data']['runId']}/log",
-                                   headers={"Authorization": "Bearer ui-token"})).json()
+    body = await (
+        await client.get(
+            f"/api/v1/monitors/nightly-report/runs/{no_log['data']['runId']}/log",
+            headers={"Authorization": "Bearer ui-token"},
+        )
+    ).json()
     assert body["hasLog"] is False and body["content"] is None
 
 
@@ -125,7 +140,7 @@ async def test_log_output_is_cut_stored_apart_and_read_back(client):
         (KEY, "/api/v1/ping/no-such-monitor/start", 404, "Monitor not found"),
         (KEY, "/api/v1/ping/globex-job/start", 404, "Monitor not found"),  # another account's
         # A YAML monitor that does not name the token in ping.tokens.
-        (KEY, "/api/v1/ping/not-granted/success", 403, 'name it in the monitor\'s ping.tokens'),
+        (KEY, "/api/v1/ping/not-granted/success", 403, "name it in the monitor's ping.tokens"),
         # The other account's token, on a YAML monitor granted to ck-live only.
         ({"X-API-Key": "ck_live_globex"}, f"{BASE}/success", 403, 'api token "other-account" may not'),
         # A read-scope token of the right account.

@@ -86,7 +86,11 @@ async def test_create_applies_every_default_and_returns_read_only_fields(client,
     assert flight["status"] == "new" and flight["is_deleted"] is False
     assert flight["created_at"] == flight["updated_at"] == "2026-06-15T12:00:00.000Z"
     assert flight["team_name"] is None and flight["group_name"] is None
-    assert (flight["uptime_percentage"], flight["uptime_checks_total"], flight["uptime_checks_successful"]) == (None, 0, 0)
+    assert (flight["uptime_percentage"], flight["uptime_checks_total"], flight["uptime_checks_successful"]) == (
+        None,
+        0,
+        0,
+    )
     assert [a["action"] for a in flight["audit"]] == ["created"]
     # The flight is a monitor: in /metrics under its path, rate-limited as documented.
     assert await metric(client, "cronmon_monitor_status", monitor=flight["path"], status="new") == 1
@@ -95,13 +99,28 @@ async def test_create_applies_every_default_and_returns_read_only_fields(client,
 
 
 async def test_every_request_field_is_stored(client):
-    group = await (await client.post("/api/flights/groups/", json={"name": "Databases", "order": 1},
-                                     headers=AUTH)).json()
-    body = {"name": "Orders API", "description": "health", "path": "orders-api", "expected_interval": 300,
-            "grace_period": 30, "max_missed_checkins": 2, "allowed_ips": ["10.0.0.0/8", "203.0.113.7"],
-            "monitoring_type": "ACTIVE", "monitor_url": "https://orders.example/health", "monitor_interval": 120,
-            "slow_response_threshold": 2, "timeout_threshold": 8, "consecutive_failure_threshold": 4,
-            "group": group["id"], "order": 7, "team": "ops", "extra_config": {"is_paired_arrival": True}}
+    group = await (
+        await client.post("/api/flights/groups/", json={"name": "Databases", "order": 1}, headers=AUTH)
+    ).json()
+    body = {
+        "name": "Orders API",
+        "description": "health",
+        "path": "orders-api",
+        "expected_interval": 300,
+        "grace_period": 30,
+        "max_missed_checkins": 2,
+        "allowed_ips": ["10.0.0.0/8", "203.0.113.7"],
+        "monitoring_type": "ACTIVE",
+        "monitor_url": "https://orders.example/health",
+        "monitor_interval": 120,
+        "slow_response_threshold": 2,
+        "timeout_threshold": 8,
+        "consecutive_failure_threshold": 4,
+        "group": group["id"],
+        "order": 7,
+        "team": "ops",
+        "extra_config": {"is_paired_arrival": True},
+    }
     flight = await create(client, **body)
     assert {k: flight[k] for k in body} == body
     assert flight["team_name"] == "ops" and flight["group_name"] == "Databases"
@@ -110,34 +129,44 @@ async def test_every_request_field_is_stored(client):
     assert monitor.schedule.seconds == 120 and monitor.failure_threshold == 4
     assert monitor.group == "Databases" and dict(monitor.labels) == {"team": "ops"}
     # Team members see and may change it; another account does not see it.
-    assert (await client.get(f"/api/flights/{flight['id']}/", headers={"Authorization": "Bearer bob-token"})).status == 200
+    assert (
+        await client.get(f"/api/flights/{flight['id']}/", headers={"Authorization": "Bearer bob-token"})
+    ).status == 200
     assert (await client.get(f"/api/flights/{flight['id']}/", headers=OTHER)).status == 404
 
 
-@pytest.mark.parametrize("body, field", [
-    ({}, "name"),
-    ({"name": ""}, "name"),
-    ({"name": "x", "expected_interval": "3600"}, "expected_interval"),
-    ({"name": "x", "expected_interval": 0}, "expected_interval"),
-    ({"name": "x", "grace_period": -1}, "grace_period"),
-    ({"name": "x", "max_missed_checkins": 0}, "max_missed_checkins"),
-    ({"name": "x", "allowed_ips": ["10.0.0.300"]}, "allowed_ips"),
-    ({"name": "x", "allowed_ips": "10.0.0.1"}, "allowed_ips"),
-    ({"name": "x", "monitoring_type": "PUSH"}, "monitoring_type"),
-    ({"name": "x", "monitoring_type": "ACTIVE"}, "monitor_url"),
-    ({"name": "x", "monitoring_type": "ACTIVE", "monitor_url": "ftp://x"}, "monitor_url"),
-    ({"name": "x", "monitoring_type": "ACTIVE", "monitor_url": "https://x", "slow_response_threshold": 20},
-     "slow_response_threshold"),
-    ({"name": "x", "monitoring_type": "ACTIVE", "monitor_url": "https://x", "monitor_interval": 5}, "monitor_interval"),
-    ({"name": "x", "group": "0b1e7f43-0000-4000-8000-000000000000"}, "group"),
-    ({"name": "x", "team": "finance"}, "team"),
-    ({"name": "x", "extra_config": {"is_paired_arrival": "yes"}}, "extra_config"),
-    ({"name": "x", "extra_config": {"blob": "x" * 5000}}, "extra_config"),
-    ({"name": "x", "path": "Has Spaces"}, "path"),
-    ({"name": "x", "order": 1.5}, "order"),
-    ({"name": "x", "expected_interval": None}, "expected_interval"),
-    ({"name": "x", "colour": "red"}, "colour"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "name"),
+        ({"name": ""}, "name"),
+        ({"name": "x", "expected_interval": "3600"}, "expected_interval"),
+        ({"name": "x", "expected_interval": 0}, "expected_interval"),
+        ({"name": "x", "grace_period": -1}, "grace_period"),
+        ({"name": "x", "max_missed_checkins": 0}, "max_missed_checkins"),
+        ({"name": "x", "allowed_ips": ["10.0.0.300"]}, "allowed_ips"),
+        ({"name": "x", "allowed_ips": "10.0.0.1"}, "allowed_ips"),
+        ({"name": "x", "monitoring_type": "PUSH"}, "monitoring_type"),
+        ({"name": "x", "monitoring_type": "ACTIVE"}, "monitor_url"),
+        ({"name": "x", "monitoring_type": "ACTIVE", "monitor_url": "ftp://x"}, "monitor_url"),
+        (
+            {"name": "x", "monitoring_type": "ACTIVE", "monitor_url": "https://x", "slow_response_threshold": 20},
+            "slow_response_threshold",
+        ),
+        (
+            {"name": "x", "monitoring_type": "ACTIVE", "monitor_url": "https://x", "monitor_interval": 5},
+            "monitor_interval",
+        ),
+        ({"name": "x", "group": "0b1e7f43-0000-4000-8000-000000000000"}, "group"),
+        ({"name": "x", "team": "finance"}, "team"),
+        ({"name": "x", "extra_config": {"is_paired_arrival": "yes"}}, "extra_config"),
+        ({"name": "x", "extra_config": {"blob": "x" * 5000}}, "extra_config"),
+        ({"name": "x", "path": "Has Spaces"}, "path"),
+        ({"name": "x", "order": 1.5}, "order"),
+        ({"name": "x", "expected_interval": None}, "expected_interval"),
+        ({"name": "x", "colour": "red"}, "colour"),
+    ],
+)
 async def test_invalid_flights_are_refused_and_nothing_is_created(client, body, field):
     response = await client.post("/api/flights/", json=body, headers=AUTH)
     assert response.status == 400
@@ -198,7 +227,10 @@ async def test_put_patch_and_audit(client, clock):
 
     audit = await (await client.get(f"{url}audit/", headers=AUTH)).json()
     assert [a["action"] for a in audit] == ["updated", "updated", "created"]
-    assert audit[0]["changes"] == {"expected_interval": {"old": 600, "new": 900}, "name": {"old": "Nightly backup", "new": "Renamed"}}
+    assert audit[0]["changes"] == {
+        "expected_interval": {"old": 600, "new": 900},
+        "name": {"old": "Nightly backup", "new": "Renamed"},
+    }
     assert audit[1]["changes"] == {"grace_period": {"old": 60, "new": 120}}
     assert audit[0]["actor"] == "alice" and audit[0]["token"] == "cc-ops"
     monitor = client.app[CORE].registry.monitors[flight["path"]]
@@ -232,7 +264,9 @@ async def test_soft_delete_restore_purge_and_hard_delete(client):
     assert (await client.get(f"/c/{flight['shortcode']}/")).status == 404
     assert (await client.get(f"/ping/{uuid}")).status == 404
     assert (await client.get(f"/ping/cc-test-ping-key/{flight['path']}")).status == 404
-    assert (await client.post(f"/api/v1/ping/{flight['path']}/success", headers={"X-API-Key": "ops-token"})).status == 404
+    assert (
+        await client.post(f"/api/v1/ping/{flight['path']}/success", headers={"X-API-Key": "ops-token"})
+    ).status == 404
     assert await app_dump(client) == before
     restored = await (await client.post(f"{url}restore/", headers=AUTH)).json()
     assert restored["is_deleted"] is False and restored["status"] == "new"
@@ -281,10 +315,16 @@ async def test_a_reorder_reloads_the_definitions_once(client, monkeypatch):
     assert [f["name"] for f in await api_flights(client)] == ["f4", "f3", "f2", "f1", "f0"]
 
 
-@pytest.mark.parametrize("body, status", [
-    ([], 400), ({"items": "x"}, 400), ([{"id": "x"}], 400), ([{"id": "x", "order": "1"}], 400),
-    ([{"id": "0b1e7f43-0000-4000-8000-000000000000", "order": 1}], 404),
-])
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        ([], 400),
+        ({"items": "x"}, 400),
+        ([{"id": "x"}], 400),
+        ([{"id": "x", "order": "1"}], 400),
+        ([{"id": "0b1e7f43-0000-4000-8000-000000000000", "order": 1}], 404),
+    ],
+)
 async def test_bad_reorders_change_nothing(client, body, status):
     a = await create(client, name="a")
     response = await client.post("/api/flights/reorder/", json=body, headers=AUTH)
@@ -313,8 +353,10 @@ async def test_groups_crud_reorder_and_delete_ungroups(client):
     assert (await client.patch(gurl, json={"order": "x"}, headers=AUTH)).status == 400
     assert (await client.get(gurl, headers=OTHER)).status == 404
 
-    for body in ([{"id": group["id"], "order": 5}, {"id": second["id"], "order": 3}],
-                 {"items": [{"id": group["id"], "order": 5}, {"id": second["id"], "order": 3}]}):
+    for body in (
+        [{"id": group["id"], "order": 5}, {"id": second["id"], "order": 3}],
+        {"items": [{"id": group["id"], "order": 5}, {"id": second["id"], "order": 3}]},
+    ):
         assert (await client.post("/api/flights/groups/reorder/", json=body, headers=AUTH)).status == 200
     listed = await (await client.get("/api/flights/groups/", headers=AUTH)).json()
     assert [(g["name"], g["order"]) for g in listed] == [("Second", 3), ("Databases", 5)]
@@ -335,8 +377,11 @@ async def test_groups_crud_reorder_and_delete_ungroups(client):
 async def test_check_in_statuses_metadata_and_duration(client, clock):
     flight = await create(client, expected_interval=600)
     key = {"X-API-Key": flight["api_key"]}
-    response = await client.post("/api/flights/check-in/", json={
-        "status": "SUCCESS", "metadata": {"version": "1.0.0", "rows": 42}, "runtime_duration": 12.5}, headers=key)
+    response = await client.post(
+        "/api/flights/check-in/",
+        json={"status": "SUCCESS", "metadata": {"version": "1.0.0", "rows": 42}, "runtime_duration": 12.5},
+        headers=key,
+    )
     assert response.status == 201
     landing = await response.json()
     assert landing["status"] == "SUCCESS" and landing["phase"] == "SINGLE" and landing["flight"] == flight["id"]
@@ -355,16 +400,30 @@ async def test_check_in_statuses_metadata_and_duration(client, clock):
     assert [x["status"] for x in landings] == ["ERROR", "WARNING", "SUCCESS"]
     detail = await (await client.get(f"/api/flights/{flight['id']}/", headers=AUTH)).json()
     assert detail["last_landing_status"] == "ERROR" and detail["last_check_in"] == "2026-06-15T12:02:00.000Z"
-    assert (detail["uptime_checks_total"], detail["uptime_checks_successful"], detail["uptime_percentage"]) == (3, 2, 66.67)
+    assert (detail["uptime_checks_total"], detail["uptime_checks_successful"], detail["uptime_percentage"]) == (
+        3,
+        2,
+        66.67,
+    )
     limited = await (await client.get(f"/api/flights/{flight['id']}/landings/?limit=1&offset=1", headers=AUTH)).json()
     assert [x["status"] for x in limited] == ["WARNING"]
     assert (await client.get(f"/api/flights/{flight['id']}/landings/?limit=0", headers=AUTH)).status == 400
 
 
-@pytest.mark.parametrize("body", [
-    {"status": "OK"}, {"status": 1}, {"metadata": "x"}, {"metadata": {"k": "v" * 9000}},
-    {"runtime_duration": -1}, {"runtime_duration": "5"}, {"phase": "MIDDLE"}, {"pair_key": ""}, [1],
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"status": "OK"},
+        {"status": 1},
+        {"metadata": "x"},
+        {"metadata": {"k": "v" * 9000}},
+        {"runtime_duration": -1},
+        {"runtime_duration": "5"},
+        {"phase": "MIDDLE"},
+        {"pair_key": ""},
+        [1],
+    ],
+)
 async def test_bad_check_ins_record_nothing(client, body):
     flight = await create(client)
     response = await client.post("/api/flights/check-in/", json=body, headers={"X-API-Key": flight["api_key"]})
@@ -392,8 +451,9 @@ async def test_paired_arrival(client, clock):
     again = await client.post("/api/flights/check-in/", json={"phase": "START", "pair_key": "job-123"}, headers=key)
     assert again.status == 200 and (await again.json())["duplicate"] is True
     clock.advance(95)
-    done = await client.post("/api/flights/check-in/",
-                             json={"phase": "COMPLETE", "pair_key": "job-123", "status": "SUCCESS"}, headers=key)
+    done = await client.post(
+        "/api/flights/check-in/", json={"phase": "COMPLETE", "pair_key": "job-123", "status": "SUCCESS"}, headers=key
+    )
     landing = await done.json()
     assert done.status == 201 and landing["phase"] == "COMPLETE" and landing["pair_key"] == "job-123"
     assert landing["runtime_duration"] == 95
@@ -436,10 +496,13 @@ async def test_allowed_ips(client, app_settings, aiohttp_client, tmp_path, clock
 
 async def test_allowed_ips_behind_a_trusted_proxy(aiohttp_client, app_settings, tmp_path, monkeypatch, clock):
     import ipaddress
+
     monkeypatch.setenv("T_OPS", "ops-token")
     monkeypatch.setenv("CRONMON_PING_KEY", "k")
-    settings = app_settings(write_config(tmp_path, "api_tokens:\n  - {name: o, env: T_OPS, owner: a, scope: write}\n"),
-                            trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),))
+    settings = app_settings(
+        write_config(tmp_path, "api_tokens:\n  - {name: o, env: T_OPS, owner: a, scope: write}\n"),
+        trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),),
+    )
     client = await aiohttp_client(create_app(settings, clock=clock))
     flight = await create(client, allowed_ips=["203.0.113.0/24"])
     key = {"X-API-Key": flight["api_key"]}
@@ -529,8 +592,13 @@ def _seed_examples(name: str) -> list[str]:
 async def _run_curl(command: str) -> tuple[int, str]:
     argv = shlex.split(command)
     process = await asyncio.create_subprocess_exec(
-        *argv[:1], "-sS", "-w", "\n%{http_code}", *argv[1:],
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *argv[:1],
+        "-sS",
+        "-w",
+        "\n%{http_code}",
+        *argv[1:],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await process.communicate()
     assert process.returncode == 0, err
@@ -540,14 +608,18 @@ async def _run_curl(command: str) -> tuple[int, str]:
 
 async def test_every_check_in_example_runs_as_written(client):
     import json
+
     flight = await create(client)
     base = f"http://{client.server.host}:{client.server.port}"
     examples = _seed_examples("crosscheck-checkins.txt")
     assert len(examples) == 5, examples  # check-in, two short URL, paired start and end
     results = []
     for example in examples:
-        command = (example.replace("https://crosscheck.app", base)
-                   .replace("<flight-api-key>", flight["api_key"]).replace("Ab1Cd2Ef", flight["shortcode"]))
+        command = (
+            example.replace("https://crosscheck.app", base)
+            .replace("<flight-api-key>", flight["api_key"])
+            .replace("Ab1Cd2Ef", flight["shortcode"])
+        )
         results.append(await _run_curl(command))
     assert [code for code, _ in results] == [201, 200, 200, 201, 201]
     assert json.loads(results[0][1])["metadata"] == {"version": "1.0.0"}
@@ -568,9 +640,12 @@ async def test_every_flights_endpoint_of_the_document_answers(client):
     assert len(endpoints) == 20
     flight = await create(client)
     group = await (await client.post("/api/flights/groups/", json={"name": "g"}, headers=AUTH)).json()
-    bodies = {"/api/flights/reorder/": [{"id": flight["id"], "order": 1}],
-              "/api/flights/groups/reorder/": {"items": [{"id": group["id"], "order": 1}]},
-              "/api/flights/": {"name": "another"}, "/api/flights/groups/": {"name": "another"}}
+    bodies = {
+        "/api/flights/reorder/": [{"id": flight["id"], "order": 1}],
+        "/api/flights/groups/reorder/": {"items": [{"id": group["id"], "order": 1}]},
+        "/api/flights/": {"name": "another"},
+        "/api/flights/groups/": {"name": "another"},
+    }
     # The deletes go last.
     order = sorted(endpoints, key=lambda e: e[0] == "DELETE")
     for method, path in order:
@@ -605,9 +680,16 @@ def test_uptime_windows_are_exact_at_the_edges():
 
     now = T0 + 30 * 60  # 12:30
     hour, day = int(now // 3600), int(now // 86400)
-    buckets = {f"h{hour}:ok": 2, f"h{hour - 23}:missed": 1, f"h{hour - 24}:error": 5,
-               f"d{day}:ok": 2, f"d{day - 6}:warning": 1, f"d{day - 7}:error": 4, f"d{day - 29}:silent_failure": 1,
-               f"d{day - 30}:ok": 9}
+    buckets = {
+        f"h{hour}:ok": 2,
+        f"h{hour - 23}:missed": 1,
+        f"h{hour - 24}:error": 5,
+        f"d{day}:ok": 2,
+        f"d{day - 6}:warning": 1,
+        f"d{day - 7}:error": 4,
+        f"d{day - 29}:silent_failure": 1,
+        f"d{day - 30}:ok": 9,
+    }
     summary = uptime.summary(buckets, now)
     assert (summary["24h"].total, summary["24h"].successful) == (3, 2)
     assert (summary["7d"].total, summary["7d"].successful, summary["7d"].percentage) == (3, 3, 100.0)
@@ -619,11 +701,14 @@ def test_imported_secrets_must_exist_and_be_unique(tmp_path):
     from exporter import credentials
     from exporter.config import ConfigError, load_config
 
-    path = write_config(tmp_path, """
+    path = write_config(
+        tmp_path,
+        """
         monitors:
           - {id: a, schedule: {interval: 1h}, ping: {api_key_env: KEY_A, shortcode_env: CODE}}
           - {id: b, schedule: {interval: 1h}, ping: {shortcode_env: CODE, api_key_file: /nonexistent/key}}
-    """)
+    """,
+    )
     config = load_config(path, now=T0)
     with pytest.raises(ConfigError) as caught:
         credentials.resolve(config, tmp_path, {"CODE": "Ab1Cd2Ef", "CRONMON_PING_KEY": "k"})
@@ -641,10 +726,14 @@ def test_trusted_proxy_flag_and_environment(monkeypatch, capsys):
 
     argv = ["serve", "--config", "x", "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "192.0.2.1"]
     assert build_parser().parse_args(argv).trusted_proxy == [
-        ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.0.2.1/32")]
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("192.0.2.1/32"),
+    ]
     monkeypatch.setenv("CRONMON_TRUSTED_PROXIES", "172.16.0.0/12, fd00::/8")
     assert build_parser().parse_args(["serve", "--config", "x"]).trusted_proxy == [
-        ipaddress.ip_network("172.16.0.0/12"), ipaddress.ip_network("fd00::/8")]
+        ipaddress.ip_network("172.16.0.0/12"),
+        ipaddress.ip_network("fd00::/8"),
+    ]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--config", "x", "--trusted-proxy", "proxy.example"])
     assert "'proxy.example' is not an IP address or a network" in capsys.readouterr().err
@@ -669,11 +758,14 @@ async def test_uptime_buckets_stay_bounded(make_core, clock, raw_redis):
     assert len(fields) <= 48 + 31 + 1
 
 
-@pytest.mark.parametrize("method, path, headers", [
-    ("GET", "/ping/cc-test-ping-key/fenced", {}),
-    ("POST", "/api/v1/ping/fenced/success", {"X-API-Key": "ops-token"}),
-    ("GET", "/api/1/cron/fenced/ops-token/?status=ok", {}),
-])
+@pytest.mark.parametrize(
+    "method, path, headers",
+    [
+        ("GET", "/ping/cc-test-ping-key/fenced", {}),
+        ("POST", "/api/v1/ping/fenced/success", {"X-API-Key": "ops-token"}),
+        ("GET", "/api/1/cron/fenced/ops-token/?status=ok", {}),
+    ],
+)
 async def test_allowed_ips_hold_for_every_api(client, method, path, headers):
     """The core enforces a monitor's allow list, whichever API reaches it."""
     response = await client.request(method, path, headers=headers)

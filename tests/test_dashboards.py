@@ -53,7 +53,9 @@ def test_templated_by_team_group_and_monitor(name):
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert {"datasource", "team", "group", "monitor"} <= variables.keys()
     for expr in expressions(board):
-        assert "$monitor" in expr or expr.startswith(("min(cronmon_", "count(cronmon_build_info", "histogram_quantile(0.99")), expr
+        assert "$monitor" in expr or expr.startswith(
+            ("min(cronmon_", "count(cronmon_build_info", "histogram_quantile(0.99")
+        ), expr
     for panel in board["panels"]:
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
     ids = [p["id"] for p in board["panels"]]
@@ -70,8 +72,11 @@ def test_provisioning_points_at_the_dashboards():
 def grafana_to_promql(expr: str, monitor: str) -> str:
     """Substitute the Grafana variables the way Grafana would."""
     return (
-        expr.replace("$team", ".*").replace("$group", ".*").replace("$monitor", monitor)
-        .replace("$__rate_interval", "1m").replace("$__range", "5m")
+        expr.replace("$team", ".*")
+        .replace("$group", ".*")
+        .replace("$monitor", monitor)
+        .replace("$__rate_interval", "1m")
+        .replace("$__range", "5m")
     )
 
 

@@ -13,8 +13,8 @@ from exporter.web.app import create_app
 from exporter.web.keys import CORE
 
 from .conftest import write_config
-from .test_dashboards import dashboards, expressions, grafana_to_promql, variable_queries
 from .servers import WebhookReceiver, alertmanager_config_for_tests, start_alertmanager, start_prometheus
+from .test_dashboards import dashboards, expressions, grafana_to_promql, variable_queries
 
 pytestmark = pytest.mark.e2e
 
@@ -127,7 +127,8 @@ async def assert_dashboards_return_data(prometheus: str) -> None:
                     empty.append(query)
             for label, selector in variable_queries(board):
                 selector = grafana_to_promql(selector, ".*")
-                reply = (await client.get(f"{prometheus}/api/v1/label/{label}/values", params={"match[]": selector})).json()
+                url = f"{prometheus}/api/v1/label/{label}/values"
+                reply = (await client.get(url, params={"match[]": selector})).json()
                 if not reply["data"]:
                     empty.append(f"label_values({selector}, {label})")
     assert not empty, "queries without data:\n" + "\n".join(empty)

@@ -281,7 +281,8 @@ def test_no_route_answers_5xx_logs_a_traceback_or_changes_anything_when_it_refus
     encoding = data.draw(encodings) if body is not None else None
     if encoding == "gzip" and data.draw(st.booleans()):
         body = gzip.compress(body)  # also a correctly compressed one
-    headers = headers_for(data.draw(auths), encoding, data.draw(st.sampled_from([None, "application/json", "text/plain"])))
+    content_type = data.draw(st.sampled_from([None, "application/json", "text/plain"]))
+    headers = headers_for(data.draw(auths), encoding, content_type)
     params = data.draw(queries)
     CASES[(method, template)] += 1
     before = dump(live)
@@ -293,5 +294,10 @@ def test_no_route_answers_5xx_logs_a_traceback_or_changes_anything_when_it_refus
     assert live.errors.records[logged:] == [], [r.getMessage() for r in live.errors.records[logged:]]
     if 400 <= response.status_code < 500 and response.status_code != 429:
         after = dump(live)
-        assert after == before, (method, path, response.status_code, response.text[:300],
-                                 sorted(set(after) ^ set(before)) or [k for k in after if after[k] != before.get(k)])
+        assert after == before, (
+            method,
+            path,
+            response.status_code,
+            response.text[:300],
+            sorted(set(after) ^ set(before)) or [k for k in after if after[k] != before.get(k)],
+        )

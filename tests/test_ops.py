@@ -91,7 +91,9 @@ async def test_every_metric_for_every_monitor_with_its_labels(client, clock):
     for name in SELF:
         assert any(s.name == name for s in all_samples), name
     assert value(text, "cronmon_monitor_status", monitor="backup", status="failed") == 1
-    assert sum(s.value for s in all_samples if s.name == "cronmon_monitor_status" and s.labels["monitor"] == "backup") == 1
+    assert (
+        sum(s.value for s in all_samples if s.name == "cronmon_monitor_status" and s.labels["monitor"] == "backup") == 1
+    )
     assert value(text, "cronmon_monitor_status", monitor="beat", status="new") == 1
     assert value(text, "cronmon_up", monitor="backup") == 0
     assert value(text, "cronmon_last_exit_code", monitor="backup") == 3
@@ -347,18 +349,27 @@ async def test_the_monitor_page_shows_what_a_job_sent_only_to_a_token_that_can_s
     monkeypatch.setenv("CRONMON_PING_KEY", "k" * 22)
     monkeypatch.setenv("T_A", "token-a")
     monkeypatch.setenv("T_B", "token-b")
-    path = write_config(tmp_path, """
+    path = write_config(
+        tmp_path,
+        """
         api_tokens:
           - {name: a, env: T_A, owner: team-a, scope: write}
           - {name: b, env: T_B, owner: team-b, scope: read}
-    """)
+    """,
+    )
     client = await aiohttp_client(create_app(app_settings(path), clock=clock))
-    created = await client.post("/api/v1/monitors", json={"id": "secret-job", "schedule": {"interval": "1h"}},
-                                headers={"Authorization": "Bearer token-a"})
+    created = await client.post(
+        "/api/v1/monitors",
+        json={"id": "secret-job", "schedule": {"interval": "1h"}},
+        headers={"Authorization": "Bearer token-a"},
+    )
     assert created.status == 201
     ping_url = (await created.json())["monitor"]["ping_url"]
-    failed = await client.post(ping_url.replace(client.app[SETTINGS].base_url, "") + "/1",
-                               data=b"db password is hunter2", headers={"User-Agent": "backup-host-17"})
+    failed = await client.post(
+        ping_url.replace(client.app[SETTINGS].base_url, "") + "/1",
+        data=b"db password is hunter2",
+        headers={"User-Agent": "backup-host-17"},
+    )
     assert failed.status == 200
 
     async def event(headers: dict) -> dict:

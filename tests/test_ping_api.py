@@ -6,8 +6,8 @@ import uuid
 import pytest
 
 from exporter.credentials import derive_uuid, digest
-from exporter.model import Status
 from exporter.evaluate import evaluate
+from exporter.model import Status
 from exporter.web.app import create_app
 from exporter.web.keys import CORE
 

@@ -169,6 +169,10 @@ def test_public_addresses_pass_and_the_operator_can_widen_but_never_reach_redis(
     assert redis_endpoints("unix:///tmp/redis.sock") == ()
 
 
+def answer_ok(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, stream=httpx.ByteStream(b"ok"))
+
+
 class FakeResolver:
     """A test-local resolver: names map to the addresses a test gives, one
     list per call (the last repeats), so a name can "rebind"."""
@@ -183,7 +187,10 @@ class FakeResolver:
         return answers[min(self.calls.count(host) - 1, len(answers) - 1)]
 
 
-async def mock_check(url, handler, resolver, policy=NetworkPolicy(public_only=True)):
+PUBLIC_ONLY = NetworkPolicy(public_only=True)
+
+
+async def mock_check(url, handler, resolver, policy=PUBLIC_ONLY):
     """run_check through an httpx MockTransport: nothing leaves the process,
     and `handler` sees exactly what would have been sent."""
     sent = []
@@ -203,7 +210,7 @@ async def test_the_check_connects_to_the_address_it_checked():
     with the name in Host and in TLS SNI (certificates are verified
     against the name)."""
     resolver = FakeResolver({"rebind.test": [["93.184.216.34"], ["127.0.0.1"]]})
-    result, sent = await mock_check("https://rebind.test:8443/health", lambda r: httpx.Response(200, stream=httpx.ByteStream(b"ok")), resolver)
+    result, sent = await mock_check("https://rebind.test:8443/health", answer_ok, resolver)
     assert result.kind is Kind.SUCCESS
     assert [r.url.host for r in sent] == ["93.184.216.34"] and resolver.calls == ["rebind.test"]
     assert sent[0].headers["Host"] == "rebind.test:8443" and sent[0].extensions["sni_hostname"] == "rebind.test"
@@ -212,16 +219,20 @@ async def test_the_check_connects_to_the_address_it_checked():
 @pytest.mark.parametrize("answers", [["10.0.0.7"], ["93.184.216.34", "10.0.0.7"], ["169.254.169.254"]])
 async def test_every_resolved_address_must_be_public(answers):
     resolver = FakeResolver({"internal.test": [answers]})
-    result, sent = await mock_check("http://internal.test/", lambda r: httpx.Response(200, stream=httpx.ByteStream(b"ok")), resolver)
+    result, sent = await mock_check(
+        "http://internal.test/", answer_ok, resolver
+    )
     assert result.kind is Kind.FAIL and "not a public address" in result.error and sent == []
+
+
+def redirect_to(location: str):
+    return lambda request: httpx.Response(302, headers={"Location": location}, stream=httpx.ByteStream(b""))
 
 
 async def test_a_redirect_into_the_internal_network_is_refused_before_it_is_followed():
     resolver = FakeResolver({"public.test": [["93.184.216.34"]], "metadata.test": [["169.254.169.254"]]})
     for location in ("http://169.254.169.254/latest/meta-data/", "http://metadata.test/", "http://[::1]:9879/"):
-        result, sent = await mock_check(
-            "http://public.test/", lambda r: httpx.Response(302, headers={"Location": location}, stream=httpx.ByteStream(b"")), resolver
-        )
+        result, sent = await mock_check("http://public.test/", redirect_to(location), resolver)
         assert result.kind is Kind.FAIL and "not a public address" in result.error
         assert [r.url.host for r in sent] == ["93.184.216.34"]  # the first hop only
 
@@ -307,21 +318,35 @@ async def test_checks_thresholds_flips_and_probe_metrics(aiohttp_client, app_set
     assert len(target.hits) == 4
     # The probe series (and the self metric of schedule lag) pass promtool.
     from .test_ops import promtool
+
     text = await (await client.get("/metrics")).text()
     assert "cronmon_probe_schedule_lag_seconds_count 4.0" in text
     result = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True)
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
 
 
-async def test_active_flight_test_now_runs_a_real_check(aiohttp_client, app_settings, tmp_path, monkeypatch, clock, target):
+async def test_active_flight_test_now_runs_a_real_check(
+    aiohttp_client, app_settings, tmp_path, monkeypatch, clock, target
+):
     monkeypatch.setenv("T_OPS", "ops-token")
-    settings = app_settings(write_config(tmp_path, "api_tokens: [{name: o, env: T_OPS, owner: a, scope: write}]\n"),
-                            probe_allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),))
+    settings = app_settings(
+        write_config(tmp_path, "api_tokens: [{name: o, env: T_OPS, owner: a, scope: write}]\n"),
+        probe_allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),),
+    )
     client = await aiohttp_client(create_app(settings, clock=clock))
     auth = {"Authorization": "Bearer ops-token"}
-    created = await client.post("/api/flights/", headers=auth, json={
-        "name": "Orders API", "monitoring_type": "ACTIVE", "monitor_url": f"{target.base}/switch",
-        "monitor_interval": 60, "timeout_threshold": 2, "slow_response_threshold": 1})
+    created = await client.post(
+        "/api/flights/",
+        headers=auth,
+        json={
+            "name": "Orders API",
+            "monitoring_type": "ACTIVE",
+            "monitor_url": f"{target.base}/switch",
+            "monitor_interval": 60,
+            "timeout_threshold": 2,
+            "slow_response_threshold": 1,
+        },
+    )
     flight = await created.json()
     target.mode = "down"
     response = await client.post(f"/api/flights/{flight['id']}/test_now/", headers=auth)
@@ -384,8 +409,11 @@ def test_two_processes_probe_each_check_once_and_hand_over(tmp_path, redis_serve
 
     handler = Handler()
     handler.start()
-    config = write_config(tmp_path, f'monitors: [{{id: site, http: {{url: "http://127.0.0.1:{handler.port}/", '
-                                    f'interval: 1s, slow: 0.5s, timeout: 0.9s}}, grace: 2s}}]')
+    config = write_config(
+        tmp_path,
+        f'monitors: [{{id: site, http: {{url: "http://127.0.0.1:{handler.port}/", '
+        f"interval: 1s, slow: 0.5s, timeout: 0.9s}}, grace: 2s}}]",
+    )
     flags = ["--redis-url", redis_server.url, "--key-prefix", prefix]
     servers = [Server(config, tmp_path / name, {"CRONMON_PING_KEY": "k" * 20}, flags) for name in ("a", "b")]
     try:
@@ -413,8 +441,9 @@ def test_two_processes_probe_each_check_once_and_hand_over(tmp_path, redis_serve
     assert len(after) >= 2, after
 
 
-async def test_an_api_token_cannot_make_cronmon_probe_loopback(aiohttp_client, app_settings, tmp_path, monkeypatch,
-                                                             clock, target):
+async def test_an_api_token_cannot_make_cronmon_probe_loopback(
+    aiohttp_client, app_settings, tmp_path, monkeypatch, clock, target
+):
     """Without --probe-allow-network, an API-created check of a loopback URL
     (cronmon's own port, a local admin page) is refused before connecting,
     and test_now reports the refusal, not the target's status or timing."""
@@ -422,9 +451,18 @@ async def test_an_api_token_cannot_make_cronmon_probe_loopback(aiohttp_client, a
     settings = app_settings(write_config(tmp_path, "api_tokens: [{name: o, env: T_OPS, owner: a, scope: write}]\n"))
     client = await aiohttp_client(create_app(settings, clock=clock))
     auth = {"Authorization": "Bearer ops-token"}
-    created = await client.post("/api/flights/", headers=auth, json={
-        "name": "Scanner", "monitoring_type": "ACTIVE", "monitor_url": f"{target.base}/fast",
-        "monitor_interval": 60, "timeout_threshold": 2, "slow_response_threshold": 1})
+    created = await client.post(
+        "/api/flights/",
+        headers=auth,
+        json={
+            "name": "Scanner",
+            "monitoring_type": "ACTIVE",
+            "monitor_url": f"{target.base}/fast",
+            "monitor_interval": 60,
+            "timeout_threshold": 2,
+            "slow_response_threshold": 1,
+        },
+    )
     flight = await created.json()
     body = await (await client.post(f"/api/flights/{flight['id']}/test_now/", headers=auth)).json()
     landing = body["landing"]

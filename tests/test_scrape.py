@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.collector import render_full
 from exporter.config import parse_monitor_spec
-from exporter.core import Core, MonitorExists, UnknownMonitor
+from exporter.core import Core
+from exporter.errors import MonitorExists, UnknownMonitor
 from exporter.model import CheckIn, Kind
 from exporter.scrape import Scraper
 from exporter.store import Store, StoreLimits, connect

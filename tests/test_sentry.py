@@ -3,8 +3,8 @@ gzip, brotli), the official sentry-sdk as a real client (with and without
 brotli), the HTTP check-in endpoint, and the error paths."""
 
 import gzip
-import logging
 import json
+import logging
 import sys
 import textwrap
 
@@ -120,16 +120,26 @@ async def test_yaml_monitor_keeps_its_config_and_read_key_cannot_create(client):
 
 
 async def test_all_zero_check_in_id_closes_the_newest_run(client, clock):
-    await client.post("/api/42/envelope/", data=envelope({"check_in_id": "a" * 32, "monitor_slug": "my-monitor", "status": "in_progress"}), headers=AUTH)
+    await client.post(
+        "/api/42/envelope/",
+        data=envelope({"check_in_id": "a" * 32, "monitor_slug": "my-monitor", "status": "in_progress"}),
+        headers=AUTH,
+    )
     clock.advance(5)
-    await client.post("/api/42/envelope/", data=envelope({"check_in_id": "0" * 32, "monitor_slug": "my-monitor", "status": "error"}), headers=AUTH)
+    await client.post(
+        "/api/42/envelope/",
+        data=envelope({"check_in_id": "0" * 32, "monitor_slug": "my-monitor", "status": "error"}),
+        headers=AUTH,
+    )
     recorded = await facts(client, "my-monitor")
     assert recorded.open_runs == () and recorded.last_duration == 5 and recorded.outcomes == {"error": 1}
 
 
 async def test_other_items_and_unknown_monitors_are_ignored(client):
-    body = envelope({"check_in_id": "b" * 32, "monitor_slug": "nobody", "status": "ok"},
-                    extra_items=[({"type": "event"}, b'{"message": "hi"}'), ({"type": "session"}, b"{}")])
+    body = envelope(
+        {"check_in_id": "b" * 32, "monitor_slug": "nobody", "status": "ok"},
+        extra_items=[({"type": "event"}, b'{"message": "hi"}'), ({"type": "session"}, b"{}")],
+    )
     response = await client.post("/api/42/envelope/?sentry_key=dsnkey123", data=body)
     assert response.status == 200 and (await response.json())["id"] == "9ec79c33ec9942ab8353589fcb2e04dc"
 
@@ -208,7 +218,12 @@ async def test_an_unchanged_monitor_config_writes_nothing(client):
     await client.post("/api/42/envelope/", data=envelope(DOC_CONFIG), headers=AUTH)
     store = client.app[CORE].store
     revision = await store.monitors_revision()
-    for check_in_id, status in (("1" * 32, "in_progress"), ("1" * 32, "ok"), ("2" * 32, "in_progress"), ("2" * 32, "error")):
+    for check_in_id, status in (
+        ("1" * 32, "in_progress"),
+        ("1" * 32, "ok"),
+        ("2" * 32, "in_progress"),
+        ("2" * 32, "error"),
+    ):
         again = {**DOC_CONFIG, "check_in_id": check_in_id, "status": status}
         assert (await client.post("/api/42/envelope/", data=envelope(again), headers=AUTH)).status == 200
     assert await store.monitors_revision() == revision  # no rewrite, no replica reload
@@ -251,11 +266,20 @@ ENVELOPE_HEADER = b'{"event_id": "9ec79c33ec9942ab8353589fcb2e04dc"}\n'
         (ENVELOPE_HEADER + GOOD_ITEM + b"\n" + _item(b'"a string"'), "", "must be a JSON object"),
         (ENVELOPE_HEADER + GOOD_ITEM + b"\n" + _item(b'{"monitor_slug": 7, "status": "ok"}'), "", "monitor_slug"),
         (ENVELOPE_HEADER + GOOD_ITEM + b"\n" + _item(b'{"monitor_slug": "x", "status": "done"}'), "", "status"),
-        (ENVELOPE_HEADER + GOOD_ITEM + b"\n" + _item(b'{"monitor_slug": "x", "status": "ok", "duration": '
-                                                     + b"9" * 5000 + b"}"), "", "is not JSON"),
+        (
+            ENVELOPE_HEADER
+            + GOOD_ITEM
+            + b"\n"
+            + _item(b'{"monitor_slug": "x", "status": "ok", "duration": ' + b"9" * 5000 + b"}"),
+            "",
+            "is not JSON",
+        ),
         (ENVELOPE_HEADER + GOOD_ITEM + b"\n" + _item(b"[" * 60_000), "", "nested too deeply"),
-        (ENVELOPE_HEADER + GOOD_ITEM + b"\n" + _item(b'{"monitor_slug": "x", "status": "ok", "monitor_config": 5}'),
-         "", "monitor_config"),
+        (
+            ENVELOPE_HEADER + GOOD_ITEM + b"\n" + _item(b'{"monitor_slug": "x", "status": "ok", "monitor_config": 5}'),
+            "",
+            "monitor_config",
+        ),
         (brotli.compress(ENVELOPE_HEADER + GOOD_ITEM)[:-4], "br", ""),  # cut short
         (b"\x0b\x02\x80", "br", ""),  # a valid brotli stream of nothing
         (gzip.compress(ENVELOPE_HEADER + GOOD_ITEM)[:-20], "gzip", ""),  # cut inside the deflate stream

@@ -24,12 +24,12 @@ from aiohttp import web
 
 from ..access import can_change, can_see
 from ..config import MonitorSpec, SpecError, parse_monitor_spec
-from ..core import MonitorExists, QuotaExceeded, ReadOnlyMonitor, UnknownMonitor
-from ..credentials import ApiToken, match_api_token
+from ..credentials import ApiToken
+from ..errors import MonitorExists, QuotaExceeded, ReadOnlyMonitor, StoreUnavailable, UnknownMonitor
 from ..evaluate import evaluate
 from ..model import CronSchedule, Facts, Monitor, iso_utc
-from ..store import StoreUnavailable
 from . import client
+from .client import bearer_token
 from .keys import CORE, SETTINGS
 
 MAX_PAGE = 200
@@ -48,17 +48,6 @@ class ApiError(Exception):
     def response(self) -> web.Response:
         headers = {"WWW-Authenticate": 'Bearer realm="cronmon"'} if self.status == 401 else None
         return web.json_response({"error": self.body}, status=self.status, headers=headers)
-
-
-def bearer_token(request: web.Request, schemes: tuple[str, ...] = ("bearer",)) -> tuple[bool, ApiToken | None]:
-    """(was a token sent, the API token it is) — for every API that
-    authenticates with `Authorization: Bearer` (or another of `schemes`,
-    lower-case, such as Django REST framework's "token")."""
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() not in schemes or not presented.strip():
-        return False, None
-    secrets = request.app[CORE].registry.secrets
-    return True, match_api_token(presented.strip(), secrets.api_tokens if secrets else ())
 
 
 def authenticate(request: web.Request, write: bool = False) -> ApiToken:
@@ -226,6 +215,7 @@ async def list_runs(request: web.Request) -> web.Response:
     token = authenticate(request)
     monitor = visible_monitor(request, token)
     limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
+    assert limit is not None  # it has a default
     before = _int_param(request, "before", None, 1, None)
     events = await request.app[CORE].store.history(monitor.id, 0, 10_000)
     if before is not None:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import time
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 from aiohttp import web
@@ -22,12 +22,13 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from ..bridge import AlertBridge
 from ..core import Core
 from ..embedded import EmbeddedRedis
+from ..errors import StoreUnavailable
+from ..heap import freeze_long_lived
 from ..probes import Prober, make_client, redis_endpoints
 from ..reloader import Reloader
-from ..heap import freeze_long_lived
 from ..scrape import Scraper
 from ..settings import Settings
-from ..store import Store, StoreUnavailable, connect
+from ..store import Store, connect
 from ..sweeper import Sweeper
 from ..workers import MULTIPROC_ENV
 from . import api_v1, boxwatch, crontify, crosscheck, crosscheck_checkin, healthchecks, ops, sentry

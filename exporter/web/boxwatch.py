@@ -26,20 +26,23 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, ValidationErr
 
 from ..access import can_change, can_see
 from ..config import SpecError, parse_monitor_spec
-from ..core import QuotaExceeded, UnknownMonitor
 from ..credentials import ApiToken
+from ..errors import QuotaExceeded, StoreUnavailable, UnknownMonitor
 from ..evaluate import evaluate
 from ..model import Facts, Monitor, iso_utc
-from ..store import StoreUnavailable
-from .api_v1 import bearer_token
-from .client import BodyError, read_json
+from .client import BodyError, bearer_token, read_json
 from .keys import CORE, SETTINGS
 
 PINGS_PAGE = 25
 PLAN_QUOTA = "boxwatch"
 _MIN_INTERVAL, _MAX_INTERVAL = 60, 7_776_000
 _ALERTS = ("alert_on_missed", "alert_on_fail", "alert_on_stuck", "alert_on_long")
-_MUTES = {"alert_on_missed": "missed", "alert_on_fail": "failed", "alert_on_stuck": "stuck", "alert_on_long": "too_long"}
+_MUTES = {
+    "alert_on_missed": "missed",
+    "alert_on_fail": "failed",
+    "alert_on_stuck": "stuck",
+    "alert_on_long": "too_long",
+}
 _UPDATABLE = ("name", "server_id", "interval_seconds", "grace_seconds", "max_duration_seconds", "enabled", *_ALERTS)
 
 
@@ -100,13 +103,17 @@ async def _body(request: web.Request) -> CheckFields:
             raise _Error(413, {"error": "payload_too_large"}) from None
         raise _Error(400, {"error": "validation_failed", "issues": [{"field": "body", "reason": exc.reason}]}) from None
     if not isinstance(data, dict):
-        raise _Error(400, {"error": "validation_failed", "issues": [{"field": "body", "reason": "must be a JSON object"}]})
+        raise _Error(
+            400, {"error": "validation_failed", "issues": [{"field": "body", "reason": "must be a JSON object"}]}
+        )
     try:
         return CheckFields.model_validate(data)
     except ValidationError as exc:
         issues = [
-            {"field": ".".join(str(p) for p in e["loc"]) or "body",
-             "reason": "unknown field" if e["type"] == "extra_forbidden" else e["msg"]}
+            {
+                "field": ".".join(str(p) for p in e["loc"]) or "body",
+                "reason": "unknown field" if e["type"] == "extra_forbidden" else e["msg"],
+            }
             for e in exc.errors(include_url=False)
         ]
         raise _Error(400, {"error": "validation_failed", "issues": issues}) from None
@@ -155,8 +162,9 @@ def _spec(monitor_id: str, fields: dict[str, Any]) -> Any:
     try:
         return parse_monitor_spec(data, 0.0)
     except SpecError as exc:  # should not happen after _validated
-        raise _Error(400, {"error": "validation_failed",
-                           "issues": [{"field": f, "reason": r} for f, r in exc.issues]}) from None
+        raise _Error(
+            400, {"error": "validation_failed", "issues": [{"field": f, "reason": r} for f, r in exc.issues]}
+        ) from None
 
 
 def _fields_of(monitor: Monitor) -> dict[str, Any]:
@@ -235,26 +243,50 @@ async def create_check(request: web.Request) -> web.Response:
     sent = body.model_dump(exclude_unset=True)
     missing = [f for f in ("name", "interval_seconds") if sent.get(f) is None]
     if missing:
-        raise _Error(400, {"error": "validation_failed", "issues": [{"field": f, "reason": "required"} for f in missing]})
-    defaults = {"grace_seconds": None, "max_duration_seconds": None, "server_id": None, "enabled": True,
-                "alert_on_missed": True, "alert_on_fail": True, "alert_on_stuck": True, "alert_on_long": False}
+        raise _Error(
+            400, {"error": "validation_failed", "issues": [{"field": f, "reason": "required"} for f in missing]}
+        )
+    defaults = {
+        "grace_seconds": None,
+        "max_duration_seconds": None,
+        "server_id": None,
+        "enabled": True,
+        "alert_on_missed": True,
+        "alert_on_fail": True,
+        "alert_on_stuck": True,
+        "alert_on_long": False,
+    }
     fields = _validated({**defaults, **sent})
     settings, core = request.app[SETTINGS], request.app[CORE]
     number = await core.store.next_sequence("boxwatch")
     monitor_id = f"{_slugify(fields['name'])}-{number}"
-    extras = {"boxwatch_id": number, "server_id": fields["server_id"], "created_at": core.clock(),
-              **{key: fields[key] for key in _ALERTS}}
+    extras = {
+        "boxwatch_id": number,
+        "server_id": fields["server_id"],
+        "created_at": core.clock(),
+        **{key: fields[key] for key in _ALERTS},
+    }
     try:
         # The plan limit is checked by the store in the same script as the
         # write: two creates racing for the last place cannot both get it.
         monitor = await core.create_monitor(
-            _spec(monitor_id, fields), token.owner, token.team, extras,
+            _spec(monitor_id, fields),
+            token.owner,
+            token.team,
+            extras,
             quotas={PLAN_QUOTA: settings.boxwatch_plan_limit},
         )
     except QuotaExceeded as exc:
         limit = exc.limit
-        raise _Error(402, {"error": "plan_limit_reached", "current": limit, "limit": limit,
-                           "plan": settings.boxwatch_plan if exc.quota == PLAN_QUOTA else "monitors_per_owner"}) from None
+        raise _Error(
+            402,
+            {
+                "error": "plan_limit_reached",
+                "current": limit,
+                "limit": limit,
+                "plan": settings.boxwatch_plan if exc.quota == PLAN_QUOTA else "monitors_per_owner",
+            },
+        ) from None
     return web.json_response(
         {"check": await _check_json(request, token, monitor), "ping_urls": _ping_urls(request, monitor)}, status=201
     )
@@ -268,17 +300,29 @@ async def get_check(request: web.Request) -> web.Response:
         if offset < 0:
             raise ValueError
     except ValueError:
-        raise _Error(400, {"error": "validation_failed",
-                           "issues": [{"field": "pings_offset", "reason": "must be a whole number >= 0"}]}) from None
+        raise _Error(
+            400,
+            {
+                "error": "validation_failed",
+                "issues": [{"field": "pings_offset", "reason": "must be a whole number >= 0"}],
+            },
+        ) from None
     store = request.app[CORE].store
-    events = [e for e in await store.history(monitor.id, 0, 10_000) if e.get("kind") in ("start", "success", "fail", "log")]
-    page = events[offset: offset + PINGS_PAGE]
+    events = [
+        e for e in await store.history(monitor.id, 0, 10_000) if e.get("kind") in ("start", "success", "fail", "log")
+    ]
+    page = events[offset : offset + PINGS_PAGE]
     bodies = await store.logs(monitor.id, [e["log"] for e in page if "log" in e])
     pings = [
         {
-            "id": e["seq"], "check_id": monitor.extras["boxwatch_id"], "ping_type": e["kind"],
-            "exit_code": e.get("exit_code"), "duration_seconds": e.get("duration"),
-            "source_ip": e.get("ip"), "user_agent": e.get("ua"), "body": bodies.get(e.get("log")),
+            "id": e["seq"],
+            "check_id": monitor.extras["boxwatch_id"],
+            "ping_type": e["kind"],
+            "exit_code": e.get("exit_code"),
+            "duration_seconds": e.get("duration"),
+            "source_ip": e.get("ip"),
+            "user_agent": e.get("ua"),
+            "body": bodies.get(e["log"]) if "log" in e else None,
             "received_at": iso_utc(e["t"]),
         }
         for e in page
@@ -301,8 +345,9 @@ async def update_check(request: web.Request) -> web.Response:
         raise _Error(403, {"error": "forbidden"})
     sent = {k: v for k, v in (await _body(request)).model_dump(exclude_unset=True).items() if k in _UPDATABLE}
     if not sent:
-        raise _Error(400, {"error": "validation_failed",
-                           "issues": [{"field": "body", "reason": "no updatable fields provided"}]})
+        raise _Error(
+            400, {"error": "validation_failed", "issues": [{"field": "body", "reason": "no updatable fields provided"}]}
+        )
     current = _fields_of(monitor)
     if "interval_seconds" in sent and "grace_seconds" not in sent:
         current["grace_seconds"] = min(current["grace_seconds"], sent["interval_seconds"] // 2)

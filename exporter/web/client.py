@@ -1,6 +1,7 @@
-"""What every adapter reads off a request the same way: who sent it (the
-client address every adapter records and every IP allow list is checked
-against) and its body."""
+"""The adapter kit: what every API reads off a request the same way — who
+sent it (the client address every adapter records and every IP allow list
+is checked against), which management token it carries, and its body —
+raising neutral errors (BodyError) that each API renders in its dialect."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+from ..credentials import ApiToken, match_api_token
 from ..model import in_networks
-from .keys import SETTINGS
+from .keys import CORE, SETTINGS
 
 
 def client_ip(request: web.Request) -> str | None:
@@ -144,3 +146,14 @@ async def read_json(request: web.Request, limit: int, empty: Any = None) -> Any:
     """read_body, then parse_json; `empty` for a blank body."""
     raw = await read_body(request, limit)
     return parse_json(raw) if raw.strip() else empty
+
+
+def bearer_token(request: web.Request, schemes: tuple[str, ...] = ("bearer",)) -> tuple[bool, ApiToken | None]:
+    """(was a token sent, the API token it is) — for every API that
+    authenticates with `Authorization: Bearer` (or another of `schemes`,
+    lower-case, such as Django REST framework's "token")."""
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() not in schemes or not presented.strip():
+        return False, None
+    secrets = request.app[CORE].registry.secrets
+    return True, match_api_token(presented.strip(), secrets.api_tokens if secrets else ())

@@ -6,11 +6,11 @@ The API key is a management token from the config (Crontify's account key
 maps onto its owner and team). It must have the write scope, and may ping
 its owner's or team's API monitors and the YAML monitors that name it in
 `ping.tokens` (access.can_check_in); others answer 404 (not its account's)
-or 403 (visible, but not granted). The
-optional JSON body carries `meta` (finite numeric values), `errorMessage`
-(at most 500 characters) and `logOutput` (cut to 10,000 characters, and to
-the log byte limit every API shares, stored apart from the run). Responses use Crontify's envelope. A run's log is read back
-through GET /api/v1/monitors/<id>/runs/<runId>/log (see api_v1.py).
+or 403 (visible, but not granted). The optional JSON body carries `meta`
+(finite numeric values), `errorMessage` (at most 500 characters) and
+`logOutput` (cut to 10,000 characters, and to the log byte limit every API
+shares, stored apart from the run). Responses use Crontify's envelope. A
+run's log is read back through GET /api/v1/monitors/<id>/runs/<runId>/log (see api_v1.py).
 
 Unknown body fields are ignored, not refused: a drop-in target must not
 break a client that sends a field the document does not list.
@@ -25,10 +25,9 @@ from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
 from ..access import can_check_in, can_see, check_in_refusal
-from ..core import RateLimited, SourceNotAllowed, UnknownMonitor
 from ..credentials import match_api_token
+from ..errors import RateLimited, SourceNotAllowed, StoreUnavailable, UnknownMonitor
 from ..model import CheckIn, Kind, iso_utc
-from ..store import StoreUnavailable
 from .client import BodyError, client_ip, read_json
 from .keys import CORE, SETTINGS
 

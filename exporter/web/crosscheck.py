@@ -34,7 +34,8 @@ import functools
 import json
 import re
 import uuid
-from typing import Annotated, Any, Awaitable, Callable, Literal
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
@@ -42,14 +43,21 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from .. import uptime
 from ..access import can_change, can_check_in, can_see, check_in_refusal
 from ..config import SpecError, parse_monitor_spec, parse_network
-from ..core import MonitorExists, MonitorUpdate, QuotaExceeded, RateLimited, ReadOnlyMonitor, SourceNotAllowed, UnknownMonitor
+from ..core import MonitorUpdate
 from ..credentials import ApiToken
+from ..errors import (
+    MonitorExists,
+    QuotaExceeded,
+    RateLimited,
+    ReadOnlyMonitor,
+    SourceNotAllowed,
+    StoreUnavailable,
+    UnknownMonitor,
+)
 from ..evaluate import evaluate
-from ..model import CheckIn, Kind, Monitor, iso_utc
-from ..store import Details, StoreUnavailable
-from .api_v1 import bearer_token
+from ..model import CheckIn, Details, Kind, Monitor, iso_utc
 from . import client
-from .client import client_ip
+from .client import bearer_token, client_ip
 from .keys import CORE, PROBER, SETTINGS
 
 FLIGHT_TYPES = ("PASSIVE", "ACTIVE", "QUICK_PASSIVE")
@@ -600,12 +608,16 @@ async def flight_metrics(request: web.Request) -> web.Response:
             "success": counts.success, "warning": counts.warning, "error": counts.error, "missed": counts.missed,
         }
 
-    return web.json_response({
-        "flight": flight_fields(monitor)["id"],
-        "summary": {window: row(counts) for window, counts in uptime.summary(buckets, now).items()},
-        "by_day": [{"date": iso_utc(start)[:10], **row(c)} for start, c in uptime.by_day(buckets, now)],
-        "by_hour": [{"hour": iso_utc(start).replace(".000", ""), **row(c)} for start, c in uptime.by_hour(buckets, now)],
-    })
+    return web.json_response(
+        {
+            "flight": flight_fields(monitor)["id"],
+            "summary": {window: row(counts) for window, counts in uptime.summary(buckets, now).items()},
+            "by_day": [{"date": iso_utc(start)[:10], **row(c)} for start, c in uptime.by_day(buckets, now)],
+            "by_hour": [
+                {"hour": iso_utc(start).replace(".000", ""), **row(c)} for start, c in uptime.by_hour(buckets, now)
+            ],
+        }
+    )
 
 
 @handles_problems
@@ -635,21 +647,40 @@ async def test_now(request: web.Request) -> web.Response:
         checkin, recorded = await prober.check(prober.client, monitor, test=True)
         if recorded is None:
             raise RateLimited(monitor.id, 60)
-        event = {"seq": recorded.seq, "t": checkin.received_at, "kind": checkin.kind.value,
-                 "ann": dict(checkin.annotations), "metadata": dict(checkin.metadata), "duration": checkin.duration}
-        return web.json_response({
-            "status": "ok", "landing": landing_json(event, fields["id"]), "override_seconds": TEST_OVERRIDE_SECONDS,
-        })
+        event = {
+            "seq": recorded.seq,
+            "t": checkin.received_at,
+            "kind": checkin.kind.value,
+            "ann": dict(checkin.annotations),
+            "metadata": dict(checkin.metadata),
+            "duration": checkin.duration,
+        }
+        return web.json_response(
+            {
+                "status": "ok",
+                "landing": landing_json(event, fields["id"]),
+                "override_seconds": TEST_OVERRIDE_SECONDS,
+            }
+        )
     annotations = {"status": "SUCCESS", "phase": "SINGLE", "test": True}
     checkin = CheckIn(
-        monitor_id=monitor.id, kind=Kind.LOG, received_at=core.clock(), message="test_now",
-        source_ip=client_ip(request), user_agent=request.headers.get("User-Agent"), annotations=annotations,
+        monitor_id=monitor.id,
+        kind=Kind.LOG,
+        received_at=core.clock(),
+        message="test_now",
+        source_ip=client_ip(request),
+        user_agent=request.headers.get("User-Agent"),
+        annotations=annotations,
     )
     result = await core.record(checkin)
     event = {"seq": result.seq, "t": checkin.received_at, "kind": "log", "ann": annotations, "ip": checkin.source_ip}
-    return web.json_response({
-        "status": "ok", "landing": landing_json(event, fields["id"]), "override_seconds": TEST_OVERRIDE_SECONDS,
-    })
+    return web.json_response(
+        {
+            "status": "ok",
+            "landing": landing_json(event, fields["id"]),
+            "override_seconds": TEST_OVERRIDE_SECONDS,
+        }
+    )
 
 
 @handles_problems
@@ -663,10 +694,13 @@ async def reorder_flights(request: web.Request) -> web.Response:
             raise Problem(404, f"No flight {item.id}.")
         targets.append((_writable(token, visible[item.id.lower()]), item.order))
     groups = await request.app[CORE].store.documents(GROUPS)
-    await write_flights(request, [
-        flight_update(request, token, monitor, {**flight_fields(monitor), "order": order}, "reordered", groups)
-        for monitor, order in targets
-    ])
+    await write_flights(
+        request,
+        [
+            flight_update(request, token, monitor, {**flight_fields(monitor), "order": order}, "reordered", groups)
+            for monitor, order in targets
+        ],
+    )
     return web.json_response({"status": "ok", "updated": len(targets)})
 
 
@@ -675,8 +709,9 @@ def parse_order_items(data: Any) -> list[OrderItem]:
     if isinstance(data, dict) and set(data) == {"items"}:
         data = data["items"]
     if not isinstance(data, list) or not data:
-        raise Problem(400, {"non_field_errors": ['Expected a non-empty list of {"id", "order"} objects, '
-                                                'or {"items": [...]}.']})
+        raise Problem(
+            400, {"non_field_errors": ['Expected a non-empty list of {"id", "order"} objects, or {"items": [...]}.']}
+        )
     items, errors = [], {}
     for index, item in enumerate(data):
         try:
@@ -699,9 +734,13 @@ def _group_visible(group: dict, token: ApiToken) -> bool:
 
 def group_json(group: dict, flights: list[Monitor]) -> dict[str, Any]:
     return {
-        "id": group["id"], "name": group["name"], "order": group["order"], "team": group.get("team"),
+        "id": group["id"],
+        "name": group["name"],
+        "order": group["order"],
+        "team": group.get("team"),
         "flight_count": sum(1 for m in flights if flight_fields(m).get("group") == group["id"]),
-        "created_at": iso_utc(group["created_at"]), "updated_at": iso_utc(group["updated_at"]),
+        "created_at": iso_utc(group["created_at"]),
+        "updated_at": iso_utc(group["updated_at"]),
     }
 
 
@@ -714,8 +753,9 @@ def _parse_group(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise Problem(400, {"non_field_errors": ["Expected a JSON object."]})
     try:
-        return GroupFields.model_validate({k: v for k, v in data.items() if k not in
-                                           ("id", "created_at", "updated_at", "flight_count")}).model_dump(exclude_unset=True)
+        return GroupFields.model_validate(
+            {k: v for k, v in data.items() if k not in ("id", "created_at", "updated_at", "flight_count")}
+        ).model_dump(exclude_unset=True)
     except ValidationError as exc:
         raise Problem(400, field_errors(exc)) from None
 
@@ -741,8 +781,15 @@ async def create_group(request: web.Request) -> web.Response:
         raise Problem(400, {"name": ["This field is required."]})
     _group_team(fields, token)
     now = request.app[CORE].clock()
-    group = {"id": str(uuid.uuid4()), "name": fields["name"].strip(), "order": fields.get("order") or 0,
-             "owner": token.owner, "team": fields.get("team"), "created_at": now, "updated_at": now}
+    group = {
+        "id": str(uuid.uuid4()),
+        "name": fields["name"].strip(),
+        "order": fields.get("order") or 0,
+        "owner": token.owner,
+        "team": fields.get("team"),
+        "created_at": now,
+        "updated_at": now,
+    }
     await request.app[CORE].store.put_document(GROUPS, group["id"], group)
     return web.json_response(group_json(group, []), status=201)
 
@@ -770,8 +817,11 @@ async def update_group(request: web.Request) -> web.Response:
     if "name" in fields and not (fields["name"] or "").strip():
         raise Problem(400, {"name": ["This field may not be blank."]})
     _group_team(fields, token)
-    updated = {**group, **{k: (v.strip() if k == "name" else v) for k, v in fields.items()},
-               "updated_at": request.app[CORE].clock()}
+    updated = {
+        **group,
+        **{k: (v.strip() if k == "name" else v) for k, v in fields.items()},
+        "updated_at": request.app[CORE].clock(),
+    }
     await request.app[CORE].store.put_document(GROUPS, group["id"], updated)
     if updated["name"] != group["name"]:
         await _refresh_group_members(request, token, group["id"])
@@ -782,15 +832,20 @@ async def _refresh_group_members(request: web.Request, token: ApiToken, group_id
     """A group's name is its flights' `group` in /metrics: re-derive them."""
     core = request.app[CORE]
     groups = await core.store.documents(GROUPS)
-    await core.update_monitors([
-        MonitorUpdate(monitor, monitor_spec(request, monitor.id, monitor.extras["crosscheck"], groups))
-        for monitor in _group_members(core, group_id)
-    ])
+    await core.update_monitors(
+        [
+            MonitorUpdate(monitor, monitor_spec(request, monitor.id, monitor.extras["crosscheck"], groups))
+            for monitor in _group_members(core, group_id)
+        ]
+    )
 
 
 def _group_members(core, group_id: str) -> list[Monitor]:
-    return [m for m in core.registry.monitors.values()
-            if "crosscheck" in m.extras and m.extras["crosscheck"].get("group") == group_id]
+    return [
+        m
+        for m in core.registry.monitors.values()
+        if "crosscheck" in m.extras and m.extras["crosscheck"].get("group") == group_id
+    ]
 
 
 @handles_problems
@@ -801,10 +856,13 @@ async def delete_group(request: web.Request) -> web.Response:
     group = await _group(request, token)
     core = request.app[CORE]
     groups = {gid: g for gid, g in (await core.store.documents(GROUPS)).items() if gid != group["id"]}
-    await write_flights(request, [
-        flight_update(request, token, monitor, {**flight_fields(monitor), "group": None}, "ungrouped", groups)
-        for monitor in _group_members(core, group["id"])
-    ])
+    await write_flights(
+        request,
+        [
+            flight_update(request, token, monitor, {**flight_fields(monitor), "group": None}, "ungrouped", groups)
+            for monitor in _group_members(core, group["id"])
+        ],
+    )
     await core.store.delete_document(GROUPS, group["id"])
     return web.Response(status=204)
 
@@ -820,7 +878,9 @@ async def reorder_groups(request: web.Request) -> web.Response:
     now = request.app[CORE].clock()
     for item in items:
         group = visible[item.id.lower()]
-        await request.app[CORE].store.put_document(GROUPS, group["id"], {**group, "order": item.order, "updated_at": now})
+        await request.app[CORE].store.put_document(
+            GROUPS, group["id"], {**group, "order": item.order, "updated_at": now}
+        )
     return web.json_response({"status": "ok", "updated": len(items)})
 
 

@@ -87,7 +87,7 @@ def _checkin(request: web.Request, monitor: Monitor, body: CheckInBody) -> Check
     quick = flight_fields(monitor)["monitoring_type"] == "QUICK_PASSIVE"
     metadata = {} if quick else body.metadata
     paired = body.phase in ("START", "COMPLETE")
-    annotations = {"status": body.status, "phase": body.phase}
+    annotations: dict[str, str] = {"status": body.status, "phase": body.phase}
     if body.pair_key is not None:
         annotations["pair_key"] = body.pair_key
     return CheckIn(

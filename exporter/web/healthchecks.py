@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ..config import SpecError, parse_monitor_spec
-from ..core import MonitorExists, QuotaExceeded, RateLimited, SourceNotAllowed, UnknownMonitor
 from ..credentials import digest, key_allows, match_ping_key
+from ..errors import MonitorExists, QuotaExceeded, RateLimited, SourceNotAllowed, StoreUnavailable, UnknownMonitor
 from ..model import CheckIn, Kind, Monitor
-from ..store import StoreUnavailable
 from .client import BodyError, client_ip, read_body
 from .keys import CORE, SETTINGS
 

@@ -19,8 +19,10 @@ CORE = web.AppKey("core", Core)
 RELOADER = web.AppKey("reloader", Reloader)
 SWEEPER = web.AppKey("sweeper", Sweeper)
 PROBER = web.AppKey("prober", Prober)
-BRIDGE = web.AppKey("bridge", AlertBridge | None)
-EMBEDDED = web.AppKey("embedded", EmbeddedRedis | None)
+# Optional parts: None when not configured (the bridge) or not used (an
+# external Redis). AppKey's type argument is the value's type.
+BRIDGE: web.AppKey[AlertBridge | None] = web.AppKey("bridge")
+EMBEDDED: web.AppKey[EmbeddedRedis | None] = web.AppKey("embedded")
 # Metrics about cronmon's own HTTP handling and process.
 SELF_REGISTRY = web.AppKey("self_registry", CollectorRegistry)
 # /metrics' cache of rendered monitors (see scrape.py).

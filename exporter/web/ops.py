@@ -9,10 +9,10 @@ from prometheus_client.openmetrics import exposition as openmetrics_exposition
 from ..access import can_see
 from ..collector import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, SelfState, render_self
 from ..config import ConfigError
+from ..errors import StoreUnavailable
 from ..evaluate import evaluate
-from ..store import StoreUnavailable
 from ..workers import ask_parent_to_reload
-from .api_v1 import bearer_token
+from .client import bearer_token
 from .keys import CORE, RELOADER, SCRAPER, SELF_REGISTRY, SETTINGS
 
 _TEXT = "text/plain"

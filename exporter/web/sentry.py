@@ -26,10 +26,9 @@ from aiohttp import web
 
 from ..access import can_change, can_check_in, can_see, check_in_refusal
 from ..config import SpecError, parse_monitor_spec
-from ..core import QuotaExceeded, RateLimited, ReadOnlyMonitor, SourceNotAllowed, UnknownMonitor
 from ..credentials import ApiToken, match_api_token
+from ..errors import QuotaExceeded, RateLimited, ReadOnlyMonitor, SourceNotAllowed, StoreUnavailable, UnknownMonitor
 from ..model import CheckIn, Kind, Monitor
-from ..store import StoreUnavailable
 from .client import BodyError, client_ip, parse_json, read_body
 from .keys import CORE, SETTINGS
 
@@ -127,7 +126,7 @@ def check_in_items(items: list[tuple[dict, bytes]]) -> list[dict]:
             raise ValueError(f"item {number} (check_in): monitor_slug must be a non-empty string")
         if body.get("status") not in _KINDS:
             raise ValueError(f"item {number} (check_in): status must be in_progress, ok or error")
-        if "monitor_config" in body and body["monitor_config"] is not None and not isinstance(body["monitor_config"], dict):
+        if body.get("monitor_config") is not None and not isinstance(body["monitor_config"], dict):
             raise ValueError(f"item {number} (check_in): monitor_config must be an object")
         check_ins.append(body)
     return check_ins
@@ -159,7 +158,9 @@ def spec_from_config(slug: str, config: dict) -> Any:
     elif schedule.get("type") == "interval":
         unit = schedule.get("unit")
         if unit not in _UNIT_SECONDS:
-            raise SpecError([("schedule", "an interval needs a number value and a unit: minute, hour, day, week, month, year")])
+            raise SpecError(
+                [("schedule", "an interval needs a number value and a unit: minute, hour, day, week, month, year")]
+            )
         value = _number(schedule, "value", 0, 1, 10_000)
         spec_schedule = {"interval": value * _UNIT_SECONDS[unit]}
     else:
@@ -224,7 +225,8 @@ async def _check_in(request: web.Request, token: ApiToken, payload: dict) -> boo
         # An SDK's envelope is fire-and-forget: a duration that is not a
         # plausible number is dropped (cronmon measures the run itself)
         # rather than refusing the whole check-in.
-        duration=float(duration) if _plausible_duration(duration) and kind is not Kind.START else None,
+        duration=float(duration) if duration is not None and _plausible_duration(duration) and kind is not Kind.START
+        else None,
         release=payload.get("release") if isinstance(payload.get("release"), str) else None,
         environment=payload.get("environment") if isinstance(payload.get("environment"), str) else None,
         source_ip=client_ip(request),
@@ -316,8 +318,10 @@ def _plausible_duration(value: Any) -> bool:
     """A number of seconds cronmon can store: finite, 0 to a year (NaN and
     Infinity parse from both query strings and JSON)."""
     return (
-        isinstance(value, (int, float)) and not isinstance(value, bool)
-        and math.isfinite(value) and 0 <= value <= 31_536_000
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value <= 31_536_000
     )
 
 
