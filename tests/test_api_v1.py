@@ -175,3 +175,53 @@ async def test_store_down_is_503_in_the_api_shape(aiohttp_client, app_settings, 
     down = await aiohttp_client(create_app(settings, clock=clock))
     await error(await down.get("/api/v1/monitors", headers=ALICE), 503, "store_unavailable")
     await error(await down.post("/api/v1/monitors", json=NEW, headers=ALICE), 503, "store_unavailable")
+
+
+@pytest.mark.parametrize(
+    "raw, code, reason",
+    [
+        (b'{"id": "x", "schedule": {"interval": "1h"}, "grace": 1' + b"0" * 400 + b"}", "invalid_json", "digits"),
+        (b'{"id": "x", "schedule": {"interval": "1h"}, "grace": 1e400}', "invalid_json", "beyond the range"),
+        (b'{"id": "x", "schedule": {"interval": "1h"}, "grace": NaN}', "invalid_json", "NaN"),
+        (b'{"id": "x", "schedule": {"interval": "1h"}, "grace": 100000000000000000000000000000}',
+         "validation_failed", "10 years"),
+        (b'{"id": "x", "schedule": {"interval": "1h"}, "failure_threshold": 1' + b"0" * 200 + b"}",
+         "validation_failed", "1000"),
+        (b'{"id": "x", "schedule": {"cron": "0 3 * * *", "timezone": "' + b"A" * 300 + b'"}}',
+         "validation_failed", "unknown time zone"),
+        (b'{"id": "x", "schedule": {"interval": "1h"}, "name": "\\ud800"}', "invalid_json", "lone surrogate"),
+        (b'{"id": "x", "schedule": {"interval": "' + b"9" * 4000 + b'd"}}', "validation_failed", "not a duration"),
+    ],
+)
+async def test_numbers_and_text_no_field_can_hold_are_a_400_that_creates_nothing(client, raw, code, reason):
+    response = await client.post("/api/v1/monitors", data=raw, headers={**ALICE, "Content-Type": "application/json"})
+    problem = await error(response, 400, code)
+    assert reason in problem["message"] + str(problem.get("issues"))
+    assert "x" not in client.app[CORE].registry.monitors
+
+
+async def test_an_owner_gets_at_most_monitors_per_owner_api_monitors(aiohttp_client, app_settings, tmp_path, env):
+    """Counted over every API, checked in the same Redis script as the
+    create (concurrent creates cannot overshoot it); a delete frees a place."""
+    import asyncio
+
+    app = create_app(app_settings(write_config(tmp_path, CONFIG), monitors_per_owner=3))
+    client = await aiohttp_client(app)
+    sent = await asyncio.gather(*(
+        client.post("/api/v1/monitors", json={"id": f"m{i}", "schedule": {"interval": "1h"}}, headers=ALICE)
+        for i in range(6)
+    ))
+    assert sorted(r.status for r in sent) == [201] * 3 + [403] * 3
+    problem = await error(next(r for r in sent if r.status == 403), 403, "quota_exceeded")
+    assert 'owner "alice" already has 3 monitors' in problem["message"]
+    # Boxwatch counts against the same limit.
+    boxwatch = await client.post("/cron-checks", json={"name": "b", "interval_seconds": 3600}, headers=ALICE)
+    assert boxwatch.status == 402
+    created = [m for m in app[CORE].registry.monitors if m.startswith("m")]
+    assert len(created) == 3
+    assert (await client.delete(f"/api/v1/monitors/{created[0]}", headers=ALICE)).status == 204
+    again = await client.post("/api/v1/monitors", json={"id": "m9", "schedule": {"interval": "1h"}}, headers=ALICE)
+    assert again.status == 201
+    # Another owner has places of its own.
+    assert (await client.post("/api/v1/monitors", json={"id": "c1", "schedule": {"interval": "1h"}},
+                              headers=CAROL)).status == 201
