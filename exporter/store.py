@@ -664,7 +664,7 @@ def _max_runtime_arg(monitor: Monitor) -> str:
 
 def _float(raw: dict, name: str) -> float | None:
     value = raw.get(name)
-    return float(value) if value not in (None, "") else None
+    return float(value) if value is not None and value != "" else None
 
 
 def _parse_facts(state: dict, runs: dict, counters: dict, meta: dict) -> Facts:
@@ -696,7 +696,7 @@ def _parse_facts(state: dict, runs: dict, counters: dict, meta: dict) -> Facts:
         last_success=_float(state, "last_success"),
         last_failure=_float(state, "last_failure"),
         last_duration=_float(state, "last_duration"),
-        last_exit_code=int(float(exit_code)) if exit_code not in (None, "") else None,
+        last_exit_code=int(float(exit_code)) if exit_code is not None and exit_code != "" else None,
         last_outcome=Outcome(last_outcome) if last_outcome else None,
         last_bad_outcome=Outcome(last_bad) if last_bad else None,
         probe_last=_float(state, "probe_t"),
