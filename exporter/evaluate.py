@@ -16,7 +16,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .model import CronSchedule, Evaluation, Facts, IntervalSchedule, Monitor, Outcome, Schedule, Status
+from .model import (
+    CLOCK_SKEW_ALLOWANCE,
+    CronSchedule,
+    Evaluation,
+    Facts,
+    IntervalSchedule,
+    Monitor,
+    Outcome,
+    Schedule,
+    Status,
+)
 from .schedule import latest_slot_at_or_before, missed_slots, next_slot
 
 # Bound on slots walked per call: evaluation only needs enough to cross the
@@ -88,9 +98,9 @@ def plan_sweep(monitor: Monitor, facts: Facts, now: float) -> SweepPlan:
     """Missed slots and newly over-long runs as of `now`."""
     passed, accounted, upcoming = 0, None, None
     if facts.accounted_through is not None and facts.next_slot is not None:
-        if facts.next_slot + monitor.grace <= now:
+        if facts.next_slot + monitor.miss_after <= now:
             passed, accounted, upcoming = missed_slots(
-                monitor.schedule, monitor.grace, facts.accounted_through, now, SWEEP_BATCH
+                monitor.schedule, monitor.miss_after, facts.accounted_through, now, SWEEP_BATCH
             )
     if monitor.paused:
         # Nothing is expected of a paused monitor: skip past its slots
@@ -128,9 +138,9 @@ def evaluate(monitor: Monitor, facts: Facts, now: float) -> Evaluation:
         next_expected = None  # nothing is expected of a paused monitor
     elif next_expected is not None:
         deadline = next_expected + monitor.grace
-        if deadline <= now:
+        if next_expected + monitor.miss_after <= now:
             pending, _, next_expected = missed_slots(
-                monitor.schedule, monitor.grace, facts.accounted_through or 0.0, now, SWEEP_BATCH
+                monitor.schedule, monitor.miss_after, facts.accounted_through or 0.0, now, SWEEP_BATCH
             )
             deadline = next_expected + monitor.grace
             if is_stuck(monitor, facts, now):
@@ -185,11 +195,13 @@ def next_change(monitor: Monitor, facts: Facts, ev: Evaluation, now: float) -> f
     `inf` when only a new fact can change it."""
     if monitor.paused:
         return math.inf
-    if ev.deadline is not None and ev.deadline <= now:
+    # The status turns down when the deadline is CLOCK_SKEW_ALLOWANCE behind.
+    missed_at = ev.deadline + CLOCK_SKEW_ALLOWANCE if ev.deadline is not None else None
+    if missed_at is not None and missed_at <= now:
         # More slots passed than one evaluation walks (SWEEP_BATCH): the
         # answer moves with every call until the sweeper catches up.
         return now
-    candidates = [t for t in (ev.next_expected, ev.deadline) if t is not None and t > now]
+    candidates = [t for t in (ev.next_expected, missed_at) if t is not None and t > now]
     if monitor.max_runtime is not None:
         # Stuck once strictly past max_runtime: from the next float after it.
         candidates.extend(

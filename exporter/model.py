@@ -140,6 +140,16 @@ MUTABLE_ALERTS: Mapping[str, str] = {
 }
 
 
+# Replicas' clocks differ a little (NTP keeps them within milliseconds; a
+# badly synced host drifts by seconds). A slot is recorded missed only once
+# its deadline (slot + grace) is this far behind the deciding process's
+# clock, and a check-in that arrives up to this long after the deadline on
+# its own clock still counts as on time. Without it a sweeper 2 s ahead
+# recorded a miss for a check-in that landed 1 s before the deadline, and
+# CronJobMissed (no `for:`) paged on a single scrape.
+CLOCK_SKEW_ALLOWANCE = 5.0
+
+
 @dataclass(frozen=True)
 class Monitor:
     """A monitor as the core uses it, whatever declared it (YAML or API).
@@ -195,6 +205,14 @@ class Monitor:
     # Fields one API keeps for its own shape (Boxwatch's integer id and
     # alert switches, ...), stored with the definition; the core ignores them.
     extras: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def miss_after(self) -> float:
+        """Seconds after a slot at which it is recorded missed: grace plus
+        CLOCK_SKEW_ALLOWANCE. Every miss decision uses it (sweeper, status,
+        record.lua's sweep-first rule, the deadline index); what the APIs
+        and /metrics show as the deadline is slot + grace."""
+        return self.grace + CLOCK_SKEW_ALLOWANCE
 
     @property
     def from_yaml(self) -> bool:

@@ -369,7 +369,7 @@ class Store:
                     "" if plan.accounted_through is None else repr(plan.accounted_through),
                     "" if plan.next_slot is None else repr(plan.next_slot),
                     json.dumps(list(plan.timed_out_runs)),
-                    repr(monitor.grace),
+                    repr(monitor.miss_after),  # the deadline index and the sweep-first rule
                     monitor.failure_threshold,
                     monitor.recovery_threshold,
                     self.limits.history,
@@ -391,7 +391,7 @@ class Store:
                     expected_version,
                     "" if accounted_through is None else repr(accounted_through),
                     "" if next_slot is None else repr(next_slot),
-                    repr(monitor.grace),
+                    repr(monitor.miss_after),  # the deadline index and the sweep-first rule
                     _max_runtime_arg(monitor),
                     monitor.schedule_fingerprint(),
                 ],
@@ -645,6 +645,7 @@ def _monitor_settings(monitor: Monitor) -> str:
     """What record.lua needs of a monitor's config, as its json table."""
     settings: dict[str, Any] = {
         "grace": monitor.grace,
+        "miss_after": monitor.miss_after,
         "failure_threshold": monitor.failure_threshold,
         "recovery_threshold": monitor.recovery_threshold,
         "rate_count": monitor.rate_limit[0] if monitor.rate_limit else 0,

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from exporter.bridge import alert_labels, firing_alerts
 from exporter.evaluate import evaluate
+from exporter.model import CLOCK_SKEW_ALLOWANCE as SKEW
 from exporter.model import Facts, IntervalSchedule, Monitor, OpenRun, Outcome
 from exporter.web.app import create_app
 
@@ -43,7 +44,7 @@ class TestWhichAlerts:
     def test_by_status(self):
         base = dict(first_checkin=T0, accounted_through=T0, next_slot=T0 + 3600)
         assert self.names(Facts(**base)) == []
-        assert self.names(Facts(**base), now=T0 + 3600 + 300) == ["CronJobMissed"]
+        assert self.names(Facts(**base), now=T0 + 3600 + 300 + SKEW) == ["CronJobMissed"]
         failed = Facts(**base, alerting=True, last_bad_outcome=Outcome.ERROR)
         assert self.names(failed) == ["CronJobFailed"]
         stuck = Facts(**base, open_runs=(OpenRun("r", T0 - 100),))
@@ -57,7 +58,7 @@ class TestWhichAlerts:
         muted = replace(self.monitor, muted=frozenset({"CronJobTooLong", "CronJobMissed"}))
         base = dict(first_checkin=T0, accounted_through=T0, next_slot=T0 + 3600)
         both = Facts(**base, last_duration=61.0)
-        late = T0 + 3600 + 300
+        late = T0 + 3600 + 300 + SKEW
         assert self.names(both, now=late) == ["CronJobMissed", "CronJobTooLong"]
         assert firing_alerts(muted, both, evaluate(muted, both, late)) == []
         stuck = Facts(**base, open_runs=(OpenRun("r", T0 - 100),))

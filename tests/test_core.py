@@ -9,6 +9,7 @@ import pytest
 from exporter.core import Core
 from exporter.errors import StoreUnavailable
 from exporter.evaluate import SWEEP_BATCH, evaluate
+from exporter.model import CLOCK_SKEW_ALLOWANCE as SKEW
 from exporter.model import CheckIn, Kind, Status
 from exporter.store import Store, StoreLimits, connect
 from exporter.sweeper import Sweeper
@@ -124,10 +125,10 @@ class TestMissedAndThresholds:
     async def test_missed_slot_recorded_once_and_recovery(self, make_core, clock):
         core = make_core(HOURLY)
         await core.record(ci(Kind.SUCCESS, T0))
-        clock.now = T0 + 3600 + 299
-        assert await core.sweep(core.registry.monitors["job"], clock.now) == 0
-        assert await status(core) is Status.LATE
-        clock.now = T0 + 3600 + 300
+        for clock.now in (T0 + 3600 + 299, T0 + 3600 + 300 + SKEW - 0.01):  # late, within the skew allowance
+            assert await core.sweep(core.registry.monitors["job"], clock.now) == 0
+            assert await status(core) is Status.LATE
+        clock.now = T0 + 3600 + 300 + SKEW
         assert await core.sweep(core.registry.monitors["job"], clock.now) == 1
         assert await core.sweep(core.registry.monitors["job"], clock.now) == 0
         facts = await core.store.facts("job")
@@ -171,8 +172,8 @@ class TestMissedAndThresholds:
         core = make_core("monitors: [{id: job, schedule: {interval: 1s}, grace: 0}]")
         await core.record(ci(Kind.SUCCESS, T0))
         outage = 2 * SWEEP_BATCH + 345
-        recorded = await core.sweep(core.registry.monitors["job"], T0 + outage)
-        recorded += await core.sweep(core.registry.monitors["job"], T0 + outage)
+        recorded = await core.sweep(core.registry.monitors["job"], T0 + outage + SKEW)
+        recorded += await core.sweep(core.registry.monitors["job"], T0 + outage + SKEW)
         assert recorded == outage
         assert (await core.store.facts("job")).outcomes["missed"] == outage
 
@@ -256,9 +257,9 @@ class TestCronAccounting:
         assert (await core.store.facts("job")).accounted_through == T0 + 300
         # The job dies: 12:10 is missed at 12:25, 12:15 at 12:30 - each one.
         job = core.registry.monitors["job"]
-        assert await core.sweep(job, T0 + 600 + 900 - 1) == 0
-        assert await core.sweep(job, T0 + 600 + 900) == 1
-        assert await core.sweep(job, T0 + 900 + 900) == 1
+        assert await core.sweep(job, T0 + 600 + 900 + SKEW - 1) == 0
+        assert await core.sweep(job, T0 + 600 + 900 + SKEW) == 1
+        assert await core.sweep(job, T0 + 900 + 900 + SKEW) == 1
 
     async def test_late_arrival_counts_for_the_oldest_outstanding_slot(self, make_core, clock):
         core = make_core(self.FIVE_MINUTES)
@@ -352,8 +353,8 @@ class TestConcurrency:
         end = clock.now
         for monitor in core_a.registry.monitors.values():
             interval = monitor.schedule.seconds
-            # slots at T0 + k*interval whose deadline (+1s grace) passed by `end`
-            expected = int((end - 1 - T0) // interval)
+            # slots at T0 + k*interval whose deadline (+1s grace) is SKEW behind `end`
+            expected = int((end - 1 - SKEW - T0) // interval)
             facts = await core_a.store.facts(monitor.id)
             assert facts.outcomes.get("missed", 0) == expected, monitor.id
         await store_b.close()
@@ -393,7 +394,7 @@ async def test_schedule_change_rebases_without_spurious_misses(store, clock, tmp
     assert await new.resync(new.registry.monitors["job"], T0 + 3000) is True
     assert await new.resync(new.registry.monitors["job"], T0 + 3000) is False  # already in sync
     assert await new.sweep(new.registry.monitors["job"], T0 + 3000 + 30) == 0
-    assert await new.sweep(new.registry.monitors["job"], T0 + 3000 + 70) == 1
+    assert await new.sweep(new.registry.monitors["job"], T0 + 3000 + 70 + SKEW) == 1
 
 
 async def test_month_of_slots_with_jitter_never_goes_down(store, clock, tmp_path):
@@ -572,7 +573,7 @@ async def test_a_monitor_removed_and_added_back_unchanged_is_not_down(make_core,
     facts = await store.facts("job")
     assert "missed" not in facts.outcomes
     assert await status(core) is Status.UP
-    clock.advance(3600 + 300 + 1)  # and a real miss afterwards still counts
+    clock.advance(3600 + 300 + SKEW)  # and a real miss afterwards still counts
     await sweeper.run_once()
     assert (await store.facts("job")).outcomes.get("missed") == 1
 
@@ -623,7 +624,7 @@ async def test_editing_grace_or_max_runtime_while_late_does_not_forgive_the_slot
     sweeper.needs_resync = True
     await sweeper.run_once()
     grace = 600 if new == "grace: 10m" else 300
-    clock.now = T0 + 3600 + grace + 1  # the same slot's (new) deadline
+    clock.now = T0 + 3600 + grace + SKEW  # the same slot's (new) deadline, skew allowance passed
     await sweeper.run_once()
     assert (await store.facts("job")).outcomes.get("missed") == 1
     assert await status(core) is Status.DOWN
@@ -652,7 +653,7 @@ async def test_a_monitor_that_never_reports_is_missed_not_new_forever(make_core,
     sweeper = Sweeper(core, clock=clock)
     await sweeper.run_once()  # first sight
     assert await status(core) is Status.NEW
-    clock.advance(3600 + 300 + 1)
+    clock.advance(3600 + 300 + SKEW)
     await sweeper.run_once()
     assert await status(core) is Status.DOWN
     assert (await store.facts("job")).outcomes == {"missed": 1}
@@ -664,6 +665,55 @@ async def test_a_monitor_that_never_reports_is_missed_not_new_forever(make_core,
     sweeper.needs_resync = True
     await sweeper.run_once()
     assert await status(core) is Status.NEW
-    clock.advance(3600 + 300 + 1)
+    clock.advance(3600 + 300 + SKEW)
     await sweeper.run_once()
     assert await status(core) is Status.DOWN
+
+
+async def test_a_sweeper_ahead_of_the_replica_that_took_the_check_in_records_no_miss(
+    make_core, redis_server, prefix, clock
+):
+    """Issue: a sweeper whose clock ran 2 s ahead recorded a miss for a
+    check-in that landed 1 s before the deadline on the replica that took
+    it, and CronJobMissed paged on one scrape. With the skew allowance the
+    ahead sweeper waits; the check-in counts; nothing is missed. A job that
+    really does not run is still missed once the allowance has passed."""
+    from .conftest import Clock
+
+    ingest = make_core(HOURLY)  # hourly, grace 5m
+    ahead = Clock(clock.now)
+    sweeping = Core(Store(connect(redis_server.url), prefix, ingest.store.limits), ingest.registry, ahead)
+    sweeper = Sweeper(sweeping, clock=ahead)
+    await ingest.record(ci(Kind.SUCCESS, T0))
+    deadline = T0 + 3600 + 300
+    clock.now, ahead.now = deadline - 1.5, deadline + 0.5  # the sweeper is 2 s ahead
+    await sweeper.run_once()
+    assert "missed" not in (await ingest.store.facts("job")).outcomes
+    clock.now, ahead.now = deadline - 1, deadline + 1
+    await ingest.record(ci(Kind.SUCCESS, clock.now))  # 1 s before the deadline, by its replica's clock
+    ahead.now = deadline + 10
+    await sweeper.run_once()
+    facts = await ingest.store.facts("job")
+    assert "missed" not in facts.outcomes and facts.accounted_through == deadline - 1  # it re-anchors
+    assert evaluate(ingest.registry.monitors["job"], facts, ahead.now).status is Status.UP
+    # The next slot the job skips is missed at its deadline + SKEW.
+    next_deadline = deadline - 1 + 3600 + 300
+    ahead.now = next_deadline + SKEW - 0.1
+    await sweeper.run_once()
+    assert "missed" not in (await ingest.store.facts("job")).outcomes
+    ahead.now = next_deadline + SKEW
+    await sweeper.run_once()
+    assert (await ingest.store.facts("job")).outcomes["missed"] == 1
+    await sweeping.store.close()
+
+
+async def test_a_check_in_within_the_allowance_after_the_deadline_counts_for_the_slot(make_core, clock):
+    """The other side of the allowance: on the replica that takes it, a
+    check-in up to SKEW after the deadline is on time (record.lua's
+    sweep-first rule waits as long as the sweeper does)."""
+    core = make_core(HOURLY)
+    await core.record(ci(Kind.SUCCESS, T0))
+    clock.now = T0 + 3600 + 300 + SKEW - 0.5
+    await core.record(ci(Kind.SUCCESS, clock.now))
+    facts = await core.store.facts("job")
+    assert "missed" not in facts.outcomes and facts.accounted_through == clock.now

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.model import CLOCK_SKEW_ALLOWANCE as SKEW
 from exporter.web.app import create_app
 from exporter.web.keys import CORE
 
@@ -553,8 +554,9 @@ async def test_metrics_summary_by_day_and_by_hour(client, clock):
     await client.post("/api/flights/check-in/", headers=key)  # 12:00 ok
     clock.advance(3600)
     await client.post("/api/flights/check-in/", json={"status": "ERROR"}, headers=key)  # 13:00 error
-    # 14:00 passes with no check-in: missed once the sweeper sees it.
-    clock.advance(3600 + 61)
+    # 14:00 passes with no check-in: missed once the sweeper sees it
+    # (grace, then the clock skew allowance).
+    clock.advance(3600 + 60 + SKEW)
     await client.app[CORE].sweep(client.app[CORE].registry.monitors[flight["path"]], clock())
     clock.advance(86400 * 2)  # two days later: a warning
     await client.app[CORE].sweep(client.app[CORE].registry.monitors[flight["path"]], clock())

@@ -2,7 +2,8 @@
 
 import pytest
 
-from exporter.evaluate import evaluate, plan_sweep
+from exporter.evaluate import evaluate, next_change, plan_sweep
+from exporter.model import CLOCK_SKEW_ALLOWANCE as SKEW
 from exporter.model import CronSchedule, Facts, IntervalSchedule, Monitor, OpenRun, Outcome, Status
 
 from .conftest import T0
@@ -57,7 +58,7 @@ class TestStatus:
         assert status(monitor(), facts(), T0 + HOUR) is Status.LATE
 
     def test_down_at_deadline_with_pending_miss(self):
-        ev = evaluate(monitor(), facts(), T0 + HOUR + 300)
+        ev = evaluate(monitor(), facts(), T0 + HOUR + 300 + SKEW)
         assert ev.status is Status.DOWN
         assert ev.pending_missed == 1
         assert ev.consecutive_failures == 1
@@ -65,12 +66,12 @@ class TestStatus:
         assert ev.next_expected == T0 + 2 * HOUR
 
     def test_pending_miss_below_threshold_is_not_down(self):
-        ev = evaluate(monitor(failure_threshold=2), facts(), T0 + HOUR + 301)
+        ev = evaluate(monitor(failure_threshold=2), facts(), T0 + HOUR + 301 + SKEW)
         assert ev.status is Status.UP
         assert ev.consecutive_failures == 1
 
     def test_two_pending_misses_reach_threshold_two(self):
-        ev = evaluate(monitor(failure_threshold=2), facts(), T0 + 2 * HOUR + 301)
+        ev = evaluate(monitor(failure_threshold=2), facts(), T0 + 2 * HOUR + 301 + SKEW)
         assert ev.status is Status.DOWN and ev.pending_missed == 2
 
     def test_failed_when_alerting_on_error(self):
@@ -87,7 +88,7 @@ class TestStatus:
 
     def test_new_miss_after_error_makes_it_down(self):
         f = facts(alerting=True, last_bad_outcome=Outcome.ERROR, consecutive_bad=1)
-        assert status(monitor(), f, T0 + HOUR + 300) is Status.DOWN
+        assert status(monitor(), f, T0 + HOUR + 300 + SKEW) is Status.DOWN
 
     def test_running_within_max_runtime(self):
         f = facts(open_runs=(OpenRun("r1", T0),), last_start=T0)
@@ -125,7 +126,7 @@ class TestSweepPlan:
         assert plan_sweep(monitor(), facts(), T0 + 10).empty
 
     def test_missed_slots_are_planned_with_new_accounting(self):
-        plan = plan_sweep(monitor(), facts(version=7), T0 + 3 * HOUR + 300)
+        plan = plan_sweep(monitor(), facts(version=7), T0 + 3 * HOUR + 300 + SKEW)
         assert (plan.expected_version, plan.missed) == (7, 3)
         assert plan.accounted_through == T0 + 3 * HOUR
         assert plan.next_slot == T0 + 4 * HOUR
@@ -136,7 +137,7 @@ class TestSweepPlan:
         assert plan.timed_out_runs == ("a",)
 
     def test_paused_advances_silently(self):
-        plan = plan_sweep(monitor(paused=True), facts(), T0 + 3 * HOUR + 300)
+        plan = plan_sweep(monitor(paused=True), facts(), T0 + 3 * HOUR + 300 + SKEW)
         assert plan.missed == 0 and not plan.empty
         assert plan.accounted_through == T0 + 3 * HOUR
 
@@ -148,6 +149,20 @@ class TestSweepPlan:
 def test_threshold_controls_when_pending_misses_flip(threshold):
     m = monitor(failure_threshold=threshold)
     for missed in range(1, 5):
-        now = T0 + missed * HOUR + 300
+        now = T0 + missed * HOUR + 300 + SKEW
         expected = Status.DOWN if missed >= threshold else Status.UP
         assert status(m, facts(), now) is expected, (threshold, missed)
+
+
+def test_a_miss_waits_for_the_clock_skew_allowance():
+    """Between the deadline and deadline + SKEW the slot is late, not
+    missed: a replica whose clock is a little ahead must not record a miss
+    for a check-in another replica takes just before the deadline."""
+    deadline = T0 + HOUR + 300
+    for now in (deadline, deadline + SKEW - 0.001):
+        ev = evaluate(monitor(), facts(), now)
+        assert ev.status is Status.LATE and ev.pending_missed == 0 and ev.deadline == deadline
+        assert plan_sweep(monitor(), facts(), now).missed == 0
+        assert next_change(monitor(), facts(), ev, now) == deadline + SKEW
+    assert evaluate(monitor(), facts(), deadline + SKEW).status is Status.DOWN
+    assert plan_sweep(monitor(), facts(), deadline + SKEW).missed == 1

@@ -30,10 +30,10 @@ end
 
 -- Keep the sweeper's deadline index exact: the monitor is due at the
 -- earlier of its next deadline and its first pending run timeout.
-local function update_due(state, tmo, due, monitor, grace)
+local function update_due(state, tmo, due, monitor, miss_after)
   local at = nil
   local upcoming = num(redis.call('HGET', state, 'next'))
-  if upcoming then at = upcoming + grace end
+  if upcoming then at = upcoming + miss_after end
   local first = redis.call('ZRANGE', tmo, 0, 0, 'WITHSCORES')
   if first[2] then
     local t = tonumber(first[2])

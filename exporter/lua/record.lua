@@ -11,7 +11,8 @@
 --         outcome (override for a success: 'silent_failure'), annotations
 --         (object), probe_code (set only for an active check's result);
 --         absent fields are nil
---       2 the monitor's settings (json object): grace, max_runtime,
+--       2 the monitor's settings (json object): grace, miss_after (grace
+--         plus the clock skew allowance: when a slot counts as missed), max_runtime,
 --         failure_threshold, recovery_threshold, rate_count (0: no limit),
 --         rate_window (seconds)
 --       3 the store's limits (json object): history, logs, meta_keys,
@@ -29,7 +30,7 @@ local log_body = ARGV[4]
 local monitor, now, kind, run_id = a.monitor, a.now, a.kind, a.run_id or ''
 local now_s = fmt(now)
 local exit_code, reported_duration = a.exit_code, a.duration
-local plan, grace = a.plan, c.grace
+local plan, grace, miss_after = a.plan, c.grace, c.miss_after
 local max_runtime = c.max_runtime
 local fthr, rthr = c.failure_threshold, c.recovery_threshold
 local history_cap, log_cap = lim.history, lim.logs
@@ -39,7 +40,7 @@ local generated_run_id = a.generated_run_id
 -- Outcomes are applied in time order: a deadline that passed before this
 -- check-in must be recorded as missed first. The caller sweeps and retries.
 local expected = num(redis.call('HGET', state, 'next'))
-if expected and expected + grace <= now then return {'sweep'} end
+if expected and expected + miss_after <= now then return {'sweep'} end
 
 local completes = (kind == 'success' or kind == 'fail' or kind == 'warning')
 -- A retried start or completion for a run id we already have changes nothing.
@@ -244,6 +245,6 @@ if a.probe_code then
 end
 
 push_history(history, entry, history_cap)
-update_due(state, tmo, due, monitor, grace)
+update_due(state, tmo, due, monitor, miss_after)
 mark_changed(KEYS[13], KEYS[14], monitor)
 return {'ok', seq, result_run, duration and fmt(duration) or ''}

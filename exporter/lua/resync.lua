@@ -2,7 +2,8 @@
 -- (compare-and-set like sweep.lua).
 -- KEYS: 1 state, 2 runs, 3 tmo, 4 due, 5 change feed, 6 change feed sequence
 -- ARGV: 1 monitor, 2 expected_version, 3 acc ('' keeps it), 4 next,
---       5 grace, 6 max_runtime ('' none), 7 fingerprint
+--       5 miss_after (grace + clock skew allowance), 6 max_runtime ('' none),
+--       7 fingerprint
 -- Returns {'ok'} | {'conflict'}
 local state, runs, tmo, due = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local version = tonumber(redis.call('HGET', state, 'v') or '0')

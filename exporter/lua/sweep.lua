@@ -3,14 +3,15 @@
 -- KEYS: 1 state, 2 runs, 3 tmo, 4 counters, 5 history, 6 due, 7 uptime,
 --       8 change feed, 9 change feed sequence
 -- ARGV: 1 monitor, 2 now, 3 expected_version, 4 missed, 5 acc, 6 next,
---       7 timed_out (json array of run ids), 8 grace, 9 failure_threshold,
+--       7 timed_out (json array of run ids), 8 miss_after (grace + clock
+--       skew allowance), 9 failure_threshold,
 --       10 recovery_threshold, 11 history_cap
 -- Returns {'ok', version} | {'conflict'}
 local state, runs, tmo, counters, history, due = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local monitor, now = ARGV[1], tonumber(ARGV[2])
 local version = tonumber(redis.call('HGET', state, 'v') or '0')
 if version ~= tonumber(ARGV[3]) then return {'conflict'} end
-local missed, grace = tonumber(ARGV[4]), tonumber(ARGV[8])
+local missed, miss_after = tonumber(ARGV[4]), tonumber(ARGV[8])
 local fthr, rthr, cap = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 
 version = redis.call('HINCRBY', state, 'v', 1)
@@ -35,6 +36,6 @@ for _, rid in ipairs(cjson.decode(ARGV[7])) do
     end
   end
 end
-update_due(state, tmo, due, monitor, grace)
+update_due(state, tmo, due, monitor, miss_after)
 mark_changed(KEYS[8], KEYS[9], monitor)
 return {'ok', version}
