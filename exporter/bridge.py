@@ -156,13 +156,14 @@ class AlertBridge:
         changed = False
         known = [i for i in ids if i in registry.monitors]
         all_facts = await self.core.store.snapshot(known)  # one round trip for the lot
+        outages = await self.core.current_outages()
         for monitor_id in ids:
             monitor = registry.monitors.get(monitor_id)
             wanted: dict[tuple, Monitor] = {}
             facts = None
             if monitor is not None:
                 facts = all_facts[monitor_id]
-                ev = evaluate(monitor, facts, now)
+                ev = evaluate(monitor, facts, now, outages)
                 for name in firing_alerts(monitor, facts, ev):
                     wanted[(monitor_id, name)] = monitor
             for key, alert in list(self._alerts.items()):

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from . import __version__
-from .evaluate import evaluate, next_change
+from .evaluate import Outages, evaluate, next_change
 from .model import CronSchedule, Facts, Kind, Monitor, Outcome, Status
 from .store import DURATION_BUCKETS
 
@@ -175,9 +175,12 @@ def label_string(monitor: Monitor) -> str:
     return ",".join(f'{name}="{_escape_value(value)}"' for name, value in pairs)
 
 
-def render_monitor(monitor: Monitor, facts: Facts, now: float, base_url: str) -> MonitorBlock:
-    """Every sample of one monitor at `now`, and until when they hold."""
-    ev = evaluate(monitor, facts, now)
+def render_monitor(
+    monitor: Monitor, facts: Facts, now: float, base_url: str, outages: Outages = ()
+) -> MonitorBlock:
+    """Every sample of one monitor at `now` (with the outages known), and
+    until when they hold."""
+    ev = evaluate(monitor, facts, now, outages)
     base = label_string(monitor)
     out = [""] * len(FAMILIES)
 
@@ -303,11 +306,12 @@ def render_self(state: SelfState) -> str:
 
 
 def render_full(
-    monitors: Mapping[str, Monitor], facts: Mapping[str, Facts], now: float, base_url: str, openmetrics: bool = False
+    monitors: Mapping[str, Monitor], facts: Mapping[str, Facts], now: float, base_url: str, openmetrics: bool = False,
+    outages: Outages = (),
 ) -> str:
     """The per-monitor part of /metrics rendered from scratch: what the
     scrape cache must always equal (its tests compare the two)."""
-    blocks = [render_monitor(m, facts.get(m.id, Facts()), now, base_url) for m in monitors.values()]
+    blocks = [render_monitor(m, facts.get(m.id, Facts()), now, base_url, outages) for m in monitors.values()]
     parts = []
     for i, family in enumerate(FAMILIES):
         body = "".join(block.fragments[i] for block in blocks)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -33,8 +34,8 @@ from .errors import (
     SourceNotAllowed,
     UnknownMonitor,
 )
-from .evaluate import SWEEP_BATCH, SweepPlan, plan_arrival, plan_sweep
-from .model import CheckIn, Kind, Monitor
+from .evaluate import SWEEP_BATCH, Outages, SweepPlan, evaluate, plan_arrival, plan_sweep
+from .model import HEARTBEAT_INTERVAL, OUTAGE_GAP, CheckIn, Evaluation, Facts, Kind, Monitor, iso_utc
 from .schedule import next_slot
 from .store import Quota, RecordResult, Store
 
@@ -147,11 +148,17 @@ class Registry:
 class Core:
     def __init__(
         self, store: Store, registry: Registry, clock: Callable[[], float] = time.time,
-        monitors_per_owner: int = 0,
+        monitors_per_owner: int = 0, track_outages: bool = False,
     ):
         self.store = store
         self.registry = registry
         self.clock = clock
+        # Outage-aware accounting (see heartbeat()): on in `cronmon serve`;
+        # off for a Core driven by a simulated clock, whose jumps would
+        # read as outages.
+        self.track_outages = track_outages
+        self.outages: Outages = ()
+        self._heartbeat_at = -math.inf
         # At most this many API monitors per owner (0: no limit).
         self.monitors_per_owner = monitors_per_owner
         # Told the id of every monitor whose state changed. They must not
@@ -162,6 +169,45 @@ class Core:
     def _changed(self, monitor_id: str) -> None:
         for listener in self.listeners:
             listener(monitor_id)
+
+    # -- outages ----------------------------------------------------------
+
+    async def heartbeat(self) -> None:
+        """Tell Redis this process takes check-ins, and learn the outages
+        (stretches in which no process did). Run every HEARTBEAT_INTERVAL
+        by `cronmon serve`, and on demand by current_outages."""
+        now = self.clock()
+        outages = await self.store.heartbeat(now, OUTAGE_GAP)
+        if outages != self.outages:
+            if len(outages) > len(self.outages):
+                log.warning(
+                    "no cronmon took check-ins from %s to %s (an outage): slots and runs it overlapped "
+                    "are not counted against jobs", iso_utc(outages[-1].start), iso_utc(outages[-1].end),
+                )
+            self.outages = outages
+        self._heartbeat_at = now
+
+    async def current_outages(self) -> Outages:
+        """The outages, known as of a heartbeat of this process at most
+        2 x HEARTBEAT_INTERVAL ago (one is made first if needed).
+
+        Why that bound makes miss decisions safe: an outage is a gap of more
+        than OUTAGE_GAP between heartbeats, recorded by the heartbeat that
+        ends it. A heartbeat of ours at h, less than OUTAGE_GAP before the
+        decision, came after the end of every outage that ended before the
+        decision (none fits between h and it), so its reply holds them all;
+        after Redis comes back the first decision waits for that heartbeat."""
+        if not self.track_outages:
+            return ()
+        if self.clock() - self._heartbeat_at > 2 * HEARTBEAT_INTERVAL:
+            await self.heartbeat()
+        return self.outages
+
+    def evaluate(self, monitor: Monitor, facts: Facts) -> Evaluation:
+        """`monitor`'s status now, for the APIs (with the outages learnt at
+        the latest heartbeat; /metrics, the bridge and the sweeper ask
+        current_outages first)."""
+        return evaluate(monitor, facts, self.clock(), self.outages)
 
     def swap(self, registry: Registry) -> None:
         """Swap in a reloaded config; the API monitors stay as they are."""
@@ -340,6 +386,7 @@ class Core:
         recorded missed by this call.
         """
         recorded = 0
+        outages = await self.current_outages()
         for _ in range(_CAS_ATTEMPTS):
             facts = await self.store.facts(monitor.id)
             if facts.fingerprint not in (None, monitor.schedule_fingerprint()):
@@ -348,14 +395,14 @@ class Core:
                 # expected of it as it is now. Re-base first.
                 await self.resync(monitor, now)
                 continue
-            plan: SweepPlan = plan_sweep(monitor, facts, now)
+            plan: SweepPlan = plan_sweep(monitor, facts, now, outages)
             if plan.empty:
                 return recorded
             if not await self.store.apply_sweep(monitor, plan, now):
                 continue  # someone else changed it: re-read and re-plan
             self._changed(monitor.id)
             recorded += plan.missed
-            if plan.missed < SWEEP_BATCH:
+            if plan.missed + plan.forgiven < SWEEP_BATCH:
                 return recorded
             # A full batch: more slots may have passed (a long outage);
             # loop to record the next batch.

@@ -9,6 +9,15 @@ While alerting, the status is `down` if the latest bad outcome was a missed
 slot and `failed` otherwise. A missed slot whose deadline has passed but
 that no sweeper has recorded yet counts here already ("pending"), so
 /metrics is right even while the sweeper lags a little.
+
+Outages. A slot whose arrival window (from CLOCK_SKEW_ALLOWANCE before the
+slot to its miss deadline) overlaps an outage, a time when no cronmon
+could take check-ins, is forgiven: skipped, not missed, because the job's
+check-in may have been refused. Likewise a run that was open during an
+outage and passes max_runtime is given up ("lost"), not timed out: its
+completion may have been refused. Which way this errs: a job that really
+failed during an outage pages one slot later, at its first slot after
+cronmon is back, instead of paging falsely for every healthy job.
 """
 
 from __future__ import annotations
@@ -23,11 +32,16 @@ from .model import (
     Facts,
     IntervalSchedule,
     Monitor,
+    OpenRun,
+    Outage,
     Outcome,
     Schedule,
     Status,
+    during_outage,
 )
 from .schedule import latest_slot_at_or_before, missed_slots, next_slot
+
+Outages = tuple[Outage, ...]
 
 # Bound on slots walked per call: evaluation only needs enough to cross the
 # failure threshold; the sweeper walks the rest in bounded batches.
@@ -67,6 +81,9 @@ class SweepPlan:
     `accounted_through` / `next_slot` are the new accounting (None: keep
     it); `missed` slots are recorded as missed outcomes, except for a
     paused monitor, whose passed slots are skipped without a record.
+    `forgiven` slots (an outage overlapped them) are skipped with a history
+    entry; `lost_runs` (open during an outage, now past max_runtime) are
+    dropped without a timeout.
     """
 
     expected_version: int
@@ -74,10 +91,12 @@ class SweepPlan:
     accounted_through: float | None
     next_slot: float | None
     timed_out_runs: tuple[str, ...]
+    forgiven: int = 0
+    lost_runs: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return self.accounted_through is None and not self.timed_out_runs
+        return self.accounted_through is None and not self.timed_out_runs and not self.lost_runs
 
 
 def plan_arrival(monitor: Monitor, received_at: float) -> ArrivalPlan:
@@ -94,44 +113,75 @@ def plan_arrival(monitor: Monitor, received_at: float) -> ArrivalPlan:
     return ArrivalPlan(anchored=False, first=first, candidates=tuple(candidates))
 
 
-def plan_sweep(monitor: Monitor, facts: Facts, now: float) -> SweepPlan:
-    """Missed slots and newly over-long runs as of `now`."""
-    passed, accounted, upcoming = 0, None, None
+def passed_slots(
+    monitor: Monitor, accounted_through: float, now: float, outages: Outages = ()
+) -> tuple[int, int, float, float]:
+    """Slots after `accounted_through` whose miss deadline is at or before
+    `now`, at most SWEEP_BATCH of them: (missed, forgiven for an outage,
+    the last of them, the slot after it)."""
+    schedule, miss_after = monitor.schedule, monitor.miss_after
+    if not during_outage(outages, accounted_through - CLOCK_SKEW_ALLOWANCE, now):
+        missed, last, upcoming = missed_slots(schedule, miss_after, accounted_through, now, SWEEP_BATCH)
+        return missed, 0, last, upcoming
+    missed = forgiven = 0
+    last, upcoming = accounted_through, next_slot(schedule, accounted_through)
+    while missed + forgiven < SWEEP_BATCH and upcoming + miss_after <= now:
+        # The job's check-in for this slot lands between (a little before)
+        # the slot and its deadline; if cronmon refused check-ins for any of
+        # that time, the slot's absence proves nothing.
+        if during_outage(outages, upcoming - CLOCK_SKEW_ALLOWANCE, upcoming + miss_after):
+            forgiven += 1
+        else:
+            missed += 1
+        last, upcoming = upcoming, next_slot(schedule, upcoming)
+    return missed, forgiven, last, upcoming
+
+
+def plan_sweep(monitor: Monitor, facts: Facts, now: float, outages: Outages = ()) -> SweepPlan:
+    """Missed (and outage-forgiven) slots and newly over-long runs as of `now`."""
+    passed = forgiven = 0
+    accounted = upcoming = None
     if facts.accounted_through is not None and facts.next_slot is not None:
         if facts.next_slot + monitor.miss_after <= now:
-            passed, accounted, upcoming = missed_slots(
-                monitor.schedule, monitor.miss_after, facts.accounted_through, now, SWEEP_BATCH
-            )
+            passed, forgiven, accounted, upcoming = passed_slots(monitor, facts.accounted_through, now, outages)
     if monitor.paused:
         # Nothing is expected of a paused monitor: skip past its slots
         # without recording them, and time none of its runs out.
         return SweepPlan(facts.version, 0, accounted, upcoming, ())
-    timed_out: tuple[str, ...] = ()
+    timed_out: list[str] = []
+    lost: list[str] = []
     if monitor.max_runtime is not None:
-        timed_out = tuple(
-            run.run_id
-            for run in facts.open_runs
+        for run in facts.open_runs:
             # Strictly older: a run that ends at exactly max_runtime is in time.
-            if not run.timed_out and run.started + monitor.max_runtime < now
-        )
-    if is_stuck(monitor, facts, now):
+            if not run.timed_out and run.started + monitor.max_runtime < now:
+                (lost if _lost(monitor, run, outages) else timed_out).append(run.run_id)
+    if is_stuck(monitor, facts, now, outages):
         # Slots that pass while a run hangs are skipped, not missed: the
         # page for a hung job is CronJobStuck, and counting them too paged
         # CronJobMissed again the moment the job started once more.
-        passed = 0
-    return SweepPlan(facts.version, passed, accounted, upcoming, timed_out)
+        passed = forgiven = 0
+    return SweepPlan(facts.version, passed, accounted, upcoming, tuple(timed_out), forgiven, tuple(lost))
 
 
-def is_stuck(monitor: Monitor, facts: Facts, now: float) -> bool:
+def _lost(monitor: Monitor, run: OpenRun, outages: Outages) -> bool:
+    """An open run whose completion may have been refused: an outage
+    overlapped the time in which it was due to finish."""
+    assert monitor.max_runtime is not None
+    return during_outage(outages, run.started, run.started + monitor.max_runtime)
+
+
+def is_stuck(monitor: Monitor, facts: Facts, now: float, outages: Outages = ()) -> bool:
     """An open run is older than max_runtime (strictly: a run of exactly
-    max_runtime is in time)."""
+    max_runtime is in time), and is not lost to an outage."""
     return monitor.max_runtime is not None and any(
-        run.started + monitor.max_runtime < now for run in facts.open_runs
+        run.started + monitor.max_runtime < now and (run.timed_out or not _lost(monitor, run, outages))
+        for run in facts.open_runs
     )
 
 
-def evaluate(monitor: Monitor, facts: Facts, now: float) -> Evaluation:
-    """The status of `monitor` at `now` (DESIGN.md, Runs and status)."""
+def evaluate(monitor: Monitor, facts: Facts, now: float, outages: Outages = ()) -> Evaluation:
+    """The status of `monitor` at `now` (DESIGN.md, Runs and status), with
+    the outages known (Core.current_outages)."""
     pending = 0
     next_expected, deadline = facts.next_slot, None
     if monitor.paused:
@@ -139,11 +189,9 @@ def evaluate(monitor: Monitor, facts: Facts, now: float) -> Evaluation:
     elif next_expected is not None:
         deadline = next_expected + monitor.grace
         if next_expected + monitor.miss_after <= now:
-            pending, _, next_expected = missed_slots(
-                monitor.schedule, monitor.miss_after, facts.accounted_through or 0.0, now, SWEEP_BATCH
-            )
+            pending, _, _, next_expected = passed_slots(monitor, facts.accounted_through or 0.0, now, outages)
             deadline = next_expected + monitor.grace
-            if is_stuck(monitor, facts, now):
+            if is_stuck(monitor, facts, now, outages):
                 pending = 0  # skipped, as plan_sweep will record them
     elif facts.first_checkin is None:
         # Never checked in: show when the first run is expected, if the
@@ -160,7 +208,7 @@ def evaluate(monitor: Monitor, facts: Facts, now: float) -> Evaluation:
         status = Status.PAUSED
     elif facts.first_checkin is None and not alerting:
         status = Status.NEW
-    elif is_stuck(monitor, facts, now):
+    elif is_stuck(monitor, facts, now, outages):
         status = Status.STUCK
     elif alerting:
         status = Status.DOWN if last_bad == Outcome.MISSED else Status.FAILED

@@ -149,6 +149,30 @@ MUTABLE_ALERTS: Mapping[str, str] = {
 # CronJobMissed (no `for:`) paged on a single scrape.
 CLOCK_SKEW_ALLOWANCE = 5.0
 
+# Outages (see Outage): every process that takes check-ins writes a
+# heartbeat into Redis this often; a gap between two heartbeats longer than
+# OUTAGE_GAP means no cronmon could take check-ins (all stopped, or Redis
+# unreachable) and is recorded as an outage. 5 s: well above the interval
+# and an event-loop hiccup, short enough that a restart of the only
+# replica that takes longer is counted.
+HEARTBEAT_INTERVAL = 1.0
+OUTAGE_GAP = 5.0
+
+
+@dataclass(frozen=True)
+class Outage:
+    """A stretch of time in which no cronmon could take check-ins: from the
+    last heartbeat before it to the first one after it. A job's check-in in
+    it was refused, so its absence is no evidence that the job failed."""
+
+    start: float
+    end: float
+
+
+def during_outage(outages: tuple[Outage, ...], start: float, end: float) -> bool:
+    """Whether [start, end] overlaps any of `outages` (a handful: linear)."""
+    return any(o.start < end and o.end > start for o in outages)
+
 
 @dataclass(frozen=True)
 class Monitor:

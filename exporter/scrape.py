@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from .collector import FAMILIES, MonitorBlock, render_monitor
 from .core import Core
 from .errors import StoreUnavailable
+from .evaluate import Outages
 from .heap import freeze_long_lived
 from .model import Facts, Monitor
 
@@ -102,6 +103,7 @@ class ScrapeCache:
         self._headers = [(f.text_header().encode(), f.openmetrics_header().encode()) for f in FAMILIES]
         self._header_deflated = [_deflate(text) for text, _ in self._headers]
         self._assembled: _Assembled | None = None
+        self._outages: Outages = ()  # the outages the cached blocks were rendered with
         self._lock = threading.Lock()
         self.rendered_last = 0  # monitors rendered by the last update (tests and benchmarks)
 
@@ -119,14 +121,22 @@ class ScrapeCache:
 
     # -- the update -------------------------------------------------------
 
-    def update(self, monitors: Mapping[str, Monitor], fetched: Mapping[str, Facts], now: float) -> None:
+    def update(
+        self, monitors: Mapping[str, Monitor], fetched: Mapping[str, Facts], now: float, outages: Outages = ()
+    ) -> None:
         """Bring the cache to `monitors` (the registry now), `fetched` (facts
-        read since the last update) and `now`. Every monitor not in
-        `fetched` must already be cached (see `missing`)."""
+        read since the last update), `now` and the outages known. Every
+        monitor not in `fetched` must already be cached (see `missing`)."""
         with self._lock:
-            self._update(monitors, fetched, now)
+            self._update(monitors, fetched, now, outages)
 
-    def _update(self, monitors: Mapping[str, Monitor], fetched: Mapping[str, Facts], now: float) -> None:
+    def _update(
+        self, monitors: Mapping[str, Monitor], fetched: Mapping[str, Facts], now: float, outages: Outages
+    ) -> None:
+        # A newly known outage can change any monitor's status (slots it
+        # forgives): render them all, once.
+        rerender_all = outages != self._outages
+        self._outages = outages
         dirty: set[tuple[int, str]] = set()  # (family index, monitor id) whose fragment changed
         removed = [m for m in self._monitors if m not in monitors]
         for monitor_id in removed:
@@ -143,6 +153,7 @@ class ScrapeCache:
             block = self._blocks.get(monitor_id)
             if (
                 block is not None
+                and not rerender_all
                 and monitor_id not in fetched
                 and block.valid_until > now
                 # identity first: unchanged registries hand over the same objects
@@ -150,7 +161,7 @@ class ScrapeCache:
             ):
                 self._monitors[monitor_id] = monitor
                 continue
-            new = render_monitor(monitor, self._facts[monitor_id], now, self.base_url)
+            new = render_monitor(monitor, self._facts[monitor_id], now, self.base_url, outages)
             rendered += 1
             if block is None:
                 added.append(monitor_id)
@@ -275,10 +286,11 @@ class Scraper:
                     wanted = [m for m in changed if m in monitors]
                     wanted.extend(cache.missing(monitors))
                 fetched = await core.store.snapshot(dict.fromkeys(wanted))
+                outages = await core.current_outages()
             except StoreUnavailable:
                 return False
             # Rendering and compressing is CPU work: off the event loop.
-            await asyncio.get_running_loop().run_in_executor(None, cache.update, monitors, fetched, now)
+            await asyncio.get_running_loop().run_in_executor(None, cache.update, monitors, fetched, now, outages)
             cache.cursor = position
             if cache.rendered_last >= FREEZE_AFTER_RENDERING:
                 freeze_long_lived()  # a (near) full rebuild: all of it is long-lived

@@ -59,6 +59,9 @@ class Settings:
     limits: StoreLimits = field(default_factory=StoreLimits)
     # Of several worker processes only one posts to Alertmanager.
     bridge_enabled: bool = True
+    # Outage-aware accounting (Core.heartbeat): slots and runs that an
+    # outage of every cronmon overlapped are not counted against jobs.
+    track_outages: bool = True
 
     @property
     def base_url(self) -> str:

@@ -52,7 +52,7 @@ from redis.backoff import NoBackoff
 
 from .errors import StoreUnavailable
 from .evaluate import ArrivalPlan, SweepPlan
-from .model import CheckIn, Details, Facts, Monitor, OpenRun, Outcome
+from .model import CheckIn, Details, Facts, Monitor, OpenRun, Outage, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,13 @@ DURATION_BUCKETS: tuple[float, ...] = (
 
 # The stored fingerprint of a monitor the config no longer declares.
 REMOVED_FINGERPRINT = "removed"
+
+# Outages are kept while a slot they forgive can still be swept (sweeps keep
+# every monitor's accounting near now; 35 days covers the longest uptime
+# window), and at most this many (a flapping Redis must not grow the list
+# every miss decision reads).
+OUTAGES_KEPT_SECONDS = 35 * 86400
+OUTAGES_KEPT = 100
 
 
 @dataclass(frozen=True)
@@ -207,6 +214,9 @@ class Store:
         self._define = client.register_script(_script("define"))
         self._probe_sync = client.register_script(_script("probe_sync"))
         self._probe_claim = client.register_script(_script("probe_claim"))
+        self._heartbeat = client.register_script(_script("heartbeat"))
+        self._heartbeat_key = f"{prefix}:heartbeat"
+        self._outages_key = f"{prefix}:outages"
         self._probes_key = f"{prefix}:probes"
         self._probe_schedule_key = f"{prefix}:probes:schedule"
         self._due_key = f"{prefix}:due"
@@ -373,6 +383,8 @@ class Store:
                     monitor.failure_threshold,
                     monitor.recovery_threshold,
                     self.limits.history,
+                    plan.forgiven,
+                    json.dumps(list(plan.lost_runs)),
                 ],
             )
         except Exception as exc:
@@ -580,6 +592,22 @@ class Store:
         except Exception as exc:
             raise _translate(exc) from exc
         return [(reply[i], float(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+    # -- outages -----------------------------------------------------------
+
+    async def heartbeat(self, now: float, gap: float) -> tuple[Outage, ...]:
+        """Say that this process can take check-ins at `now`; a gap of more
+        than `gap` seconds since the latest heartbeat of any process is
+        recorded as an outage first. Returns the outages kept (those that
+        ended in the last OUTAGES_KEPT_SECONDS, at most OUTAGES_KEPT)."""
+        try:
+            reply = await self._heartbeat(
+                keys=[self._heartbeat_key, self._outages_key],
+                args=[repr(now), repr(gap), repr(now - OUTAGES_KEPT_SECONDS), OUTAGES_KEPT],
+            )
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return tuple(Outage(float(reply[i]), float(reply[i + 1])) for i in range(0, len(reply), 2))
 
     # -- small documents of the APIs (CrossCheck's flight groups, ...) ------
 

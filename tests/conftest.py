@@ -133,6 +133,9 @@ def app_settings(tmp_path, redis_server, prefix) -> Callable[..., Settings]:
             data_dir=tmp_path / "data",
             key_prefix=prefix,
             sweep_interval=3600.0,  # tests drive sweeps themselves
+            # A simulated clock's jumps would read as outages; the outage
+            # tests turn it on.
+            track_outages=False,
         )
         values.update(overrides)
         return Settings(**values)

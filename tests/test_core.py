@@ -717,3 +717,117 @@ async def test_a_check_in_within_the_allowance_after_the_deadline_counts_for_the
     await core.record(ci(Kind.SUCCESS, clock.now))
     facts = await core.store.facts("job")
     assert "missed" not in facts.outcomes and facts.accounted_through == clock.now
+
+
+MINUTELY = """
+monitors:
+  - id: job
+    schedule: {interval: 1m}
+    grace: 10s
+    max_runtime: 30s
+"""
+
+
+async def beat_until(core: Core, clock, until: float, step: float = 2.0) -> None:
+    """A live cronmon: heartbeats every `step` seconds of the simulated clock."""
+    while clock.now < until:
+        clock.now = min(until, clock.now + step)
+        await core.heartbeat()
+
+
+class TestOutages:
+    """Issue 10, case 5: after an outage of every cronmon longer than grace,
+    healthy jobs paged once CronmonDown's inhibition ended. Slots and runs
+    an outage overlapped are now forgiven; a job dead after it still pages."""
+
+    async def test_a_gap_in_heartbeats_is_an_outage_that_forgives_what_it_overlapped(self, make_core, clock):
+        core = make_core(MINUTELY)
+        core.track_outages = True
+        await core.heartbeat()
+        await core.record(ci(Kind.SUCCESS, T0))
+        await core.record(ci(Kind.START, T0 + 1, run_id="r"))  # its end falls in the outage
+        # Every cronmon is down from T0 (its last heartbeat) to T0 + 100.
+        clock.now = T0 + 100
+        await core.heartbeat()
+        assert [(o.start, o.end) for o in core.outages] == [(T0, T0 + 100)]
+        job = core.registry.monitors["job"]
+        assert await core.sweep(job, clock.now) == 0
+        facts = await core.store.facts("job")
+        # The slot at T0 + 61 (a minute after the start, the latest arrival;
+        # its check-in was due in the outage) is forgiven; the run r, open
+        # across it and past max_runtime, is lost, not timed out.
+        assert "missed" not in facts.outcomes and "timeout" not in facts.outcomes
+        assert facts.accounted_through == T0 + 61 and facts.open_runs == ()
+        outage = (await core.store.history("job", 0, 1))[0]
+        assert outage["kind"] == "outage" and outage["slots"] == 1 and outage["runs"] == ["r"]
+        assert core.evaluate(job, facts).status is Status.UP
+        # cronmon is back; the job stays dead: its next slot (T0 + 121, due
+        # after the outage) is missed once its deadline passes.
+        await beat_until(core, clock, T0 + 121 + 10 + SKEW)
+        assert await core.sweep(job, clock.now) == 1
+        assert (await status(core)) is Status.DOWN
+
+    async def test_a_healthy_job_back_after_the_outage_is_not_missed(self, make_core, clock):
+        core = make_core(MINUTELY)
+        core.track_outages = True
+        await core.heartbeat()
+        await core.record(ci(Kind.SUCCESS, T0))
+        clock.now = T0 + 100  # back after a 100 s outage; the first ping sweeps first
+        await core.record(ci(Kind.SUCCESS, T0 + 100))
+        facts = await core.store.facts("job")
+        assert facts.outcomes == {"ok": 2} and facts.accounted_through == T0 + 100
+
+    async def test_without_an_outage_the_same_gap_is_missed(self, make_core, clock):
+        """The control: the same schedule and check-ins with cronmon up all
+        along (heartbeats every 2 s) count the slot as missed."""
+        core = make_core(MINUTELY)
+        core.track_outages = True
+        await core.heartbeat()
+        await core.record(ci(Kind.SUCCESS, T0))
+        await beat_until(core, clock, T0 + 100)
+        assert core.outages == ()
+        assert await core.sweep(core.registry.monitors["job"], clock.now) == 1
+
+    async def test_a_replica_that_missed_the_outage_learns_it_before_deciding(
+        self, make_core, redis_server, prefix, clock
+    ):
+        """Redis was unreachable for every replica. The first heartbeat after
+        it records the outage; a replica whose own last heartbeat is older
+        must not decide with what it knew before: it beats first."""
+        core = make_core(MINUTELY)
+        core.track_outages = True
+        other = Core(Store(connect(redis_server.url), prefix, core.store.limits), core.registry, clock)
+        other.track_outages = True
+        await core.heartbeat()
+        await other.heartbeat()
+        await core.record(ci(Kind.SUCCESS, T0))
+        clock.now = T0 + 100
+        await core.heartbeat()  # records the outage T0 .. T0 + 100
+        assert other.outages == ()
+        assert await other.sweep(other.registry.monitors["job"], clock.now) == 0
+        assert len(other.outages) == 1
+        assert "missed" not in (await core.store.facts("job")).outcomes
+        await other.store.close()
+
+    async def test_a_heartbeat_from_a_clock_behind_does_not_open_a_gap(self, make_core, redis_server, prefix, clock):
+        from .conftest import Clock
+
+        core = make_core(MINUTELY)
+        behind = Clock(clock.now - 3)
+        other = Core(Store(connect(redis_server.url), prefix, core.store.limits), core.registry, behind)
+        await core.heartbeat()  # T0
+        await other.heartbeat()  # T0 - 3: must not move the latest heartbeat back
+        clock.now = T0 + 4.5
+        await core.heartbeat()  # 4.5 s after T0: no outage (it would be 7.5 s after T0 - 3)
+        assert core.outages == ()
+        await other.store.close()
+
+    async def test_outages_kept_are_bounded(self, make_core, clock):
+        from exporter.store import OUTAGES_KEPT
+
+        core = make_core(MINUTELY)
+        for _ in range(OUTAGES_KEPT + 5):
+            clock.now += 10
+            await core.heartbeat()
+        assert len(core.outages) == OUTAGES_KEPT
+        assert core.outages[-1].end == clock.now  # the newest are kept

@@ -33,8 +33,11 @@ monitors:
 
 
 class Server:
-    def __init__(self, config: Path, data_dir: Path, extra_env: dict | None = None, flags: list | None = None):
-        self.port = free_port()
+    def __init__(
+        self, config: Path, data_dir: Path, extra_env: dict | None = None, flags: list | None = None,
+        port: int | None = None,
+    ):
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CRONMON_")}
         env.update(extra_env or {})
@@ -218,3 +221,56 @@ def test_two_processes_on_one_redis_record_each_missed_slot_once(tmp_path, redis
     # twice as many.
     counted = int(stopped - pinged - CLOCK_SKEW_ALLOWANCE)
     assert counted - 2 <= missed <= counted
+
+
+def test_a_cronmon_outage_longer_than_grace_pages_only_the_job_that_stays_dead(tmp_path):
+    """Issue 10, case 5, with a real `cronmon serve` stopped for longer than
+    grace: the healthy job's check-ins were refused while it was down, and
+    it must not page for that; the job that stays dead afterwards must."""
+    config = write_config(tmp_path, """
+monitors:
+  - {id: healthy, schedule: {interval: 3s}, grace: 1s}
+  - {id: dead, schedule: {interval: 3s}, grace: 1s}
+""")
+    data_dir = tmp_path / "data"
+    server = Server(config, data_dir)
+    try:
+        server.wait_ready()
+        key = (data_dir / "ping_key").read_text().strip()
+        for monitor in ("healthy", "dead"):
+            assert httpx.get(f"{server.base}/ping/{key}/{monitor}").status_code == 200
+    finally:
+        server.stop()
+    # Down for 12 s: four of the healthy job's 3-second check-ins are refused.
+    down_until = time.monotonic() + 12
+    refused = 0
+    while time.monotonic() < down_until:
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{server.base}/ping/{key}/healthy", timeout=1)
+        refused += 1
+        time.sleep(3)
+    assert refused >= 4
+
+    again = Server(config, data_dir, port=server.port)  # the jobs' URL stays the same
+    try:
+        again.wait_ready()
+        # The healthy job goes on every 2.5 s; the dead one never reports.
+        statuses = []
+        until = time.monotonic() + 24
+        while time.monotonic() < until:
+            assert httpx.get(f"{again.base}/ping/{key}/healthy").status_code == 200
+            statuses.append(_status(again, "healthy"))
+            time.sleep(2.5)
+        assert "down" not in statuses, statuses
+        assert again.metric("cronmon_runs_total", monitor="healthy", outcome="missed") == 0
+        assert again.metric("cronmon_runs_total", monitor="dead", outcome="missed") >= 1
+        assert again.metric("cronmon_monitor_status", monitor="dead", status="down") == 1
+    finally:
+        again.stop()
+
+
+def _status(server: Server, monitor: str) -> str:
+    for status in ("up", "late", "down", "new", "running", "failed", "stuck", "paused"):
+        if server.metric("cronmon_monitor_status", monitor=monitor, status=status) == 1:
+            return status
+    raise AssertionError(f"{monitor} has no status")

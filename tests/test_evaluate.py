@@ -4,7 +4,7 @@ import pytest
 
 from exporter.evaluate import evaluate, next_change, plan_sweep
 from exporter.model import CLOCK_SKEW_ALLOWANCE as SKEW
-from exporter.model import CronSchedule, Facts, IntervalSchedule, Monitor, OpenRun, Outcome, Status
+from exporter.model import CronSchedule, Facts, IntervalSchedule, Monitor, OpenRun, Outage, Outcome, Status
 
 from .conftest import T0
 
@@ -166,3 +166,69 @@ def test_a_miss_waits_for_the_clock_skew_allowance():
         assert next_change(monitor(), facts(), ev, now) == deadline + SKEW
     assert evaluate(monitor(), facts(), deadline + SKEW).status is Status.DOWN
     assert plan_sweep(monitor(), facts(), deadline + SKEW).missed == 1
+
+
+class TestOutages:
+    """A slot or run that an outage of every cronmon overlapped is not
+    evidence against the job (issue 10, case 5); one after it is."""
+
+    # Monitor: interval 1 h, grace 300 s; arrived at T0, so the next slot is
+    # T0 + 1 h, missed once T0 + 1 h + 300 s + SKEW has passed.
+    SLOT = T0 + HOUR
+    DEADLINE = SLOT + 300 + SKEW
+
+    def test_a_slot_whose_check_in_would_have_landed_in_an_outage_is_forgiven(self):
+        outage = (Outage(self.SLOT - 60, self.SLOT + 60),)  # cronmon down across the slot
+        plan = plan_sweep(monitor(), facts(), self.DEADLINE + 1, outage)
+        assert (plan.missed, plan.forgiven) == (0, 1)
+        assert plan.accounted_through == self.SLOT and plan.next_slot == self.SLOT + HOUR
+        ev = evaluate(monitor(), facts(), self.DEADLINE + 1, outage)
+        # Not down: the next slot is what is expected now.
+        assert ev.status is Status.UP and ev.pending_missed == 0 and ev.next_expected == self.SLOT + HOUR
+
+    def test_an_outage_anywhere_in_the_arrival_window_forgives_it(self):
+        # A job that reports only at the end of its run checks in anywhere
+        # up to the deadline: an outage just before the deadline counts too.
+        for start, end in ((self.DEADLINE - 2, self.DEADLINE + 30), (self.SLOT - SKEW - 30, self.SLOT - SKEW + 1)):
+            plan = plan_sweep(monitor(), facts(), self.DEADLINE + 60, (Outage(start, end),))
+            assert (plan.missed, plan.forgiven) == (0, 1), (start, end)
+
+    def test_an_outage_outside_the_window_forgives_nothing(self):
+        for start, end in ((T0 + 60, self.SLOT - SKEW - 1), (self.DEADLINE + 1, self.DEADLINE + 30)):
+            plan = plan_sweep(monitor(), facts(), self.DEADLINE + 60, (Outage(start, end),))
+            assert (plan.missed, plan.forgiven) == (1, 0), (start, end)
+            assert status(monitor(), facts(), self.DEADLINE + 60) is Status.DOWN
+
+    def test_a_job_that_stays_dead_after_the_outage_is_missed_at_its_next_slot(self):
+        outage = (Outage(T0 + 60, self.SLOT + 120),)
+        now = self.DEADLINE + HOUR  # the slot after the outage has passed too
+        plan = plan_sweep(monitor(), facts(), now, outage)
+        assert (plan.missed, plan.forgiven) == (1, 1)
+        assert evaluate(monitor(), facts(), now, outage).status is Status.DOWN
+
+    def test_cron_slots_are_forgiven_one_by_one(self):
+        m = monitor(schedule=CronSchedule("*/10 * * * *"), grace=60.0)
+        f = facts(accounted_through=T0, next_slot=T0 + 600)
+        # Down from T0 + 15 min to T0 + 35 min: the slots at 20 and 30 min
+        # are forgiven, 10 min (deadline passed before it) and 40, 50 missed.
+        outage = (Outage(T0 + 900, T0 + 2100),)
+        plan = plan_sweep(m, f, T0 + 3000 + 60 + SKEW, outage)
+        assert (plan.missed, plan.forgiven, plan.accounted_through) == (3, 2, T0 + 3000)
+
+    def test_a_run_open_during_an_outage_is_lost_not_timed_out(self):
+        # Started before the outage; its completion may have been refused.
+        f = facts(open_runs=(OpenRun("r", T0 + 10),), next_slot=T0 + HOUR, accounted_through=T0)
+        outage = (Outage(T0 + 100, T0 + 200),)
+        now = T0 + 10 + 600 + 1  # past max_runtime (600 s)
+        plan = plan_sweep(monitor(), f, now, outage)
+        assert plan.timed_out_runs == () and plan.lost_runs == ("r",)
+        assert evaluate(monitor(), f, now, outage).status is Status.RUNNING
+        # Without the outage the same run times out and the monitor is stuck.
+        assert plan_sweep(monitor(), f, now).timed_out_runs == ("r",)
+        assert status(monitor(), f, now) is Status.STUCK
+
+    def test_a_run_that_timed_out_before_the_outage_stays_stuck(self):
+        f = facts(open_runs=(OpenRun("r", T0 + 10, timed_out=True),))
+        outage = (Outage(T0 + 1000, T0 + 1100),)  # after the timeout at T0 + 610
+        assert evaluate(monitor(), f, T0 + 1200, outage).status is Status.STUCK
+        assert plan_sweep(monitor(), f, T0 + 1200, outage).lost_runs == ()

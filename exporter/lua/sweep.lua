@@ -5,7 +5,9 @@
 -- ARGV: 1 monitor, 2 now, 3 expected_version, 4 missed, 5 acc, 6 next,
 --       7 timed_out (json array of run ids), 8 miss_after (grace + clock
 --       skew allowance), 9 failure_threshold,
---       10 recovery_threshold, 11 history_cap
+--       10 recovery_threshold, 11 history_cap, 12 forgiven (slots skipped
+--       for an outage), 13 lost (json array of run ids open during an
+--       outage and now past max_runtime: dropped without a timeout)
 -- Returns {'ok', version} | {'conflict'}
 local state, runs, tmo, counters, history, due = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local monitor, now = ARGV[1], tonumber(ARGV[2])
@@ -35,6 +37,22 @@ for _, rid in ipairs(cjson.decode(ARGV[7])) do
       push_history(history, {seq = seq, t = now, kind = 'timeout', outcome = 'timeout', run = rid, started = run.s}, cap)
     end
   end
+end
+-- An outage overlapped these: skipped, and said so in the history.
+local forgiven, lost, dropped = tonumber(ARGV[12]), cjson.decode(ARGV[13]), {}
+for _, rid in ipairs(lost) do
+  if redis.call('HEXISTS', runs, rid) == 1 then
+    redis.call('HDEL', runs, rid)
+    redis.call('ZREM', tmo, rid)
+    dropped[#dropped + 1] = rid
+  end
+end
+if forgiven > 0 or #dropped > 0 then
+  local seq = redis.call('HINCRBY', state, 'seq', 1)
+  local entry = {seq = seq, t = now, kind = 'outage', slots = forgiven}
+  if forgiven > 0 then entry.through = tonumber(ARGV[5]) end
+  if #dropped > 0 then entry.runs = dropped end
+  push_history(history, entry, cap)
 end
 update_due(state, tmo, due, monitor, miss_after)
 mark_changed(KEYS[8], KEYS[9], monitor)

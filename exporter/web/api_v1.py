@@ -26,7 +26,6 @@ from ..access import can_change, can_see
 from ..config import MonitorSpec, SpecError, parse_monitor_spec
 from ..credentials import ApiToken
 from ..errors import MonitorExists, QuotaExceeded, ReadOnlyMonitor, StoreUnavailable, UnknownMonitor
-from ..evaluate import evaluate
 from ..model import CronSchedule, Facts, Monitor, iso_utc
 from . import client
 from .client import bearer_token
@@ -91,7 +90,7 @@ async def monitor_json(request: web.Request, monitor: Monitor, token: ApiToken, 
     core = request.app[CORE]
     if facts is None:
         facts = await core.store.facts(monitor.id)
-    ev = evaluate(monitor, facts, core.clock())
+    ev = core.evaluate(monitor, facts)
     schedule = monitor.schedule
     body = {
         "id": monitor.id,

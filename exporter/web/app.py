@@ -9,6 +9,7 @@ URL is given), the Redis client, the start-up resync and the sweeper task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -24,6 +25,7 @@ from ..core import Core
 from ..embedded import EmbeddedRedis
 from ..errors import StoreUnavailable
 from ..heap import freeze_long_lived
+from ..model import HEARTBEAT_INTERVAL
 from ..probes import Prober, make_client, redis_endpoints
 from ..reloader import Reloader
 from ..scrape import Scraper
@@ -45,7 +47,9 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir, settings.redis_server_binary)
     url = settings.redis_url or embedded.url  # type: ignore[union-attr]
     store = Store(connect(url), settings.key_prefix, settings.limits)
-    core = Core(store, registry, clock, monitors_per_owner=settings.monitors_per_owner)
+    core = Core(
+        store, registry, clock, monitors_per_owner=settings.monitors_per_owner, track_outages=settings.track_outages
+    )
     sweeper = Sweeper(core, interval=settings.sweep_interval, clock=clock)
 
     def on_swap(new_registry) -> None:
@@ -152,6 +156,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
 
     app.cleanup_ctx.append(_embedded_redis)
     app.cleanup_ctx.append(_redis_client)
+    app.cleanup_ctx.append(_heartbeat_task)
     app.cleanup_ctx.append(_sweeper_task)
     app.cleanup_ctx.append(_bridge_task)
     app.cleanup_ctx.append(_prober_task)
@@ -186,6 +191,32 @@ async def _redis_client(app: web.Application) -> AsyncIterator[None]:
     freeze_long_lived()  # the config just loaded stays for the process's life
     yield
     await app[CORE].store.close()
+
+
+async def _heartbeat_task(app: web.Application) -> AsyncIterator[None]:
+    """Every HEARTBEAT_INTERVAL, tell Redis this process takes check-ins
+    (Core.heartbeat): how cronmon knows when none did."""
+    core = app[CORE]
+    if not core.track_outages:
+        yield
+        return
+    stopping = asyncio.Event()
+
+    async def beat() -> None:
+        while not stopping.is_set():
+            try:
+                await core.heartbeat()
+            except StoreUnavailable:
+                pass  # the gap this leaves is the outage; /-/ready reports Redis
+            except Exception:  # keep beating whatever happens
+                log.exception("heartbeat: unexpected error")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=HEARTBEAT_INTERVAL)
+
+    task = asyncio.create_task(beat(), name="cronmon-heartbeat")
+    yield
+    stopping.set()
+    await _finish(task)
 
 
 async def _sweeper_task(app: web.Application) -> AsyncIterator[None]:

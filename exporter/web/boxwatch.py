@@ -28,7 +28,6 @@ from ..access import can_change, can_see
 from ..config import SpecError, parse_monitor_spec
 from ..credentials import ApiToken
 from ..errors import QuotaExceeded, StoreUnavailable, UnknownMonitor
-from ..evaluate import evaluate
 from ..model import Facts, Monitor, iso_utc
 from .client import BodyError, bearer_token, read_json
 from .keys import CORE, SETTINGS
@@ -211,7 +210,7 @@ async def _check_json(
         "grace_seconds": fields["grace_seconds"],
         "max_duration_seconds": fields["max_duration_seconds"],
         "enabled": int(fields["enabled"]),
-        "status": evaluate(monitor, facts, core.clock()).status.value,
+        "status": core.evaluate(monitor, facts).status.value,
         **{key: int(fields[key]) for key in _ALERTS},
         "last_ping_at": ts(facts.last_checkin),
         "last_start_at": ts(facts.last_start),

@@ -54,7 +54,6 @@ from ..errors import (
     StoreUnavailable,
     UnknownMonitor,
 )
-from ..evaluate import evaluate
 from ..model import CheckIn, Details, Kind, Monitor, iso_utc
 from . import client
 from .client import bearer_token, client_ip
@@ -322,7 +321,7 @@ async def flight_json(
         "short_check_in_url": f"{request.app[SETTINGS].base_url}/c/{shortcode}/" if shortcode else None,
         "last_check_in": _iso(details.facts.last_checkin),
         "last_landing_status": landing_json(last_landing, fields["id"])["status"] if last_landing else None,
-        "status": evaluate(monitor, details.facts, now).status.value,
+        "status": core.evaluate(monitor, details.facts).status.value,
         "created_at": _iso(fields.get("created_at")),
         "updated_at": _iso(fields.get("updated_at")),
         "team_name": fields.get("team"),

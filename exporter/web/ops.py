@@ -10,7 +10,6 @@ from ..access import can_see
 from ..collector import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, SelfState, render_self
 from ..config import ConfigError
 from ..errors import StoreUnavailable
-from ..evaluate import evaluate
 from ..workers import ask_parent_to_reload
 from .client import bearer_token
 from .keys import CORE, RELOADER, SCRAPER, SELF_REGISTRY, SETTINGS
@@ -73,7 +72,7 @@ async def monitor_page(request: web.Request) -> web.Response:
         events = await core.store.history(monitor.id, 0, 25)
     except StoreUnavailable as exc:
         return web.json_response({"error": str(exc)}, status=503)
-    ev = evaluate(monitor, facts, core.clock())
+    ev = core.evaluate(monitor, facts)
     for event in events:
         if "log" in event:
             event["has_log"] = True
