@@ -35,7 +35,17 @@ from .errors import (
     UnknownMonitor,
 )
 from .evaluate import SWEEP_BATCH, Outages, SweepPlan, evaluate, plan_arrival, plan_sweep
-from .model import HEARTBEAT_INTERVAL, OUTAGE_GAP, CheckIn, Evaluation, Facts, Kind, Monitor, iso_utc
+from .model import (
+    HEARTBEAT_INTERVAL,
+    OUTAGE_GAP,
+    CheckIn,
+    Evaluation,
+    Facts,
+    Kind,
+    Monitor,
+    completion_outcome,
+    iso_utc,
+)
 from .schedule import next_slot
 from .store import Quota, RecordResult, Store
 
@@ -79,6 +89,8 @@ class Registry:
     _uuid_index: Mapping[bytes, str] = field(init=False, repr=False)
     # kind -> {sha256(derived secret): monitor id}, built on first use.
     _derived_index: dict[str, dict[bytes, str]] = field(init=False, repr=False, default_factory=dict)
+    # name -> a lookup table an adapter derived from `monitors` (see index).
+    _indexes: dict[str, Mapping[str, str]] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         merged = {**{k: m for k, m in self.api.items() if k not in self.yaml}, **self.yaml}
@@ -102,6 +114,17 @@ class Registry:
 
     def with_api(self, api: Mapping[str, Monitor], revision: int) -> Registry:
         return replace(self, api=api, api_revision=revision)
+
+    def index(self, name: str, build: Callable[[Mapping[str, Monitor]], Mapping[str, str]]) -> Mapping[str, str]:
+        """A lookup table (key -> monitor id) an adapter derives from the
+        monitors, such as CrossCheck's flight id -> monitor: built by
+        `build` on first use and kept with this registry, so a reload or an
+        API change (a new registry) rebuilds it and a lookup costs a dict
+        access, not a scan of every monitor."""
+        table = self._indexes.get(name)
+        if table is None:
+            table = self._indexes[name] = build(self.monitors)
+        return table
 
     def by_uuid_digest(self, uuid_digest: bytes) -> Monitor | None:
         monitor_id = self._uuid_index.get(uuid_digest)
@@ -360,8 +383,9 @@ class Core:
         generated_run_id = str(uuid.uuid4())
         # A reported success whose numbers break a meta rule did not do its job.
         silent = checkin.kind is Kind.SUCCESS and any(rule.broken_by(checkin.meta) for rule in monitor.meta_rules)
+        outcome = completion_outcome(checkin.kind, silent) if checkin.kind.completes else None
         for _ in range(_CAS_ATTEMPTS):
-            result = await self.store.record(monitor, checkin, plan, generated_run_id, silent)
+            result = await self.store.record(monitor, checkin, plan, generated_run_id, outcome)
             if result.status == "sweep":
                 await self.sweep(monitor, checkin.received_at)
             elif result.status == "slot":

@@ -32,7 +32,15 @@ class Kind(enum.StrEnum):
 
 
 class Outcome(enum.StrEnum):
-    """How a run (or an expected slot) ended."""
+    """How a run (or an expected slot) ended.
+
+    The outcome rules live here and nowhere else: which outcome a
+    completion records (completion_outcome), which outcomes are bad for
+    the failure and recovery thresholds (BAD_OUTCOMES), and which column
+    of the uptime figures each counts in (UPTIME_COLUMNS). The Lua scripts
+    apply what the store passes them; evaluate.py turns outcomes into a
+    status.
+    """
 
     OK = "ok"
     WARNING = "warning"
@@ -50,6 +58,26 @@ class Outcome(enum.StrEnum):
 
 
 BAD_OUTCOMES = frozenset({Outcome.ERROR, Outcome.MISSED, Outcome.TIMEOUT})
+
+# Uptime (uptime.py): a check is a run's outcome or a missed slot, up if
+# the run ended ok or with a warning (a slow but working job is up). A
+# silent failure reported success but did not do its job: down. A timeout
+# is not a check of its own: the run still ends in an outcome that counts.
+UPTIME_COLUMNS = {
+    Outcome.OK: "success", Outcome.WARNING: "warning", Outcome.ERROR: "error",
+    Outcome.SILENT_FAILURE: "error", Outcome.MISSED: "missed",
+}
+
+
+def completion_outcome(kind: Kind, silent_failure: bool) -> Outcome:
+    """What a completion of `kind` records: fail -> error, warning ->
+    warning, success -> ok, or silent_failure for a success whose numeric
+    meta broke one of the monitor's meta rules."""
+    if kind is Kind.FAIL:
+        return Outcome.ERROR
+    if kind is Kind.WARNING:
+        return Outcome.WARNING
+    return Outcome.SILENT_FAILURE if silent_failure else Outcome.OK
 
 
 class Status(enum.StrEnum):
@@ -292,6 +320,10 @@ class CheckIn:
     environment: str | None = None
     source_ip: str | None = None
     user_agent: str | None = None
+    # A client's key for this one check-in (the native Idempotency-Key
+    # header): a retry with the same key within a day is a duplicate that
+    # changes nothing (record.lua). Run ids dedupe retried starts and
+    # completions the same way (Sentry's check_in_id, CrossCheck's pair_key).
     idempotency_key: str | None = None
     # Set for the result of an active check (probes.py): the check-in also
     # becomes the monitor's latest probe result (cronmon_probe_*), with this

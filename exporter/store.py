@@ -9,6 +9,7 @@ all of them atomically::
     cronmon:{<id>}:tmo       zset: open run id -> instant it passes max_runtime
     cronmon:{<id>}:closed    zset: recently closed run ids (dedupes retried completions)
     cronmon:{<id>}:abandoned zset: timed-out runs given up when the job ran again -> start
+    cronmon:{<id>}:idem      zset: idempotency keys of recent check-ins -> when recorded
     cronmon:{<id>}:counters  hash: check-ins by kind, outcomes, duration histogram
     cronmon:{<id>}:history   list: newest-first events, capped
     cronmon:{<id>}:logs      hash: event seq -> log body, capped via :logids
@@ -82,6 +83,11 @@ class StoreLimits:
     open_runs: int = 50
     closed_runs: int = 200
     audit: int = 100
+    # A retried check-in with the same idempotency key is a duplicate for
+    # this long after the first (24 h, as Stripe's keys), among the last
+    # idempotency_keys keys of the monitor.
+    idempotency_keys: int = 1000
+    idempotency_window: float = 86400.0
 
 
 @dataclass(frozen=True)
@@ -215,6 +221,7 @@ class Store:
         self._probe_sync = client.register_script(_script("probe_sync"))
         self._probe_claim = client.register_script(_script("probe_claim"))
         self._heartbeat = client.register_script(_script("heartbeat"))
+        self._history = client.register_script(_script("history"))
         self._heartbeat_key = f"{prefix}:heartbeat"
         self._outages_key = f"{prefix}:outages"
         self._probes_key = f"{prefix}:probes"
@@ -226,6 +233,7 @@ class Store:
         self._limits_json = json.dumps({
             "history": limits.history, "logs": limits.logs, "meta_keys": limits.meta_keys,
             "open_runs": limits.open_runs, "closed_runs": limits.closed_runs, "buckets": DURATION_BUCKETS,
+            "idempotency_keys": limits.idempotency_keys, "idempotency_window": limits.idempotency_window,
         })
         self._batch = _Batcher(client)
         self._settings_cache: dict[str, tuple[Monitor, str]] = {}
@@ -258,8 +266,10 @@ class Store:
         checkin: CheckIn,
         plan: ArrivalPlan,
         generated_run_id: str,
-        silent_failure: bool = False,
+        outcome: Outcome | None = None,
     ) -> RecordResult:
+        """Record `checkin`; `outcome` is what a completion records (see
+        model.completion_outcome), None for a start or a log."""
         k = self.key
         m = monitor.id
         extra: dict[str, Any] = {
@@ -285,8 +295,9 @@ class Store:
             ("run_id", checkin.run_id), ("exit_code", checkin.exit_code), ("duration", checkin.duration),
             ("message", checkin.message), ("meta", dict(checkin.meta) if checkin.meta else None),
             ("extra", extra or None), ("annotations", dict(checkin.annotations) if checkin.annotations else None),
-            ("probe_code", checkin.probe_status_code),
-            ("outcome", Outcome.SILENT_FAILURE.value if silent_failure else None),
+            ("probe_code", checkin.probe_status_code), ("idempotency_key", checkin.idempotency_key),
+            ("outcome", outcome.value if outcome is not None else None),
+            ("bad", outcome.bad if outcome is not None else None),
         ):
             if value is not None and value != "":
                 fields[name] = value
@@ -298,6 +309,7 @@ class Store:
                 k(m, "state"), k(m, "runs"), k(m, "tmo"), k(m, "closed"), k(m, "counters"),
                 k(m, "history"), k(m, "logs"), k(m, "logids"), k(m, "meta"), self._due_key,
                 k(m, "ratelimit"), k(m, "uptime"), self._feed_key, self._feed_seq_key, k(m, "abandoned"),
+                k(m, "idem"),
             ],
             # allow_nan=False: a NaN must never reach the script (Python
             # refuses it here, before anything is written).
@@ -385,6 +397,7 @@ class Store:
                     self.limits.history,
                     plan.forgiven,
                     json.dumps(list(plan.lost_runs)),
+                    _SWEEP_BAD,
                 ],
             )
         except Exception as exc:
@@ -655,6 +668,25 @@ class Store:
             raise _translate(exc) from exc
         return [json.loads(item) for item in raw]
 
+    async def history_page(
+        self, monitor_id: str, *, limit: int, offset: int = 0, kinds: Iterable[str] | None = None,
+        run: str | None = None, seq: int | None = None, before: int | None = None,
+    ) -> tuple[list[dict], bool]:
+        """Events newest first, filtered in Redis (history.lua): of `kinds`,
+        of run `run`, the one numbered `seq`, those numbered below `before`;
+        `offset` of them skipped, then up to `limit`. Returns (the page,
+        whether more match after it)."""
+        wanted: dict[str, Any] = {"limit": limit, "offset": offset}
+        for name, value in (("kinds", sorted(kinds) if kinds is not None else None), ("run", run),
+                            ("seq", seq), ("before", before)):
+            if value is not None:
+                wanted[name] = value
+        try:
+            reply = await self._history(keys=[self.key(monitor_id, "history")], args=[json.dumps(wanted)])
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return [json.loads(item) for item in reply[1:]], reply[0] == 1
+
     async def log(self, monitor_id: str, seq: int) -> str | None:
         try:
             return cast(str | None, await self.client.hget(self.key(monitor_id, "logs"), str(seq)))
@@ -662,10 +694,13 @@ class Store:
             raise _translate(exc) from exc
 
 
+# sweep.lua's outcomes and whether each is bad (the rules: model.BAD_OUTCOMES).
+_SWEEP_BAD = json.dumps({o.value: o.bad for o in (Outcome.MISSED, Outcome.TIMEOUT)})
+
 # Every per-monitor key (see the layout at the top).
 _MONITOR_PARTS = (
     "state", "runs", "tmo", "closed", "counters", "history", "logs", "logids", "meta", "ratelimit", "uptime",
-    "abandoned",
+    "abandoned", "idem",
 )
 
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .model import UPTIME_COLUMNS
+
 HOUR, DAY = 3600, 86400
 
 # Outcome names as the store writes them -> the bucket they are counted in.
-_COLUMNS = {"ok": "success", "warning": "warning", "error": "error", "silent_failure": "error", "missed": "missed"}
+_COLUMNS = {outcome.value: column for outcome, column in UPTIME_COLUMNS.items()}
 
 
 @dataclass(frozen=True)

@@ -831,3 +831,32 @@ class TestOutages:
             await core.heartbeat()
         assert len(core.outages) == OUTAGES_KEPT
         assert core.outages[-1].end == clock.now  # the newest are kept
+
+
+async def test_history_is_filtered_in_redis_as_python_would(make_core, clock):
+    """history.lua (kinds, run id, seq, before cursor, offset, limit, more)
+    against the same filter over the whole history in Python."""
+    core = make_core(HOURLY)
+    rng = random.Random(7)
+    for i in range(120):
+        kind = rng.choice([Kind.START, Kind.SUCCESS, Kind.FAIL, Kind.LOG])
+        await core.record(ci(kind, T0 + i, run_id=rng.choice([None, "a", "b"])))
+    everything = await core.store.history("job", 0, 1000)  # what the cap kept
+    assert len(everything) == core.store.limits.history
+    cases = [
+        {}, {"kinds": ["log"]}, {"kinds": ["start", "fail"]}, {"kinds": []}, {"run": "a"}, {"run": "zz"},
+        {"seq": 60}, {"seq": 999}, {"before": 50}, {"before": 50, "kinds": ["success"]},
+        {"run": "b", "before": 100, "kinds": ["start", "success"]},
+    ]
+    for filters in cases:
+        matching = [
+            e for e in everything
+            if ("kinds" not in filters or e["kind"] in filters["kinds"])
+            and ("run" not in filters or e.get("run") == filters["run"])
+            and ("seq" not in filters or e["seq"] == filters["seq"])
+            and ("before" not in filters or e["seq"] < filters["before"])
+        ]
+        for offset, limit in ((0, 10), (5, 3), (0, 500), (len(matching), 5), (1, 1)):
+            page, more = await core.store.history_page("job", limit=limit, offset=offset, **filters)
+            assert page == matching[offset:offset + limit], (filters, offset, limit)
+            assert more == (len(matching) > offset + limit), (filters, offset, limit)

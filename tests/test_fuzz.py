@@ -175,8 +175,11 @@ def live(tmp_path_factory, redis_server):
 
 
 def dump(live) -> dict:
+    """Every key of the app's prefix, but the heartbeat: each process
+    rewrites it every second whatever the requests (Core.heartbeat)."""
+    heartbeat = f"{live.prefix}:heartbeat".encode()
     return {key: (live.redis.dump(key), live.redis.pttl(key) >= 0)
-            for key in live.redis.scan_iter(match=f"{live.prefix}:*", count=1000)}
+            for key in live.redis.scan_iter(match=f"{live.prefix}:*", count=1000) if key != heartbeat}
 
 
 # -- strategies ----------------------------------------------------------------

@@ -201,3 +201,48 @@ async def test_create_1_auto_provisions_when_allowed(aiohttp_client, app_setting
 async def test_create_1_is_refused_unless_allowed(client):
     assert (await client.get(f"/ping/{KEY}/new-job?create=1")).status == 404
     assert "new-job" not in client.app[CORE].registry.monitors
+
+
+async def test_a_retry_with_the_same_idempotency_key_is_recorded_once(client, clock):
+    """curl --retry after a timeout whose first attempt did land: with an
+    Idempotency-Key the retry changes nothing (issue 12, idempotency)."""
+    headers = {"Idempotency-Key": "6f1c2b1e-1d2a-4c5e-9b7a-0e2f3d4c5b6a"}
+    for _ in range(3):
+        response = await client.post(f"/ping/{KEY}/backup/fail", data="disk full", headers=headers)
+        assert response.status == 200 and await response.text() == "OK"
+    recorded = await facts(client)
+    assert recorded.checkins == {"fail": 1} and recorded.outcomes == {"error": 1}
+    assert len(await client.app[CORE].store.history("backup", 0, 10)) == 1
+    # The structured-field form ("...") is the same key.
+    await client.get(f"/ping/{KEY}/backup/fail", headers={"Idempotency-Key": f'"{headers["Idempotency-Key"]}"'})
+    assert (await facts(client)).checkins == {"fail": 1}
+    # Another key, or none, is another check-in.
+    await client.get(f"/ping/{KEY}/backup/fail", headers={"Idempotency-Key": "other"})
+    await client.get(f"/ping/{KEY}/backup/fail")
+    assert (await facts(client)).checkins == {"fail": 3}
+    # After the window (a day) the key is forgotten.
+    clock.advance(86400 + 1)
+    await client.get(f"/ping/{KEY}/backup/fail", headers=headers)
+    assert (await facts(client)).checkins == {"fail": 4}
+
+
+async def test_a_duplicate_does_not_use_up_the_rate_limit(aiohttp_client, app_settings, tmp_path, env, clock):
+    config = write_config(
+        tmp_path,
+        "ping_keys: [{name: ops, env: TEST_OPS_KEY}]\n"
+        "monitors: [{id: job, schedule: {interval: 1h}, rate_limit: 2/1m}]",
+    )
+    client = await aiohttp_client(create_app(app_settings(config), clock=clock))
+    headers = {"Idempotency-Key": "k1"}
+    for _ in range(5):
+        assert (await client.get(f"/ping/{KEY}/job", headers=headers)).status == 200
+    assert (await client.get(f"/ping/{KEY}/job")).status == 200  # the second of 2 per minute
+    assert (await client.get(f"/ping/{KEY}/job")).status == 429
+
+
+@pytest.mark.parametrize("value", ["", "x" * 256, "caf\u00e9", "two words"])
+async def test_an_idempotency_key_cronmon_cannot_keep_is_400_and_changes_nothing(client, value):
+    response = await client.get(f"/ping/{KEY}/backup", headers={"Idempotency-Key": value})
+    assert response.status == 400
+    assert "Idempotency-Key" in await response.text()
+    assert (await facts(client)).checkins == {}

@@ -352,3 +352,18 @@ async def test_a_monitor_config_of_the_wrong_shape_creates_nothing_and_is_no_500
     assert response.status == 200
     assert "new-one" not in client.app[CORE].registry.monitors
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_retried_envelope_is_recorded_once(client, clock):
+    """The SDK retries an envelope it got no answer for; its check_in_id is
+    the idempotency key of each check-in (deduped in record.lua), so the
+    retried start and the retried completion change nothing."""
+    start = {"check_in_id": "5f0c9d7a3b2e4f1a8c6d0e9b7a5c3d1f", "monitor_slug": "my-monitor", "status": "in_progress"}
+    done = {**start, "status": "error"}
+    for payload in (start, start, done, done, done):
+        response = await client.post("/api/42/envelope/", data=envelope(payload), headers=AUTH)
+        assert response.status == 200, await response.text()
+        clock.advance(5)
+    recorded = await facts(client, "my-monitor")
+    assert recorded.checkins == {"start": 1, "fail": 1} and recorded.outcomes == {"error": 1}
+    assert len(await client.app[CORE].store.history("my-monitor", 0, 10)) == 2

@@ -13,11 +13,12 @@ local function num(value)
 end
 
 -- Apply `n` outcomes of one kind to the counters and the threshold state.
--- good: ok, warning; bad: error, missed, timeout.
-local function apply_outcome(state, counters, outcome, n, fthr, rthr)
+-- Whether the outcome is bad is the caller's to say (model.BAD_OUTCOMES,
+-- passed by the store): the rules live in Python, once.
+local function apply_outcome(state, counters, outcome, n, bad, fthr, rthr)
   redis.call('HINCRBY', counters, 'o:' .. outcome, n)
   redis.call('HSET', state, 'last_outcome', outcome)
-  if outcome == 'error' or outcome == 'missed' or outcome == 'timeout' then
+  if bad then
     local bad = redis.call('HINCRBY', state, 'cbad', n)
     redis.call('HSET', state, 'cgood', 0, 'last_bad', outcome)
     if bad >= fthr then redis.call('HSET', state, 'alerting', 1) end
@@ -46,10 +47,10 @@ end
 -- UTC day (kept 31 days), so 24h / 7d / 30d figures stay exact however
 -- short the capped event history is. Fields: h<hour>:<outcome>,
 -- d<day>:<outcome>; `hour` remembers when old buckets were last pruned.
--- A timeout is not counted: the run still ends in an outcome of its own.
+-- Callers count run outcomes and missed slots (model.UPTIME_COLUMNS), not
+-- timeouts: a timed-out run still ends in an outcome of its own.
 local UPTIME_HOURS, UPTIME_DAYS = 48, 31
 local function count_uptime(uptime, outcome, n, now)
-  if outcome == 'timeout' then return end
   local hour, day = math.floor(now / 3600), math.floor(now / 86400)
   redis.call('HINCRBY', uptime, 'h' .. hour .. ':' .. outcome, n)
   redis.call('HINCRBY', uptime, 'd' .. day .. ':' .. outcome, n)

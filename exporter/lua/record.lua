@@ -4,19 +4,24 @@
 --       8 logids, 9 meta, 10 due, 11 rate-limit counter, 12 uptime,
 --       13 change feed, 14 change feed sequence, 15 abandoned runs (zset:
 --       run id -> start of a timed-out run with a client run id that was
---       given up when the job ran again; its late completion still counts)
+--       given up when the job ran again; its late completion still counts),
+--       16 idempotency keys (zset: key -> when its check-in was recorded)
 -- ARGV: 1 the check-in (json object): monitor, now, kind, run_id,
 --         exit_code, duration, message, log_truncated, meta (object),
 --         extra (object), plan (see ArrivalPlan), generated_run_id,
 --         outcome (override for a success: 'silent_failure'), annotations
---         (object), probe_code (set only for an active check's result);
+--         (object), probe_code (set only for an active check's result),
+--         outcome and bad (for a completion: what it records and whether
+--         that is bad for the thresholds, see model.completion_outcome),
+--         idempotency_key (a client's key for this one check-in);
 --         absent fields are nil
 --       2 the monitor's settings (json object): grace, miss_after (grace
 --         plus the clock skew allowance: when a slot counts as missed), max_runtime,
 --         failure_threshold, recovery_threshold, rate_count (0: no limit),
 --         rate_window (seconds)
 --       3 the store's limits (json object): history, logs, meta_keys,
---         open_runs, closed_runs, buckets (array)
+--         open_runs, closed_runs, idempotency_keys, idempotency_window
+--         (seconds), buckets (array)
 --       4 the log body ('' for none), kept apart from the json
 -- Returns {'ok', seq, run_id, duration} | {'duplicate', run_id}
 --       | {'sweep'}: a deadline passed unrecorded; sweep, then call again
@@ -49,6 +54,13 @@ if run_id ~= '' then
     return {'duplicate', run_id}
   end
   if completes and redis.call('ZSCORE', closed, run_id) then return {'duplicate', run_id} end
+end
+-- A check-in retried with the idempotency key of one already recorded
+-- (within the window) changes nothing either, whatever its kind.
+local idempotency_key = a.idempotency_key
+if idempotency_key then
+  local at = num(redis.call('ZSCORE', KEYS[16], idempotency_key))
+  if at and at > now - lim.idempotency_window then return {'duplicate', run_id} end
 end
 
 -- Which open run a completion closes: the one with its run id, else the
@@ -189,11 +201,9 @@ elseif completes then
   result_run = rid or run_id
   if result_run == '' then result_run = generated_run_id end
   close_recent(result_run)
-  local outcome = 'ok'
-  if kind == 'fail' then outcome = 'error' elseif kind == 'warning' then outcome = 'warning'
-  elseif a.outcome then outcome = a.outcome end
+  local outcome = a.outcome
   entry.outcome = outcome
-  if outcome == 'error' then
+  if a.bad then
     redis.call('HSET', state, 'last_failure', now_s)
   else
     redis.call('HSET', state, 'last_success', now_s)
@@ -211,7 +221,7 @@ elseif completes then
     redis.call('HINCRBYFLOAT', counters, 'dsum', duration)
     redis.call('HINCRBY', counters, 'dcount', 1)
   end
-  apply_outcome(state, counters, outcome, 1, fthr, rthr)
+  apply_outcome(state, counters, outcome, 1, a.bad, fthr, rthr)
   count_uptime(KEYS[12], outcome, 1, now)
 else
   result_run = run_id
@@ -242,6 +252,12 @@ if a.probe_code then
   entry.status_code = a.probe_code
   redis.call('HSET', state, 'probe_t', now_s, 'probe_ok', (kind == 'fail') and 0 or 1,
     'probe_dur', reported_duration and fmt(reported_duration) or '0', 'probe_code', a.probe_code)
+end
+
+if idempotency_key then
+  redis.call('ZADD', KEYS[16], now, idempotency_key)
+  redis.call('ZREMRANGEBYSCORE', KEYS[16], '-inf', '(' .. fmt(now - lim.idempotency_window))
+  redis.call('ZREMRANGEBYRANK', KEYS[16], 0, -lim.idempotency_keys - 1)
 end
 
 push_history(history, entry, history_cap)

@@ -7,7 +7,9 @@
 --       skew allowance), 9 failure_threshold,
 --       10 recovery_threshold, 11 history_cap, 12 forgiven (slots skipped
 --       for an outage), 13 lost (json array of run ids open during an
---       outage and now past max_runtime: dropped without a timeout)
+--       outage and now past max_runtime: dropped without a timeout),
+--       14 bad (json object: outcome -> whether it is bad, for missed and
+--       timeout; model.BAD_OUTCOMES)
 -- Returns {'ok', version} | {'conflict'}
 local state, runs, tmo, counters, history, due = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local monitor, now = ARGV[1], tonumber(ARGV[2])
@@ -15,11 +17,12 @@ local version = tonumber(redis.call('HGET', state, 'v') or '0')
 if version ~= tonumber(ARGV[3]) then return {'conflict'} end
 local missed, miss_after = tonumber(ARGV[4]), tonumber(ARGV[8])
 local fthr, rthr, cap = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local bad = cjson.decode(ARGV[14])
 
 version = redis.call('HINCRBY', state, 'v', 1)
 if ARGV[5] ~= '' then redis.call('HSET', state, 'acc', ARGV[5], 'next', ARGV[6]) end
 if missed > 0 then
-  apply_outcome(state, counters, 'missed', missed, fthr, rthr)
+  apply_outcome(state, counters, 'missed', missed, bad.missed, fthr, rthr)
   count_uptime(KEYS[7], 'missed', missed, now)
   local seq = redis.call('HINCRBY', state, 'seq', 1)
   push_history(history, {seq = seq, t = now, kind = 'missed', outcome = 'missed', slots = missed, through = tonumber(ARGV[5])}, cap)
@@ -32,7 +35,7 @@ for _, rid in ipairs(cjson.decode(ARGV[7])) do
       run.t = 1
       redis.call('HSET', runs, rid, cjson.encode(run))
       redis.call('ZREM', tmo, rid)
-      apply_outcome(state, counters, 'timeout', 1, fthr, rthr)
+      apply_outcome(state, counters, 'timeout', 1, bad.timeout, fthr, rthr)
       local seq = redis.call('HINCRBY', state, 'seq', 1)
       push_history(history, {seq = seq, t = now, kind = 'timeout', outcome = 'timeout', run = rid, started = run.s}, cap)
     end

@@ -216,16 +216,12 @@ async def list_runs(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
     assert limit is not None  # it has a default
     before = _int_param(request, "before", None, 1, None)
-    events = await request.app[CORE].store.history(monitor.id, 0, 10_000)
-    if before is not None:
-        events = [e for e in events if e.get("seq", 0) < before]
-    page = events[:limit]
+    page, more = await request.app[CORE].store.history_page(monitor.id, limit=limit, before=before)
     for event in page:
         event["time"] = _iso(event.pop("t", None))
         if "log" in event:
             event["has_log"] = True
             del event["log"]
-    more = len(events) > limit
     return web.json_response({"runs": page, "next_before": page[-1]["seq"] if more and page else None})
 
 
@@ -236,15 +232,16 @@ async def run_log(request: web.Request) -> web.Response:
     token = authenticate(request)
     monitor = visible_monitor(request, token)
     ref = request.match_info["seq"]
-    events = await request.app[CORE].store.history(monitor.id, 0, 10_000)
+    store = request.app[CORE].store
     if ref.isdigit():
-        matching = [e for e in events if e.get("seq") == int(ref)]
+        matching, _ = await store.history_page(monitor.id, limit=1, seq=int(ref))
     else:
-        matching = [e for e in events if e.get("run") == ref]
+        # A run has a handful of events (start, log lines, its end).
+        matching, _ = await store.history_page(monitor.id, limit=store.limits.history, run=ref)
     if not matching:
         raise ApiError(404, "not_found", f"no event or run {ref} in the kept history of {monitor.id}")
     event = next((e for e in matching if "log" in e), matching[0])
-    content = await request.app[CORE].store.log(monitor.id, event["log"]) if "log" in event else None
+    content = await store.log(monitor.id, event["log"]) if "log" in event else None
     has_log = content is not None
     return web.json_response(
         {

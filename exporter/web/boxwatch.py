@@ -307,10 +307,9 @@ async def get_check(request: web.Request) -> web.Response:
             },
         ) from None
     store = request.app[CORE].store
-    events = [
-        e for e in await store.history(monitor.id, 0, 10_000) if e.get("kind") in ("start", "success", "fail", "log")
-    ]
-    page = events[offset : offset + PINGS_PAGE]
+    page, _ = await store.history_page(
+        monitor.id, limit=PINGS_PAGE, offset=offset, kinds=("start", "success", "fail", "log")
+    )
     bodies = await store.logs(monitor.id, [e["log"] for e in page if "log" in e])
     pings = [
         {

@@ -1,13 +1,15 @@
 """The adapter kit: what every API reads off a request the same way — who
 sent it (the client address every adapter records and every IP allow list
-is checked against), which management token it carries, and its body —
-raising neutral errors (BodyError) that each API renders in its dialect."""
+is checked against), which management token it carries, its body
+and its idempotency key — raising neutral errors (BodyError) that each
+API renders in its dialect."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
 import math
+import re
 from typing import Any
 
 from aiohttp import web
@@ -146,6 +148,29 @@ async def read_json(request: web.Request, limit: int, empty: Any = None) -> Any:
     """read_body, then parse_json; `empty` for a blank body."""
     raw = await read_body(request, limit)
     return parse_json(raw) if raw.strip() else empty
+
+
+# draft-ietf-httpapi-idempotency-key-header: a Structured Field string
+# ("...") or, as most clients send it, the bare value.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    """The request's Idempotency-Key (None without one); BodyError(400)
+    for one cronmon cannot keep: over 255 characters, or anything but
+    visible ASCII (a UUID is what clients usually send)."""
+    raw = request.headers.get(IDEMPOTENCY_HEADER)
+    if raw is None:
+        return None
+    value = raw.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    if not _IDEMPOTENCY_KEY.fullmatch(value):
+        raise BodyError(
+            400, f"invalid {IDEMPOTENCY_HEADER}: send 1-255 visible ASCII characters, e.g. a UUID"
+        )
+    return value
 
 
 def bearer_token(request: web.Request, schemes: tuple[str, ...] = ("bearer",)) -> tuple[bool, ApiToken | None]:

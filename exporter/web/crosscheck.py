@@ -34,7 +34,7 @@ import functools
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -230,10 +230,16 @@ def visible_flights(request: web.Request, token: ApiToken) -> list[Monitor]:
 
 def find_flight(request: web.Request, token: ApiToken, flight_id: str | None = None) -> Monitor:
     wanted = (flight_id or request.match_info["id"]).lower()
-    for monitor in visible_flights(request, token):
-        if flight_fields(monitor)["id"] == wanted:
-            return monitor
-    raise Problem(404, "Not found.")
+    registry = request.app[CORE].registry
+    monitor_id = registry.index("crosscheck-flight-id", _flight_ids).get(wanted)
+    monitor = registry.monitors.get(monitor_id) if monitor_id is not None else None
+    if monitor is None or not can_see(token, monitor):
+        raise Problem(404, "Not found.")
+    return monitor
+
+
+def _flight_ids(monitors: Mapping[str, Monitor]) -> dict[str, str]:
+    return {flight_fields(m)["id"]: m.id for m in monitors.values() if is_flight(m)}
 
 
 def writable_flight(request: web.Request, token: ApiToken) -> Monitor:
@@ -587,8 +593,9 @@ async def flight_landings(request: web.Request) -> web.Response:
     monitor = find_flight(request, token)
     limit = _int_query(request, "limit", 50, 1, request.app[CORE].store.limits.history)
     offset = _int_query(request, "offset", 0, 0, 1_000_000)
-    history = await request.app[CORE].store.history(monitor.id, 0, request.app[CORE].store.limits.history)
-    landings = [e for e in history if e.get("kind") in LANDING_KINDS][offset: offset + limit]
+    landings, _ = await request.app[CORE].store.history_page(
+        monitor.id, limit=limit, offset=offset, kinds=LANDING_KINDS
+    )
     flight_id = flight_fields(monitor)["id"]
     return web.json_response([landing_json(e, flight_id) for e in landings])
 

@@ -27,7 +27,7 @@ from ..config import SpecError, parse_monitor_spec
 from ..credentials import digest, key_allows, match_ping_key
 from ..errors import MonitorExists, QuotaExceeded, RateLimited, SourceNotAllowed, StoreUnavailable, UnknownMonitor
 from ..model import CheckIn, Kind, Monitor
-from .client import BodyError, client_ip, read_body
+from .client import BodyError, client_ip, idempotency_key, read_body
 from .keys import CORE, SETTINGS
 
 _SUFFIXES = {"start": Kind.START, "fail": Kind.FAIL, "log": Kind.LOG}
@@ -152,6 +152,10 @@ async def ping(request: web.Request) -> web.Response:
         if rid is not None and not _is_uuid(rid):
             raise BadPing(400, "invalid uuid format")
         exit_code, duration = _exit_and_duration(request, path)
+        try:
+            retry_key = idempotency_key(request)
+        except BodyError as exc:
+            raise BadPing(exc.status, exc.reason) from None
         monitor, created = await _find_monitor(request, path)
         body = b""
         if request.method == "POST":
@@ -171,6 +175,7 @@ async def ping(request: web.Request) -> web.Response:
             log_truncated=truncated,
             source_ip=client_ip(request),
             user_agent=request.headers.get("User-Agent"),
+            idempotency_key=retry_key,
         )
         await core.record(checkin)
     except UnknownMonitor:  # removed, or soft-deleted, since it was looked up
