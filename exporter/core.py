@@ -13,7 +13,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from .config import Config, ConfigError, MonitorSpec, monitor_from_definition
@@ -39,6 +39,7 @@ from .model import (
     HEARTBEAT_INTERVAL,
     OUTAGE_GAP,
     CheckIn,
+    Details,
     Evaluation,
     Facts,
     Kind,
@@ -47,7 +48,7 @@ from .model import (
     iso_utc,
 )
 from .schedule import next_slot
-from .store import Quota, RecordResult, Store
+from .store import Quota, RecordResult, Store, StoreLimits
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,76 @@ class Core:
         the latest heartbeat; /metrics, the bridge and the sweeper ask
         current_outages first)."""
         return evaluate(monitor, facts, self.clock(), self.outages)
+
+    # -- reads, for the APIs ----------------------------------------------
+    # Adapters read through the core, never the store (test_layering.py):
+    # one seam where what a monitor looks like is decided (its status with
+    # the outages known, its events filtered in Redis).
+
+    @property
+    def limits(self) -> StoreLimits:
+        return self.store.limits
+
+    async def check_store(self) -> None:
+        """StoreUnavailable unless Redis answers (/-/ready)."""
+        await self.store.ping()
+
+    async def facts(self, monitor_id: str) -> Facts:
+        return await self.store.facts(monitor_id)
+
+    async def snapshot(self, monitor_ids: Iterable[str]) -> dict[str, Facts]:
+        """Facts of many monitors in one round trip."""
+        return await self.store.snapshot(monitor_ids)
+
+    async def details(
+        self, monitor_ids: Iterable[str], *, audit: int = 0, history: int = 0
+    ) -> dict[str, Details]:
+        """Facts, uptime buckets, the newest `audit` audit entries and
+        `history` events of each monitor, in one round trip."""
+        return await self.store.details(monitor_ids, audit=audit, history=history)
+
+    async def events(
+        self, monitor_id: str, *, limit: int, offset: int = 0, kinds: Iterable[str] | None = None,
+        run: str | None = None, seq: int | None = None, before: int | None = None,
+    ) -> tuple[list[dict], bool]:
+        """A page of a monitor's events, newest first, filtered in Redis (see
+        Store.history_page): (the page, whether more match)."""
+        return await self.store.history_page(
+            monitor_id, limit=limit, offset=offset, kinds=kinds, run=run, seq=seq, before=before
+        )
+
+    async def recent_events(self, monitor_id: str, count: int) -> list[dict]:
+        """The newest `count` events of a monitor."""
+        return await self.store.history(monitor_id, 0, count)
+
+    async def log(self, monitor_id: str, seq: int) -> str | None:
+        return await self.store.log(monitor_id, seq)
+
+    async def logs(self, monitor_id: str, seqs: list[int]) -> dict[int, str]:
+        """Several events' logs in one round trip (missing ones left out)."""
+        return await self.store.logs(monitor_id, seqs)
+
+    async def audit(self, monitor_id: str) -> list[dict]:
+        return await self.store.audit(monitor_id)
+
+    async def monitor_definition(self, monitor_id: str) -> dict | None:
+        """An API monitor's stored definition (None for YAML monitors)."""
+        return await self.store.monitor_definition(monitor_id)
+
+    # Small documents an API keeps of its own (CrossCheck's flight groups),
+    # and the shared integer sequences of APIs that number things.
+
+    async def documents(self, collection: str) -> dict[str, dict]:
+        return await self.store.documents(collection)
+
+    async def put_document(self, collection: str, document_id: str, document: dict) -> None:
+        await self.store.put_document(collection, document_id, document)
+
+    async def delete_document(self, collection: str, document_id: str) -> bool:
+        return await self.store.delete_document(collection, document_id)
+
+    async def next_sequence(self, name: str) -> int:
+        return await self.store.next_sequence(name)
 
     def swap(self, registry: Registry) -> None:
         """Swap in a reloaded config; the API monitors stay as they are."""

@@ -70,3 +70,8 @@ class ReadOnlyMonitor(Refusal, ValueError):
 
 class StoreUnavailable(Exception):
     """Redis cannot be reached or refuses writes; nothing was changed."""
+
+
+class ChecksNotRunning(Exception):
+    """This process runs no active checks (yet, or any more): a check on
+    demand cannot be made here now; retry later."""

@@ -52,7 +52,7 @@ import httpx
 
 from . import __version__
 from .core import Core, Registry
-from .errors import RateLimited, StoreUnavailable
+from .errors import ChecksNotRunning, RateLimited, StoreUnavailable
 from .model import CheckIn, HttpProbe, Kind, Monitor, in_networks
 from .store import RecordResult
 
@@ -329,6 +329,14 @@ class Prober:
             recorded = None
         self.checks += 1
         return checkin, recorded
+
+    async def check_now(self, monitor: Monitor) -> tuple[CheckIn, RecordResult | None]:
+        """A test check of `monitor`, now, recorded like any check (an API's
+        "test now"), with the client run() shares; ChecksNotRunning while
+        this process runs no checks."""
+        if self.client is None:
+            raise ChecksNotRunning("active checks are not running in this process")
+        return await self.check(self.client, monitor, test=True)
 
     async def run_once(self, client: httpx.AsyncClient) -> int:
         await self.sync()

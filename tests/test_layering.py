@@ -1,6 +1,7 @@
 """The module layering, enforced: only the store (and the embedded server
 it talks to) speak Redis, adapters under web/ reach state through the core
-(never the store module) and share only the kit, not each other's code.
+(never the store module, nor the core's store) and share only the kit, not
+each other's code.
 Each failure names the offending import."""
 
 import ast
@@ -61,6 +62,28 @@ def test_adapters_do_not_import_the_store_or_each_other():
                 if other not in KIT and other not in own:
                     offending.append(where)
     assert offending == []
+
+
+def store_uses(path: Path) -> list[int]:
+    """Lines of `path` that reach for an attribute named `store` (the
+    core's store: `core.store`, `request.app[CORE].store`)."""
+    return [
+        node.lineno for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Attribute) and node.attr == "store"
+    ]
+
+
+def test_adapters_read_through_the_core_not_its_store():
+    """Not importing store.py is not enough: `core.store.facts(...)` reaches
+    the store all the same. Adapters use the core's reads (Core.facts,
+    Core.events, ...), so what a monitor looks like is decided in one place."""
+    offending = [
+        f"{path.relative_to(EXPORTER.parent)}:{line} uses .store"
+        for path in sorted((EXPORTER / "web").glob("*.py")) if path.stem not in ("app", "__init__")
+        for line in store_uses(path)
+    ]
+    assert offending == []
+    assert store_uses(EXPORTER / "bridge.py")  # the check sees such a use where there is one
 
 
 def test_the_layering_test_sees_imports():

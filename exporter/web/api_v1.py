@@ -17,7 +17,6 @@ Bodies use the YAML fields as JSON. Every error has one shape:
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from aiohttp import web
@@ -28,7 +27,7 @@ from ..credentials import ApiToken
 from ..errors import MonitorExists, QuotaExceeded, ReadOnlyMonitor, StoreUnavailable, UnknownMonitor
 from ..model import CronSchedule, Facts, Monitor, iso_utc
 from . import client
-from .client import bearer_token
+from .client import answering, bearer_token
 from .keys import CORE, SETTINGS
 
 MAX_PAGE = 200
@@ -89,7 +88,7 @@ def _iso(ts: float | None) -> str | None:
 async def monitor_json(request: web.Request, monitor: Monitor, token: ApiToken, facts: Facts | None = None) -> dict:
     core = request.app[CORE]
     if facts is None:
-        facts = await core.store.facts(monitor.id)
+        facts = await core.facts(monitor.id)
     ev = core.evaluate(monitor, facts)
     schedule = monitor.schedule
     body = {
@@ -134,7 +133,7 @@ async def monitor_json(request: web.Request, monitor: Monitor, token: ApiToken, 
 async def list_monitors(request: web.Request) -> web.Response:
     token = authenticate(request)
     monitors = [m for m in request.app[CORE].registry.monitors.values() if can_see(token, m)]
-    facts = await request.app[CORE].store.snapshot(m.id for m in monitors)  # one round trip
+    facts = await request.app[CORE].snapshot(m.id for m in monitors)  # one round trip
     return web.json_response({"monitors": [await monitor_json(request, m, token, facts[m.id]) for m in monitors]})
 
 
@@ -176,7 +175,7 @@ async def patch_monitor(request: web.Request) -> web.Response:
         raise ApiError(400, "validation_failed", "send a JSON object with the fields to change", [])
     if changes.get("id", monitor.id) != monitor.id:
         raise ApiError(400, "validation_failed", "the id cannot change", [("id", "must be " + monitor.id)])
-    current = ((await request.app[CORE].store.monitor_definition(monitor.id)) or {}).get("spec", {})
+    current = ((await request.app[CORE].monitor_definition(monitor.id)) or {}).get("spec", {})
     return await _update(request, token, monitor, parse_spec(request, {**current, **changes}))
 
 
@@ -216,7 +215,7 @@ async def list_runs(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
     assert limit is not None  # it has a default
     before = _int_param(request, "before", None, 1, None)
-    page, more = await request.app[CORE].store.history_page(monitor.id, limit=limit, before=before)
+    page, more = await request.app[CORE].events(monitor.id, limit=limit, before=before)
     for event in page:
         event["time"] = _iso(event.pop("t", None))
         if "log" in event:
@@ -232,16 +231,16 @@ async def run_log(request: web.Request) -> web.Response:
     token = authenticate(request)
     monitor = visible_monitor(request, token)
     ref = request.match_info["seq"]
-    store = request.app[CORE].store
+    core = request.app[CORE]
     if ref.isdigit():
-        matching, _ = await store.history_page(monitor.id, limit=1, seq=int(ref))
+        matching, _ = await core.events(monitor.id, limit=1, seq=int(ref))
     else:
         # A run has a handful of events (start, log lines, its end).
-        matching, _ = await store.history_page(monitor.id, limit=store.limits.history, run=ref)
+        matching, _ = await core.events(monitor.id, limit=core.limits.history, run=ref)
     if not matching:
         raise ApiError(404, "not_found", f"no event or run {ref} in the kept history of {monitor.id}")
     event = next((e for e in matching if "log" in e), matching[0])
-    content = await store.log(monitor.id, event["log"]) if "log" in event else None
+    content = await core.log(monitor.id, event["log"]) if "log" in event else None
     has_log = content is not None
     return web.json_response(
         {
@@ -266,21 +265,17 @@ def _int_param(request, name, default, low, high, source=None) -> int | None:
     return value
 
 
-def api_errors(handler):
-    """Wrap a handler of this API: render ApiError, and Redis being
-    unreachable (503: nothing was changed), in the API's error shape. Per
-    route, not a middleware: the ping path should not pay for it."""
+def _render(exc: Exception) -> web.StreamResponse | None:
+    """ApiError, and Redis being unreachable (503: nothing was changed), in
+    this API's error shape."""
+    if isinstance(exc, ApiError):
+        return exc.response()
+    if isinstance(exc, StoreUnavailable):
+        return ApiError(503, "store_unavailable", str(exc)).response()
+    return None
 
-    @functools.wraps(handler)
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            return exc.response()
-        except StoreUnavailable as exc:
-            return ApiError(503, "store_unavailable", str(exc)).response()
 
-    return guarded
+api_errors = answering(_render)
 
 
 def add_routes(app: web.Application) -> None:

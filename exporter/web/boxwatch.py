@@ -17,7 +17,6 @@ owner (402 plan_limit_reached). Errors keep the document's shapes:
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Any
 
@@ -29,7 +28,7 @@ from ..config import SpecError, parse_monitor_spec
 from ..credentials import ApiToken
 from ..errors import QuotaExceeded, StoreUnavailable, UnknownMonitor
 from ..model import Facts, Monitor, iso_utc
-from .client import BodyError, bearer_token, read_json
+from .client import BodyError, answering, bearer_token, read_json
 from .keys import CORE, SETTINGS
 
 PINGS_PAGE = 25
@@ -193,7 +192,7 @@ async def _check_json(
     (null for read-scope ones), as the native API shows ping_url."""
     core = request.app[CORE]
     if facts is None:
-        facts = await core.store.facts(monitor.id)
+        facts = await core.facts(monitor.id)
     fields = _fields_of(monitor)
 
     def ts(value: float | None) -> str | None:
@@ -225,7 +224,7 @@ async def _check_json(
 async def list_checks(request: web.Request) -> web.Response:
     token = _token(request)
     checks = _checks(request, token)
-    facts = await request.app[CORE].store.snapshot(m.id for m in checks)  # one round trip
+    facts = await request.app[CORE].snapshot(m.id for m in checks)  # one round trip
     return web.json_response(
         {
             "checks": [await _check_json(request, token, m, facts[m.id]) for m in checks],
@@ -257,7 +256,7 @@ async def create_check(request: web.Request) -> web.Response:
     }
     fields = _validated({**defaults, **sent})
     settings, core = request.app[SETTINGS], request.app[CORE]
-    number = await core.store.next_sequence("boxwatch")
+    number = await core.next_sequence("boxwatch")
     monitor_id = f"{_slugify(fields['name'])}-{number}"
     extras = {
         "boxwatch_id": number,
@@ -306,11 +305,11 @@ async def get_check(request: web.Request) -> web.Response:
                 "issues": [{"field": "pings_offset", "reason": "must be a whole number >= 0"}],
             },
         ) from None
-    store = request.app[CORE].store
-    page, _ = await store.history_page(
+    core = request.app[CORE]
+    page, _ = await core.events(
         monitor.id, limit=PINGS_PAGE, offset=offset, kinds=("start", "success", "fail", "log")
     )
-    bodies = await store.logs(monitor.id, [e["log"] for e in page if "log" in e])
+    bodies = await core.logs(monitor.id, [e["log"] for e in page if "log" in e])
     pings = [
         {
             "id": e["seq"],
@@ -325,7 +324,7 @@ async def get_check(request: web.Request) -> web.Response:
         }
         for e in page
     ]
-    facts = await store.facts(monitor.id)
+    facts = await core.facts(monitor.id)
     return web.json_response(
         {
             "check": await _check_json(request, token, monitor, facts),
@@ -379,16 +378,15 @@ def boxwatch_errors(handler):
     """Wrap a handler of this API: its error shape, and 503 when Redis is
     unreachable. Per route, not a middleware (the ping path skips it)."""
 
-    @functools.wraps(handler)
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except _Error as exc:
-            return web.json_response(exc.body, status=exc.status)
-        except StoreUnavailable:
-            return web.json_response({"error": "service_unavailable"}, status=503)
+    return answering(_render)(handler)
 
-    return guarded
+
+def _render(exc: Exception) -> web.StreamResponse | None:
+    if isinstance(exc, _Error):
+        return web.json_response(exc.body, status=exc.status)
+    if isinstance(exc, StoreUnavailable):
+        return web.json_response({"error": "service_unavailable"}, status=503)
+    return None
 
 
 def add_routes(app: web.Application) -> None:

@@ -6,10 +6,12 @@ API renders in its dialect."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import math
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -148,6 +150,32 @@ async def read_json(request: web.Request, limit: int, empty: Any = None) -> Any:
     """read_body, then parse_json; `empty` for a blank body."""
     raw = await read_body(request, limit)
     return parse_json(raw) if raw.strip() else empty
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def answering(render: Callable[[Exception], web.StreamResponse | None]) -> Callable[[Handler], Handler]:
+    """The per-route error hook of an API: `render` turns what a handler
+    raises (the core's refusals, StoreUnavailable, the API's own errors)
+    into the API's error shape; what it returns None for propagates (an
+    aiohttp HTTPException, a bug). Per route, not a middleware: the ping
+    routes do not pay for the APIs' error handling."""
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                response = render(exc)
+                if response is None:
+                    raise
+                return response
+
+        return guarded
+
+    return wrap
 
 
 # draft-ietf-httpapi-idempotency-key-header: a Structured Field string

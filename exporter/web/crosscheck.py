@@ -30,11 +30,10 @@ The check-in endpoints are in crosscheck_checkin.py.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -46,6 +45,7 @@ from ..config import SpecError, parse_monitor_spec, parse_network
 from ..core import MonitorUpdate
 from ..credentials import ApiToken
 from ..errors import (
+    ChecksNotRunning,
     MonitorExists,
     QuotaExceeded,
     RateLimited,
@@ -56,7 +56,7 @@ from ..errors import (
 )
 from ..model import CheckIn, Details, Kind, Monitor, iso_utc
 from . import client
-from .client import bearer_token, client_ip
+from .client import answering, bearer_token, client_ip
 from .keys import CORE, PROBER, SETTINGS
 
 FLIGHT_TYPES = ("PASSIVE", "ACTIVE", "QUICK_PASSIVE")
@@ -82,31 +82,29 @@ class Problem(Exception):
         return web.json_response(self.body, status=self.status, headers=self.headers)
 
 
-def handles_problems(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-    """Answer a handler's Problems, and the core's refusals, in DRF's shape."""
+def _problem(exc: Exception) -> Problem | None:
+    """A handler's Problem, or the core's refusal, as a DRF-shaped Problem."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, RateLimited):
+        return Problem(
+            429, f"Request was throttled. Expected available in {exc.retry_after} seconds.",
+            {"Retry-After": str(exc.retry_after)},
+        )
+    if isinstance(exc, SourceNotAllowed):
+        return Problem(403, f"Check-ins from {exc.source_ip or 'this address'} are not allowed for this flight "
+                            "(allowed_ips).")
+    if isinstance(exc, ReadOnlyMonitor):
+        return Problem(403, str(exc))
+    if isinstance(exc, UnknownMonitor):
+        return Problem(404, "Not found.")
+    if isinstance(exc, StoreUnavailable):
+        return Problem(503, "The store is unavailable; nothing was changed. Retry later.")
+    return None
 
-    @functools.wraps(handler)
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except Problem as exc:
-            return exc.response()
-        except RateLimited as exc:
-            return Problem(
-                429, f"Request was throttled. Expected available in {exc.retry_after} seconds.",
-                {"Retry-After": str(exc.retry_after)},
-            ).response()
-        except SourceNotAllowed as exc:
-            return Problem(403, f"Check-ins from {exc.source_ip or 'this address'} are not allowed for this flight "
-                                "(allowed_ips).").response()
-        except ReadOnlyMonitor as exc:
-            return Problem(403, str(exc)).response()
-        except UnknownMonitor:
-            return Problem(404, "Not found.").response()
-        except StoreUnavailable:
-            return Problem(503, "The store is unavailable; nothing was changed. Retry later.").response()
 
-    return wrapped
+# Answer a handler's Problems, and the core's refusals, in DRF's shape.
+handles_problems = answering(lambda exc: problem.response() if (problem := _problem(exc)) else None)
 
 
 # -- request bodies ----------------------------------------------------------
@@ -302,9 +300,9 @@ async def flight_json(
     core = request.app[CORE]
     credentials = can_change(token, monitor)
     if details is None:
-        details = (await core.store.details([monitor.id], audit=100, history=20))[monitor.id]
+        details = (await core.details([monitor.id], audit=100, history=20))[monitor.id]
     if groups is None:
-        groups = await core.store.documents(GROUPS)
+        groups = await core.documents(GROUPS)
     fields = flight_fields(monitor)
     now = core.clock()
     month = uptime.summary(details.uptime, now)["30d"]
@@ -462,7 +460,7 @@ async def write_flight(
     groups: dict[str, dict] | None = None,
 ) -> Monitor:
     if groups is None:
-        groups = await request.app[CORE].store.documents(GROUPS)
+        groups = await request.app[CORE].documents(GROUPS)
     update = flight_update(request, token, monitor, new_fields, action, groups)
     if update is None:
         return monitor
@@ -484,9 +482,9 @@ async def list_flights(request: web.Request) -> web.Response:
         if bool(flight_fields(m).get("is_deleted")) == deleted
         and (wanted_type is None or flight_fields(m)["monitoring_type"] == wanted_type.upper())
     ]
-    store = request.app[CORE].store
-    details = await store.details([m.id for m in flights], audit=100, history=20)
-    groups = await store.documents(GROUPS)
+    core = request.app[CORE]
+    details = await core.details([m.id for m in flights], audit=100, history=20)
+    groups = await core.documents(GROUPS)
     return web.json_response([await flight_json(request, token, m, details[m.id], groups) for m in flights])
 
 
@@ -495,7 +493,7 @@ async def create_flight(request: web.Request) -> web.Response:
     token = authenticate(request, write=True)
     sent = parse_flight_fields(await read_body(request))
     core = request.app[CORE]
-    groups = await core.store.documents(GROUPS)
+    groups = await core.documents(GROUPS)
     flight_id = str(uuid.uuid4())
     fields = {**DEFAULTS, **{k: v for k, v in sent.items() if v is not None or k in _NULLABLE}}
     fields["name"] = sent.get("name") or ""
@@ -540,7 +538,7 @@ async def update_flight(request: web.Request) -> web.Response:
         raise Problem(400, {"path": ["A flight's path cannot change: it is the monitor's id in /metrics and "
                                      "the key of its stored history."]})
     sent.pop("path", None)
-    groups = await request.app[CORE].store.documents(GROUPS)
+    groups = await request.app[CORE].documents(GROUPS)
     fields = {**current, **sent}
     check_flight(fields, token, groups)
     updated = await write_flight(request, token, monitor, fields, "updated", groups)
@@ -591,9 +589,9 @@ async def purge_flight(request: web.Request) -> web.Response:
 async def flight_landings(request: web.Request) -> web.Response:
     token = authenticate(request)
     monitor = find_flight(request, token)
-    limit = _int_query(request, "limit", 50, 1, request.app[CORE].store.limits.history)
+    limit = _int_query(request, "limit", 50, 1, request.app[CORE].limits.history)
     offset = _int_query(request, "offset", 0, 0, 1_000_000)
-    landings, _ = await request.app[CORE].store.history_page(
+    landings, _ = await request.app[CORE].events(
         monitor.id, limit=limit, offset=offset, kinds=LANDING_KINDS
     )
     flight_id = flight_fields(monitor)["id"]
@@ -605,7 +603,7 @@ async def flight_metrics(request: web.Request) -> web.Response:
     token = authenticate(request)
     monitor = find_flight(request, token)
     core = request.app[CORE]
-    buckets = (await core.store.details([monitor.id]))[monitor.id].uptime
+    buckets = (await core.details([monitor.id]))[monitor.id].uptime
     now = core.clock()
 
     def row(counts: uptime.UptimeCounts) -> dict[str, Any]:
@@ -630,7 +628,7 @@ async def flight_metrics(request: web.Request) -> web.Response:
 async def flight_audit(request: web.Request) -> web.Response:
     token = authenticate(request)
     monitor = find_flight(request, token)
-    return web.json_response([audit_json(e) for e in await request.app[CORE].store.audit(monitor.id)])
+    return web.json_response([audit_json(e) for e in await request.app[CORE].audit(monitor.id)])
 
 
 @handles_problems
@@ -646,11 +644,11 @@ async def test_now(request: web.Request) -> web.Response:
         raise Problem(403, "You do not have permission to perform this action: " + check_in_refusal(token, monitor))
     core = request.app[CORE]
     fields = flight_fields(monitor)
-    prober = request.app[PROBER]
     if monitor.probe is not None:
-        if prober.client is None:
-            raise Problem(503, "Active checks are not running in this process; retry later.")
-        checkin, recorded = await prober.check(prober.client, monitor, test=True)
+        try:
+            checkin, recorded = await request.app[PROBER].check_now(monitor)
+        except ChecksNotRunning:
+            raise Problem(503, "Active checks are not running in this process; retry later.") from None
         if recorded is None:
             raise RateLimited(monitor.id, 60)
         event = {
@@ -699,7 +697,7 @@ async def reorder_flights(request: web.Request) -> web.Response:
         if item.id.lower() not in visible:
             raise Problem(404, f"No flight {item.id}.")
         targets.append((_writable(token, visible[item.id.lower()]), item.order))
-    groups = await request.app[CORE].store.documents(GROUPS)
+    groups = await request.app[CORE].documents(GROUPS)
     await write_flights(
         request,
         [
@@ -751,7 +749,7 @@ def group_json(group: dict, flights: list[Monitor]) -> dict[str, Any]:
 
 
 async def _visible_groups(request: web.Request, token: ApiToken) -> dict[str, dict]:
-    groups = await request.app[CORE].store.documents(GROUPS)
+    groups = await request.app[CORE].documents(GROUPS)
     return {gid: g for gid, g in groups.items() if _group_visible(g, token)}
 
 
@@ -796,7 +794,7 @@ async def create_group(request: web.Request) -> web.Response:
         "created_at": now,
         "updated_at": now,
     }
-    await request.app[CORE].store.put_document(GROUPS, group["id"], group)
+    await request.app[CORE].put_document(GROUPS, group["id"], group)
     return web.json_response(group_json(group, []), status=201)
 
 
@@ -828,7 +826,7 @@ async def update_group(request: web.Request) -> web.Response:
         **{k: (v.strip() if k == "name" else v) for k, v in fields.items()},
         "updated_at": request.app[CORE].clock(),
     }
-    await request.app[CORE].store.put_document(GROUPS, group["id"], updated)
+    await request.app[CORE].put_document(GROUPS, group["id"], updated)
     if updated["name"] != group["name"]:
         await _refresh_group_members(request, token, group["id"])
     return web.json_response(group_json(updated, visible_flights(request, token)))
@@ -837,7 +835,7 @@ async def update_group(request: web.Request) -> web.Response:
 async def _refresh_group_members(request: web.Request, token: ApiToken, group_id: str) -> None:
     """A group's name is its flights' `group` in /metrics: re-derive them."""
     core = request.app[CORE]
-    groups = await core.store.documents(GROUPS)
+    groups = await core.documents(GROUPS)
     await core.update_monitors(
         [
             MonitorUpdate(monitor, monitor_spec(request, monitor.id, monitor.extras["crosscheck"], groups))
@@ -861,7 +859,7 @@ async def delete_group(request: web.Request) -> web.Response:
     token = authenticate(request, write=True)
     group = await _group(request, token)
     core = request.app[CORE]
-    groups = {gid: g for gid, g in (await core.store.documents(GROUPS)).items() if gid != group["id"]}
+    groups = {gid: g for gid, g in (await core.documents(GROUPS)).items() if gid != group["id"]}
     await write_flights(
         request,
         [
@@ -869,7 +867,7 @@ async def delete_group(request: web.Request) -> web.Response:
             for monitor in _group_members(core, group["id"])
         ],
     )
-    await core.store.delete_document(GROUPS, group["id"])
+    await core.delete_document(GROUPS, group["id"])
     return web.Response(status=204)
 
 
@@ -884,7 +882,7 @@ async def reorder_groups(request: web.Request) -> web.Response:
     now = request.app[CORE].clock()
     for item in items:
         group = visible[item.id.lower()]
-        await request.app[CORE].store.put_document(
+        await request.app[CORE].put_document(
             GROUPS, group["id"], {**group, "order": item.order, "updated_at": now}
         )
     return web.json_response({"status": "ok", "updated": len(items)})

@@ -68,8 +68,8 @@ async def monitor_page(request: web.Request) -> web.Response:
         return web.json_response({"error": "unknown token: send a token from api_tokens, or none"}, status=401)
     full = token is not None and can_see(token, monitor)
     try:
-        facts = await core.store.facts(monitor.id)
-        events = await core.store.history(monitor.id, 0, 25)
+        facts = await core.facts(monitor.id)
+        events = await core.recent_events(monitor.id, 25)
     except StoreUnavailable as exc:
         return web.json_response({"error": str(exc)}, status=503)
     ev = core.evaluate(monitor, facts)
@@ -108,7 +108,7 @@ async def healthy(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     try:
-        await request.app[CORE].store.ping()
+        await request.app[CORE].check_store()
     except StoreUnavailable as exc:
         return web.Response(status=503, text=f"not ready: {exc}\n", content_type=_TEXT)
     return web.Response(text="OK\n", content_type=_TEXT)
