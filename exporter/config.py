@@ -281,6 +281,9 @@ class MonitorSpec(_Strict):
     labels: dict[str, Annotated[str, Field(max_length=256)]] = {}
     group: str = ""
     paused: bool = False
+    # Opt-out of "a job that never reports pages": stay `new` (never
+    # paging) until the first check-in, as Healthchecks does.
+    quiet_until_first_checkin: bool = False
     ping: PingSpec = PingSpec()
     meta_rules: list[str] = []
     rate_limit: str | None = None
@@ -680,6 +683,7 @@ def _to_monitor(spec: MonitorSpec, source: str) -> Monitor:
         labels=tuple(sorted(spec.labels.items())),
         group=spec.group,
         paused=spec.paused,
+        quiet_until_first_checkin=spec.quiet_until_first_checkin,
         source=source,
         ping_key_names=tuple(spec.ping.keys) if spec.ping.keys is not None else None,
         ping_token_names=tuple(spec.ping.tokens),

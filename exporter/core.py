@@ -520,8 +520,13 @@ class Core:
             facts = await self.store.facts(monitor.id)
             if facts.fingerprint == fingerprint:
                 return False
-            accounted = upcoming = None
-            if facts.accounted_through is None and not monitor.paused:
+            accounted: float | None = None
+            upcoming: float | None = None
+            clear = False
+            if monitor.quiet_until_first_checkin and facts.first_checkin is None:
+                # Opted out: nothing is expected before the first check-in.
+                clear = facts.accounted_through is not None
+            elif facts.accounted_through is None and not monitor.paused:
                 # First sight (a new monitor, or Redis lost its data): the
                 # job is expected from now on, so one that never reports is
                 # missed at its first deadline instead of staying `new`
@@ -533,7 +538,7 @@ class Core:
                 )
                 accounted = facts.accounted_through if same_slots else now
                 upcoming = next_slot(monitor.schedule, accounted)
-            if await self.store.resync(monitor, facts.version, accounted, upcoming):
+            if await self.store.resync(monitor, facts.version, accounted, upcoming, clear):
                 return True
         return False
 

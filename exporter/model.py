@@ -228,6 +228,9 @@ class Monitor:
     # Alerts switched off for this monitor (alert names, see MUTABLE_ALERTS):
     # the rules and the bridge skip them; its status and series are unchanged.
     muted: frozenset[str] = frozenset()
+    # Stay `new` until the first check-in instead of being missed at the
+    # first deadline after cronmon first saw the monitor (Core.resync).
+    quiet_until_first_checkin: bool = False
     # Soft-deleted (a CrossCheck flight in its trash): its history is kept,
     # and no route takes a check-in for it until it is restored.
     retired: bool = False
@@ -290,6 +293,8 @@ class Monitor:
             # "<schedule>|<the rest>": Core.resync re-bases only when the
             # part before the bar changed.
             cached = f"{self.schedule!r}|{(self.grace, self.max_runtime, self.paused)!r}"
+            if self.quiet_until_first_checkin:
+                cached += "|quiet"  # absent otherwise: older fingerprints stay valid
             object.__setattr__(self, "_fingerprint", cached)
         return cached
 

@@ -405,8 +405,12 @@ class Store:
         return reply[0] == "ok"
 
     async def resync(
-        self, monitor: Monitor, expected_version: int, accounted_through: float | None, next_slot: float | None
+        self, monitor: Monitor, expected_version: int, accounted_through: float | None, next_slot: float | None,
+        clear: bool = False,
     ) -> bool:
+        """Compare-and-set re-base: the new accounting (None: keep it;
+        `clear`: forget it, nothing is expected yet), the run timeouts and
+        the deadline index redone, the fingerprint stored."""
         k, m = self.key, monitor.id
         try:
             reply = await self._resync(
@@ -414,7 +418,7 @@ class Store:
                 args=[
                     m,
                     expected_version,
-                    "" if accounted_through is None else repr(accounted_through),
+                    "clear" if clear else ("" if accounted_through is None else repr(accounted_through)),
                     "" if next_slot is None else repr(next_slot),
                     repr(monitor.miss_after),  # the deadline index and the sweep-first rule
                     _max_runtime_arg(monitor),

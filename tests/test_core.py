@@ -14,7 +14,7 @@ from exporter.model import CheckIn, Kind, Status
 from exporter.store import Store, StoreLimits, connect
 from exporter.sweeper import Sweeper
 
-from .conftest import T0, free_port
+from .conftest import T0, free_port, registry_from, write_config
 
 HOURLY = """
 monitors:
@@ -668,6 +668,39 @@ async def test_a_monitor_that_never_reports_is_missed_not_new_forever(make_core,
     clock.advance(3600 + 300 + SKEW)
     await sweeper.run_once()
     assert await status(core) is Status.DOWN
+
+
+async def test_quiet_until_first_checkin_opts_out_of_paging_while_new(make_core, store, clock, tmp_path):
+    """The opt-out of the test above: a monitor declared before its job is
+    deployed stays `new` until the first check-in, then counts as usual;
+    turning the opt-out off makes it expected from then on."""
+    quiet = HOURLY.replace("max_runtime: 10m", "max_runtime: 10m\n    quiet_until_first_checkin: true")
+    core = make_core(quiet)
+    sweeper = Sweeper(core, clock=clock)
+    await sweeper.run_once()
+    clock.advance(3 * 3600)
+    await sweeper.run_once()
+    assert await status(core) is Status.NEW and (await store.facts("job")).outcomes == {}
+    # Turned off: expected from now on, missed at the first deadline.
+    core.swap(registry_from(write_config(tmp_path, HOURLY, "loud.yaml"), tmp_path))
+    sweeper.needs_resync = True
+    await sweeper.run_once()
+    assert await status(core) is Status.NEW
+    clock.advance(3600 + 300 + SKEW)
+    await sweeper.run_once()
+    assert await status(core) is Status.DOWN
+    # On again while it never checked in: nothing is expected any more (the
+    # miss already recorded stays recorded).
+    core.swap(registry_from(write_config(tmp_path, quiet, "quiet-again.yaml"), tmp_path))
+    sweeper.needs_resync = True
+    await sweeper.run_once()
+    assert (await store.facts("job")).next_slot is None
+    # The first check-in starts the schedule; a skipped run then pages.
+    await core.record(ci(Kind.SUCCESS, clock.now))
+    assert await status(core) is Status.UP
+    clock.advance(3600 + 300 + SKEW)
+    await sweeper.run_once()
+    assert (await store.facts("job")).outcomes == {"missed": 2, "ok": 1}
 
 
 async def test_a_sweeper_ahead_of_the_replica_that_took_the_check_in_records_no_miss(

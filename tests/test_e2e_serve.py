@@ -69,7 +69,12 @@ class Server:
 
     def stop(self) -> str:
         self.process.send_signal(signal.SIGTERM)
-        out, _ = self.process.communicate(timeout=30)
+        try:
+            out, _ = self.process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+            raise AssertionError(f"cronmon did not stop within 30 s of SIGTERM; its output:\n{out}") from None
         assert self.process.returncode == 0, out
         return out
 

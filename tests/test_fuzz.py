@@ -249,6 +249,20 @@ queries = st.dictionaries(
     max_size=4,
 )
 auths = st.sampled_from(["none", "write", "read", "other", "junk"])
+# Other headers a hostile client may send: any visible ASCII or obs-text
+# byte (what HTTP allows in a value), empty, or over aiohttp's 8,190-byte
+# field limit.
+header_values = st.one_of(
+    # (h11, httpx's HTTP/1.1, refuses a value with surrounding blanks)
+    st.binary(max_size=60).map(lambda b: bytes(c for c in b if c >= 0x20 and c != 0x7F).strip(b" ")),
+    st.sampled_from([b"", b"127.0.0.1", b"::1, 10.0.0.1", b"not-an-ip", b"6f1c2b1e-1d2a-4c5e-9b7a-0e2f3d4c5b6a",
+                     b'"quoted"', b"gzip", b"*/*", b"x" * 9000]),
+)
+extra_headers = st.dictionaries(
+    st.sampled_from(["X-Forwarded-For", "Idempotency-Key", "Accept", "Accept-Encoding", "User-Agent", "Origin",
+                     "If-None-Match", "Range", "Cookie", "X-Request-Id", "Expect"]),
+    header_values, max_size=3,
+)
 encodings = st.sampled_from([None, None, None, "gzip", "br", "deflate", "zstd", "gzip, br"])
 
 
@@ -285,7 +299,7 @@ def test_no_route_answers_5xx_logs_a_traceback_or_changes_anything_when_it_refus
     if encoding == "gzip" and data.draw(st.booleans()):
         body = gzip.compress(body)  # also a correctly compressed one
     content_type = data.draw(st.sampled_from([None, "application/json", "text/plain"]))
-    headers = headers_for(data.draw(auths), encoding, content_type)
+    headers = {**data.draw(extra_headers), **headers_for(data.draw(auths), encoding, content_type)}
     params = data.draw(queries)
     CASES[(method, template)] += 1
     before = dump(live)

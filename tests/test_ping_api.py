@@ -120,6 +120,16 @@ async def test_key_restrictions(client):
     assert (await client.get("/ping/batch-key-abcdefghijklmnop/backup")).status == 200
 
 
+async def test_ping_keys_hold_on_the_uuid_route_too(client):
+    """A monitor restricted to `ping.keys: [batch]` has the UUID derived from
+    the batch key; the one another key would derive is no address of it."""
+    batch_uuid = derive_uuid(digest("batch-key-abcdefghijklmnop"), "batch-only")
+    assert (await client.get(f"/ping/{derive_uuid(digest(KEY), 'batch-only')}")).status == 404
+    assert (await facts(client, "batch-only")).checkins == {}
+    assert (await client.get(f"/ping/{batch_uuid}")).status == 200
+    assert (await facts(client, "batch-only")).checkins == {"success": 1}
+
+
 @pytest.mark.parametrize(
     "path, status, text",
     [

@@ -13,10 +13,13 @@ import contextlib
 import logging
 import os
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable
 
 import httpx
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
+from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -119,12 +122,6 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
         try:
             response = await handler(request)
             code = response.status
-            if request.body_exists and "Content-Encoding" in request.headers and not request.content.at_eof():
-                # A compressed body the handler did not read (it refused the
-                # request first): aiohttp would drain it after the answer,
-                # and a corrupt one would close the connection the client
-                # then reuses. Say so: the client opens a new one.
-                response.force_close()
             return response
         except web.HTTPException as exc:
             code = exc.status
@@ -140,10 +137,19 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
             histogram.observe(time.perf_counter() - started)
 
     quiet_client_errors()
-    app = web.Application(
-        middlewares=[instrument],
-        client_max_size=settings.max_body_bytes,
-    )
+    with warnings.catch_warnings():
+        # `router=` is deprecated in aiohttp 3 (we pin <4): it is the one
+        # public way to refuse a bad Expect header before aiohttp's own
+        # expect handler, which no middleware precedes (see _Router).
+        warnings.filterwarnings("ignore", "router argument is deprecated", DeprecationWarning)
+        app = web.Application(
+            router=_Router(),
+            middlewares=[instrument],
+            client_max_size=settings.max_body_bytes,
+            # Bodies are inflated by the kit (client.read_body), which
+            # bounds the result and answers a corrupt one at once.
+            handler_args={"auto_decompress": False},
+        )
     app[SETTINGS] = settings
     app[CORE] = core
     app[RELOADER] = reloader
@@ -169,6 +175,24 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     crosscheck.add_routes(app)
     sentry.add_routes(app)
     return app
+
+
+class _Router(web.UrlDispatcher):
+    """aiohttp's router, refusing an Expect header other than 100-continue
+    itself, for every path (unknown ones too) and before any handler.
+    aiohttp's own answer to one quotes the value into its 417 body, and a
+    value that is not UTF-8 (any client can send one) made that a 500 with
+    a traceback logged."""
+
+    async def resolve(self, request: web.Request) -> UrlMappingMatchInfo:
+        expect = request.headers.get(hdrs.EXPECT)
+        if expect and request.version == HttpVersion11 and expect.lower() != "100-continue":
+            refusal = web.HTTPExpectationFailed(text="unknown Expect header: only Expect: 100-continue is understood")
+            # The body (if the client sent it at all) is left unread: close
+            # the connection rather than parse it as the next request.
+            refusal.force_close()
+            raise refusal
+        return await super().resolve(request)
 
 
 async def _embedded_redis(app: web.Application) -> AsyncIterator[None]:

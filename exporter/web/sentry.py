@@ -11,8 +11,8 @@ monitors, YAML monitors that name it in `ping.tokens`), and a
 write scope (YAML monitors keep their YAML config). Envelopes
 come gzip- or brotli-compressed or plain. Items other than check_in are
 accepted and ignored, never an error, as Sentry does; so are check-ins for
-monitors that neither exist nor come with a config. (aiohttp inflates the
-body; the `brotli` dependency is what lets it read `br`.)
+monitors that neither exist nor come with a config. (The kit's read_body
+inflates the body, `br` with the `brotli` dependency.)
 """
 
 from __future__ import annotations
@@ -257,8 +257,8 @@ async def envelope(request: web.Request) -> web.Response:
     if encoding not in _ENCODINGS:
         return _error(400, f"unsupported Content-Encoding {encoding!r}: send gzip, br or none")
     try:
-        # aiohttp inflates gzip and brotli bodies itself, and applies the
-        # body limit to the inflated bytes (so a compression bomb is a 413).
+        # Inflated by the kit, the body limit applied to the inflated bytes
+        # too (so a compression bomb is a 413).
         data = await read_body(request, limit)
     except BodyError as exc:
         return _error(exc.status, exc.reason)
