@@ -430,6 +430,11 @@ def iso_utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_utc_or_none(ts: float | None) -> str | None:
+    """iso_utc, None (JSON null) for a time that never was."""
+    return iso_utc(ts) if ts is not None else None
+
+
 @dataclass(frozen=True)
 class Details:
     """What the management APIs show of a monitor beyond its facts."""

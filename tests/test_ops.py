@@ -58,7 +58,12 @@ def config_path(tmp_path):
 @pytest.fixture
 async def client(aiohttp_client, app_settings, config_path, monkeypatch, clock):
     monkeypatch.setenv("CRONMON_PING_KEY", "k" * 22)
-    return await aiohttp_client(create_app(app_settings(config_path, enable_lifecycle=True), clock=clock))
+    client = await aiohttp_client(create_app(app_settings(config_path, enable_lifecycle=True), clock=clock))
+    # The start-up resync (the sweeper's first pass) runs in the background;
+    # a scrape before it ends and one after it differ (seen as a flaky
+    # text-vs-OpenMetrics comparison). Tests start once it is done.
+    await wait_for(lambda: client.app[SWEEPER].passes > 0)
+    return client
 
 
 def samples(text: str) -> list:

@@ -25,9 +25,9 @@ from ..access import can_change, can_see
 from ..config import MonitorSpec, SpecError, parse_monitor_spec
 from ..credentials import ApiToken
 from ..errors import MonitorExists, QuotaExceeded, ReadOnlyMonitor, StoreUnavailable, UnknownMonitor
-from ..model import CronSchedule, Facts, Monitor, iso_utc
+from ..model import CronSchedule, Facts, Monitor, iso_utc_or_none
 from . import client
-from .client import answering, bearer_token
+from .client import ParamError, answering, bearer_token, int_param
 from .keys import CORE, SETTINGS
 
 MAX_PAGE = 200
@@ -81,10 +81,6 @@ def parse_spec(request: web.Request, data: Any) -> MonitorSpec:
         raise ApiError(400, "validation_failed", "the monitor is not valid", exc.issues) from None
 
 
-def _iso(ts: float | None) -> str | None:
-    return iso_utc(ts) if ts is not None else None
-
-
 async def monitor_json(request: web.Request, monitor: Monitor, token: ApiToken, facts: Facts | None = None) -> dict:
     core = request.app[CORE]
     if facts is None:
@@ -112,12 +108,12 @@ async def monitor_json(request: web.Request, monitor: Monitor, token: ApiToken, 
         "team": monitor.team,
         "writable": can_change(token, monitor),
         "status": ev.status.value,
-        "next_expected": _iso(ev.next_expected),
-        "deadline": _iso(ev.deadline),
-        "last_checkin": _iso(facts.last_checkin),
-        "last_start": _iso(facts.last_start),
-        "last_success": _iso(facts.last_success),
-        "last_failure": _iso(facts.last_failure),
+        "next_expected": iso_utc_or_none(ev.next_expected),
+        "deadline": iso_utc_or_none(ev.deadline),
+        "last_checkin": iso_utc_or_none(facts.last_checkin),
+        "last_start": iso_utc_or_none(facts.last_start),
+        "last_success": iso_utc_or_none(facts.last_success),
+        "last_failure": iso_utc_or_none(facts.last_failure),
         "last_duration": facts.last_duration,
         "last_exit_code": facts.last_exit_code,
         "running_runs": ev.running_runs,
@@ -217,7 +213,7 @@ async def list_runs(request: web.Request) -> web.Response:
     before = _int_param(request, "before", None, 1, None)
     page, more = await request.app[CORE].events(monitor.id, limit=limit, before=before)
     for event in page:
-        event["time"] = _iso(event.pop("t", None))
+        event["time"] = iso_utc_or_none(event.pop("t", None))
         if "log" in event:
             event["has_log"] = True
             del event["log"]
@@ -251,18 +247,16 @@ async def run_log(request: web.Request) -> web.Response:
     )
 
 
-def _int_param(request, name, default, low, high, source=None) -> int | None:
-    raw = (source if source is not None else request.query).get(name)
-    if raw is None:
-        return default
+def _int_param(request: web.Request, name: str, default: int | None, low: int, high: int | None) -> int | None:
     try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "validation_failed", f"{name} must be a whole number", [(name, "not a number")]) from None
-    if value < low or (high is not None and value > high):
-        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ApiError(400, "validation_failed", f"{name} must be {bounds}", [(name, f"out of range: {bounds}")])
-    return value
+        return int_param(request.query, name, default, low, high)
+    except ParamError as exc:
+        if exc.not_a_number:
+            problem = (f"{name} must be a whole number", [(name, "not a number")])
+            raise ApiError(400, "validation_failed", *problem) from None
+        raise ApiError(
+            400, "validation_failed", f"{name} must be {exc.bounds}", [(name, f"out of range: {exc.bounds}")]
+        ) from None
 
 
 def _render(exc: Exception) -> web.StreamResponse | None:

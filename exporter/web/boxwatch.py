@@ -17,7 +17,6 @@ owner (402 plan_limit_reached). Errors keep the document's shapes:
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiohttp import web
@@ -28,7 +27,7 @@ from ..config import SpecError, parse_monitor_spec
 from ..credentials import ApiToken
 from ..errors import QuotaExceeded, StoreUnavailable, UnknownMonitor
 from ..model import Facts, Monitor, iso_utc
-from .client import BodyError, answering, bearer_token, read_json
+from .client import BodyError, answering, bearer_token, read_json, slugify
 from .keys import CORE, SETTINGS
 
 PINGS_PAGE = 25
@@ -257,7 +256,7 @@ async def create_check(request: web.Request) -> web.Response:
     fields = _validated({**defaults, **sent})
     settings, core = request.app[SETTINGS], request.app[CORE]
     number = await core.next_sequence("boxwatch")
-    monitor_id = f"{_slugify(fields['name'])}-{number}"
+    monitor_id = f"{slugify(fields['name'], 'check')}-{number}"
     extras = {
         "boxwatch_id": number,
         "server_id": fields["server_id"],
@@ -367,11 +366,6 @@ async def delete_check(request: web.Request) -> web.Response:
     except UnknownMonitor:
         raise _Error(404, {"error": "not_found"}) from None
     return web.json_response({"ok": True})
-
-
-def _slugify(name: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-")
-    return slug or "check"
 
 
 def boxwatch_errors(handler):

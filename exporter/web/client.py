@@ -12,7 +12,7 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import brotli
@@ -218,6 +218,41 @@ async def read_json(request: web.Request, limit: int, empty: Any = None) -> Any:
     """read_body, then parse_json; `empty` for a blank body."""
     raw = await read_body(request, limit)
     return parse_json(raw) if raw.strip() else empty
+
+
+class ParamError(Exception):
+    """A query parameter that is not a whole number within its bounds;
+    each API words it in its own dialect."""
+
+    def __init__(self, name: str, low: int, high: int | None, not_a_number: bool):
+        super().__init__(f"{name} must be a whole number")
+        self.name, self.low, self.high, self.not_a_number = name, low, high, not_a_number
+
+    @property
+    def bounds(self) -> str:
+        return f"between {self.low} and {self.high}" if self.high is not None else f"at least {self.low}"
+
+
+def int_param(params: Mapping[str, str], name: str, default: int | None, low: int, high: int | None) -> int | None:
+    """`params[name]` as a whole number in [low, high] (high None: no upper
+    bound); `default` when absent; ParamError otherwise."""
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ParamError(name, low, high, not_a_number=True) from None
+    if value < low or (high is not None and value > high):
+        raise ParamError(name, low, high, not_a_number=False)
+    return value
+
+
+def slugify(name: str, fallback: str) -> str:
+    """A URL slug made of `name` (lower-case letters, digits and dashes, at
+    most 40), `fallback` when nothing is left."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-")
+    return slug or fallback
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -54,9 +54,9 @@ from ..errors import (
     StoreUnavailable,
     UnknownMonitor,
 )
-from ..model import CheckIn, Details, Kind, Monitor, iso_utc
+from ..model import CheckIn, Details, Kind, Monitor, iso_utc, iso_utc_or_none
 from . import client
-from .client import answering, bearer_token, client_ip
+from .client import ParamError, answering, bearer_token, client_ip, int_param, slugify
 from .keys import CORE, PROBER, SETTINGS
 
 FLIGHT_TYPES = ("PASSIVE", "ACTIVE", "QUICK_PASSIVE")
@@ -286,10 +286,6 @@ def audit_json(entry: dict) -> dict[str, Any]:
     }
 
 
-def _iso(ts: float | None) -> str | None:
-    return iso_utc(ts) if ts is not None else None
-
-
 async def flight_json(
     request: web.Request, token: ApiToken, monitor: Monitor, details: Details | None = None,
     groups: dict | None = None,
@@ -323,11 +319,11 @@ async def flight_json(
         "api_key": core.registry.secret(monitor, "api_key") if credentials else None,
         "shortcode": shortcode,
         "short_check_in_url": f"{request.app[SETTINGS].base_url}/c/{shortcode}/" if shortcode else None,
-        "last_check_in": _iso(details.facts.last_checkin),
+        "last_check_in": iso_utc_or_none(details.facts.last_checkin),
         "last_landing_status": landing_json(last_landing, fields["id"])["status"] if last_landing else None,
         "status": core.evaluate(monitor, details.facts).status.value,
-        "created_at": _iso(fields.get("created_at")),
-        "updated_at": _iso(fields.get("updated_at")),
+        "created_at": iso_utc_or_none(fields.get("created_at")),
+        "updated_at": iso_utc_or_none(fields.get("updated_at")),
         "team_name": fields.get("team"),
         "group_name": group["name"] if group else None,
         "uptime_percentage": month.percentage,
@@ -498,7 +494,7 @@ async def create_flight(request: web.Request) -> web.Response:
     fields = {**DEFAULTS, **{k: v for k, v in sent.items() if v is not None or k in _NULLABLE}}
     fields["name"] = sent.get("name") or ""
     check_flight(fields, token, groups)
-    path = sent.get("path") or f"{_slugify(fields['name'])}-{flight_id[:6]}"
+    path = sent.get("path") or f"{slugify(fields['name'], 'flight')}-{flight_id[:6]}"
     if not _PATH.match(path):
         raise Problem(400, {"path": ["Lower-case letters, digits, '.', '_' and '-', starting with a letter or "
                                      "digit, at most 63 characters (it is the monitor's id in /metrics)."]})
@@ -892,21 +888,12 @@ async def reorder_groups(request: web.Request) -> web.Response:
 
 
 def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
     try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise Problem(400, {name: [f"Must be a whole number from {low} to {high}."]})
+        value = int_param(request.query, name, default, low, high)
+    except ParamError:
+        raise Problem(400, {name: [f"Must be a whole number from {low} to {high}."]}) from None
+    assert value is not None  # it has a default
     return value
-
-
-def _slugify(name: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-")
-    return slug or "flight"
 
 
 def add_routes(app: web.Application) -> None:
