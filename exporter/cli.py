@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import os
 import signal
@@ -302,7 +303,9 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
         return 1
 
     async def handle_sighup(app: web.Application) -> None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app[RELOADER].request_reload)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, app[RELOADER].request_reload)
+        loop.add_signal_handler(signal.SIGUSR1, log_tasks)
 
     app.on_startup.append(handle_sighup)
     if worker_index() is None:
@@ -330,6 +333,16 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"cronmon: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def log_tasks() -> None:
+    """SIGUSR1: log what every asyncio task of this process is waiting for
+    (for a process that does not stop, or stalls). A diagnostic; it changes
+    nothing."""
+    for task in asyncio.all_tasks():
+        frames = io.StringIO()
+        task.print_stack(limit=20, file=frames)
+        log.warning("SIGUSR1: task %s:\n%s", task.get_name(), frames.getvalue())
 
 
 def _serve_workers(settings: Settings, argv: list[str], workers: int) -> int:

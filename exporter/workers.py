@@ -85,6 +85,13 @@ async def _supervise(argv: list[str], workers: int, redis_url: str | None, data_
                 child.send_signal(signal.SIGHUP)
 
     loop.add_signal_handler(signal.SIGHUP, forward_hup)
+
+    def forward_usr1() -> None:  # the workers log their tasks (cli.log_tasks)
+        for child in children.values():
+            if child.returncode is None:
+                child.send_signal(signal.SIGUSR1)
+
+    loop.add_signal_handler(signal.SIGUSR1, forward_usr1)
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
     status = 0

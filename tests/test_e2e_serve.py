@@ -72,8 +72,13 @@ class Server:
         try:
             out, _ = self.process.communicate(timeout=30)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            out, _ = self.process.communicate()
+            # What its workers wait for goes into the output (cli.log_tasks).
+            self.process.send_signal(signal.SIGUSR1)
+            try:
+                out, _ = self.process.communicate(timeout=2)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                out, _ = self.process.communicate()
             raise AssertionError(f"cronmon did not stop within 30 s of SIGTERM; its output:\n{out}") from None
         assert self.process.returncode == 0, out
         return out
