@@ -203,7 +203,7 @@ class Core:
         now = self.clock()
         outages = await self.store.heartbeat(now, OUTAGE_GAP)
         if outages != self.outages:
-            if len(outages) > len(self.outages):
+            if outages and (not self.outages or outages[-1] != self.outages[-1]):  # a new one
                 log.warning(
                     "no cronmon took check-ins from %s to %s (an outage): slots and runs it overlapped "
                     "are not counted against jobs", iso_utc(outages[-1].start), iso_utc(outages[-1].end),

@@ -9,10 +9,10 @@
 -- ARGV: 1 the check-in (json object): monitor, now, kind, run_id,
 --         exit_code, duration, message, log_truncated, meta (object),
 --         extra (object), plan (see ArrivalPlan), generated_run_id,
---         outcome (override for a success: 'silent_failure'), annotations
---         (object), probe_code (set only for an active check's result),
---         outcome and bad (for a completion: what it records and whether
---         that is bad for the thresholds, see model.completion_outcome),
+--         annotations (object), probe_code (set only for an active
+--         check's result), outcome and bad (for a completion: what it
+--         records and whether that is bad for the thresholds, decided by
+--         model.completion_outcome),
 --         idempotency_key (a client's key for this one check-in);
 --         absent fields are nil
 --       2 the monitor's settings (json object): grace, miss_after (grace
