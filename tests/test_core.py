@@ -662,6 +662,12 @@ async def test_a_monitor_that_never_reports_is_missed_not_new_forever(make_core,
     # Redis loses everything (no persistence, a flush): the same again.
     for key in await raw_redis.keys(f"{prefix}:*"):
         await raw_redis.delete(key)
+    await resync_then_miss_the_first_deadline(core, sweeper, clock)
+
+
+async def resync_then_miss_the_first_deadline(core: Core, sweeper: Sweeper, clock) -> None:
+    """An hourly monitor (grace 5m) the sweeper sees as if for the first
+    time: `new` until its first deadline, `down` once it passed."""
     sweeper.needs_resync = True
     await sweeper.run_once()
     assert await status(core) is Status.NEW
@@ -683,12 +689,7 @@ async def test_quiet_until_first_checkin_opts_out_of_paging_while_new(make_core,
     assert await status(core) is Status.NEW and (await store.facts("job")).outcomes == {}
     # Turned off: expected from now on, missed at the first deadline.
     core.swap(registry_from(write_config(tmp_path, HOURLY, "loud.yaml"), tmp_path))
-    sweeper.needs_resync = True
-    await sweeper.run_once()
-    assert await status(core) is Status.NEW
-    clock.advance(3600 + 300 + SKEW)
-    await sweeper.run_once()
-    assert await status(core) is Status.DOWN
+    await resync_then_miss_the_first_deadline(core, sweeper, clock)
     # On again while it never checked in: nothing is expected any more (the
     # miss already recorded stays recorded).
     core.swap(registry_from(write_config(tmp_path, quiet, "quiet-again.yaml"), tmp_path))

@@ -70,10 +70,10 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     500.
 
     cronmon inflates bodies here, not in aiohttp's parser (the app sets
-    auto_decompress=False): aiohttp's parser, meeting a corrupt compressed
-    body in a packet after the headers, queued its 400 behind the request
-    whose handler was already waiting for that body, so the request hung
-    until the client gave up (found by the fuzz suite)."""
+    auto_decompress=False): with aiohttp's parser inflating, the fuzz suite
+    saw (timing-dependent) a corrupt compressed body answered by the parser
+    while the handler still waited for that body, so the request hung until
+    the client gave up. Here a body is read whole, then inflated."""
     if request.content_length is not None and request.content_length > limit:
         raise BodyError(413, f"request body too large: the limit is {limit} bytes")
     try:
