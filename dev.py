@@ -7,7 +7,7 @@
 Creates .venv/ on first use and reinstalls when pyproject.toml changes.
 `test` also makes sure the Debian-packaged tools the end-to-end tests use
 (prometheus and promtool from `prometheus`, Alertmanager and amtool from
-`prometheus-alertmanager`) are installed, installing them with apt-get
+`prometheus-alertmanager`, and curl and wget as real clients) are installed, installing them with apt-get
 when running as root; otherwise it says what to install and fails. Tests
 are never skipped for a missing tool.
 """
@@ -32,6 +32,9 @@ SYSTEM_TOOLS = {
     "promtool": "prometheus",
     "prometheus-alertmanager": "prometheus-alertmanager",
     "amtool": "prometheus-alertmanager",
+    # Real clients the drop-in tests run as a migrated job would.
+    "curl": "curl",
+    "wget": "wget",
 }
 
 

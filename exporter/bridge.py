@@ -49,7 +49,7 @@ _SUMMARY = {
     "CronJobFailed": "Cron job {m} is failing",
     "CronJobStuck": "Cron job {m} is stuck",
     "CronJobTooLong": "Cron job {m} took longer than its max_runtime",
-    "CronJobSilentFailure": "Cron job {m} succeeded but its reported numbers say otherwise",
+    "CronJobSilentFailure": "Cron job {m} reported success but did not do its job",
     "CronProbeDown": "HTTP check {m} is failing",
 }
 # How long resolved alerts keep being sent (Prometheus does the same), so an

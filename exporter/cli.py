@@ -1,4 +1,4 @@
-"""Command line: `cronmon serve` and `cronmon check-config`."""
+"""Command line: `cronmon serve`, `cronmon check-config` and `cronmon urls`."""
 
 from __future__ import annotations
 
@@ -10,13 +10,17 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __version__, credentials
 from .config import ConfigError, load_config, parse_network
 from .credentials import GENERATED_KEY_FILE
-from .embedded import EmbeddedRedisError
+from .embedded import EmbeddedRedisError, claim_data_dir
 from .settings import DEFAULT_PORT, Settings
 from .workers import supervise, worker_index
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("cronmon")
 
@@ -56,13 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="a YAML file, or a directory whose *.yaml / *.yml files are merged",
     )
-    serve.add_argument(
-        "--listen",
-        default=f":{DEFAULT_PORT}",
-        type=parse_listen,
-        metavar="HOST:PORT",
-        help=f"address to serve HTTP on (default :{DEFAULT_PORT}, all interfaces)",
-    )
+    _add_listen(serve)
     serve.add_argument(
         "--redis-url",
         default=os.environ.get("CRONMON_REDIS_URL"),
@@ -71,16 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
             "use this Redis server (redis://, rediss:// or unix://) instead of the embedded one; env CRONMON_REDIS_URL"
         ),
     )
-    serve.add_argument(
-        "--data-dir",
-        default=Path(os.environ.get("CRONMON_DATA_DIR", "cronmon-data")),
-        type=Path,
-        metavar="DIR",
-        help=(
-            "where the embedded Redis keeps its data and a generated ping key is kept "
-            "(default ./cronmon-data; env CRONMON_DATA_DIR)"
-        ),
-    )
+    _add_data_dir(serve)
     serve.add_argument(
         "--redis-server",
         default=None,
@@ -90,12 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
             "env CRONMON_REDIS_SERVER)"
         ),
     )
-    serve.add_argument(
-        "--public-url",
-        default=os.environ.get("CRONMON_PUBLIC_URL"),
-        metavar="URL",
-        help="base URL jobs use to reach cronmon, for the ping URLs printed at start-up (env CRONMON_PUBLIC_URL)",
-    )
+    _add_public_url(serve)
     serve.add_argument(
         "--key-prefix",
         default="cronmon",
@@ -227,7 +211,63 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     check.add_argument("path", type=Path, metavar="PATH", help="a YAML file or a directory of them")
+
+    urls = commands.add_parser(
+        "urls",
+        help="print the ping URLs of the config's monitors",
+        description=(
+            "Print every YAML monitor's ping URLs, one per line as '<monitor id> <URL>': its UUID "
+            "URL and one /ping/<ping key>/<id> URL per ping key that addresses it. The ping key "
+            "comes from where `cronmon serve` reads it (ping_keys: in the config, else "
+            "CRONMON_PING_KEY, else the key serve generated in --data-dir); unlike serve's "
+            "start-up output, keys and UUIDs from env or files are printed too: whoever runs this "
+            "has them already. API-created monitors show their URL in the API (ping_urls)."
+        ),
+    )
+    urls.add_argument(
+        "--config",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="the config `cronmon serve` uses (a YAML file or a directory)",
+    )
+    urls.add_argument("monitors", nargs="*", metavar="ID", help="only these monitors (default: all)")
+    _add_data_dir(urls)
+    _add_public_url(urls)
+    _add_listen(urls, "serve's --listen, for the URLs' base when there is no --public-url")
     return parser
+
+
+def _add_listen(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    parser.add_argument(
+        "--listen",
+        default=f":{DEFAULT_PORT}",
+        type=parse_listen,
+        metavar="HOST:PORT",
+        help=help or f"address to serve HTTP on (default :{DEFAULT_PORT}, all interfaces)",
+    )
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        default=Path(os.environ.get("CRONMON_DATA_DIR", "cronmon-data")),
+        type=Path,
+        metavar="DIR",
+        help=(
+            "where the embedded Redis keeps its data and a generated ping key is kept "
+            "(default ./cronmon-data; env CRONMON_DATA_DIR)"
+        ),
+    )
+
+
+def _add_public_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--public-url",
+        default=os.environ.get("CRONMON_PUBLIC_URL"),
+        metavar="URL",
+        help="base URL jobs use to reach cronmon, for the ping URLs printed (env CRONMON_PUBLIC_URL)",
+    )
 
 
 def _workers(text: str) -> int:
@@ -248,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
         return check_config(args.path)
+    if args.command == "urls":
+        return print_urls(args)
     return serve(args, argv[argv.index("serve") + 1 :])
 
 
@@ -263,9 +305,52 @@ def check_config(path: Path) -> int:
     return 0
 
 
+def print_urls(args: argparse.Namespace) -> int:
+    """`cronmon urls`: every YAML monitor's ping URLs with the real keys."""
+    host, port = args.listen
+    settings = Settings(
+        config_path=args.config, listen_host=host, listen_port=port, data_dir=args.data_dir,
+        public_url=args.public_url,
+    )
+    try:
+        config = load_config(args.config)
+        secrets, keys = credentials.resolve_with_keys(config, settings.data_dir)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print("cronmon: cannot print the ping URLs: the config or a secret it names is not usable", file=sys.stderr)
+        return 1
+    except credentials.NoPingKey as exc:
+        print(f"cronmon: {exc}", file=sys.stderr)
+        return 1
+    monitors = {m.id: m for m in config.monitors}
+    unknown = [monitor_id for monitor_id in args.monitors if monitor_id not in monitors]
+    if unknown:
+        print(f"cronmon: no monitor {', '.join(unknown)} in {args.config}", file=sys.stderr)
+        return 1
+    chosen = [monitors[monitor_id] for monitor_id in args.monitors] or list(monitors.values())
+    width = max((len(m.id) for m in chosen), default=0)
+    for monitor in chosen:
+        uuid_url, slug_urls = credentials.ping_urls(monitor, secrets, settings.base_url, keys)
+        found = ([uuid_url] if uuid_url else []) + slug_urls
+        if not found:
+            print(f"{monitor.id:<{width}}  (no ping URL: ping.keys is empty and no ping.uuid_env/uuid_file)")
+        for url in found:
+            print(f"{monitor.id:<{width}}  {url}")
+    return 0
+
+
 def serve(args: argparse.Namespace, argv: list[str]) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = args.listen
+    if not args.redis_url and worker_index() is None:
+        # Before the config is read or anything printed: a second cronmon
+        # on a data dir in use stops here, with one sentence.
+        try:
+            claim_data_dir(args.data_dir)
+        except EmbeddedRedisError as exc:
+            print(f"cronmon: not starting: {exc}", file=sys.stderr)
+            return 1
     settings = Settings(
         config_path=args.config,
         listen_host=host,
@@ -289,8 +374,6 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
     )
     if args.workers > 1 and worker_index() is None:
         return _serve_workers(settings, argv, args.workers)
-    from aiohttp import web
-
     from .web.app import create_app
     from .web.keys import CORE, RELOADER
 
@@ -315,24 +398,41 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
     # ping during 10,000-monitor scrapes went from 107 ms to 66 ms.
     sys.setswitchinterval(0.001)
     try:
-        # reuse_port: the workers of a supervisor share the address.
-        # keepalive_timeout also bounds how long a connection may take to
-        # send a request's headers (aiohttp closes a connection whose
-        # request has not arrived by then): a slowloris client holds a
-        # connection for idle_timeout seconds at most.
-        web.run_app(
-            app,
-            host=host,
-            port=port,
-            print=None,
-            access_log=None,
-            reuse_port=worker_index() is not None,
-            keepalive_timeout=settings.idle_timeout,
-        )
+        asyncio.run(run_until_stopped(app, host, port, settings.idle_timeout))
     except EmbeddedRedisError as exc:
         print(f"cronmon: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+async def run_until_stopped(app: web.Application, host: str, port: int, idle_timeout: float) -> None:
+    """Serve `app` until SIGTERM or SIGINT, then run its cleanup.
+
+    aiohttp's run_app stops by cancelling its main task, and Python 3.11's
+    asyncio.wait_for loses a cancellation that arrives as the awaitable it
+    waits on completes (CPython gh-86296, fixed in 3.12): a SIGTERM during
+    start-up (a worker's first Redis round trips) was swallowed and the
+    process then served forever, ignoring it (about one start in 25 under
+    load). Here the signals only set an event, looked at once start-up is
+    done: nothing is cancelled, so nothing can be lost."""
+    from aiohttp import web
+
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    # keepalive_timeout also bounds how long a connection may take to send
+    # a request's headers (aiohttp closes a connection whose request has not
+    # arrived by then): a slowloris client holds a connection for
+    # idle_timeout seconds at most.
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout)
+    await runner.setup()
+    try:
+        # reuse_port: the workers of a supervisor share the address.
+        await web.TCPSite(runner, host, port, reuse_port=worker_index() is not None).start()
+        await stopping.wait()
+    finally:
+        await runner.cleanup()
 
 
 def log_tasks() -> None:
@@ -362,35 +462,35 @@ def _serve_workers(settings: Settings, argv: list[str], workers: int) -> int:
 
 
 def print_banner(settings: Settings, registry) -> None:
+    """What `cronmon serve` prints at start-up: where it listens, how to
+    reach the APIs, and every YAML monitor's ping URLs. Keys and UUIDs the
+    operator configured (env, files) appear as placeholders naming their
+    source; `cronmon urls` prints them."""
     base = settings.base_url
     store = settings.redis_url and "Redis at the given URL" or f"embedded redis-server, data in {settings.data_dir}/"
     print(f"cronmon {__version__} on {settings.listen_host}:{settings.listen_port}, store: {store}")
     print(f"metrics: {base}/metrics")
     secrets = registry.secrets
-    if secrets is None or not registry.monitors:
-        return
-    generated = secrets.generated_key
-    if generated:
+    if secrets is not None and not secrets.api_tokens:
         print(
-            f"ping key generated and kept in {settings.data_dir / GENERATED_KEY_FILE} "
-            "(set CRONMON_PING_KEY to choose one)"
+            "management APIs: no API token configured, so they answer 401; declare one under "
+            "api_tokens: in the config (README, \"Management API\")"
         )
-    key_names = [key.name for key in secrets.ping_keys]
-    print("ping URLs (append /start, /fail, /log or /<exit status>):")
+    if secrets is None or not registry.monitors:
+        sys.stdout.flush()
+        return
+    if secrets.generated_key:
+        kept = settings.data_dir / GENERATED_KEY_FILE
+        if secrets.generated_now:
+            print(f"ping key generated and kept in {kept} (set CRONMON_PING_KEY to choose one)")
+        else:
+            print(f"ping key reused: kept in {kept} since an earlier start (set CRONMON_PING_KEY to choose one)")
+    print("ping URLs (append /start, /fail, /log or /<exit status>; all of them: cronmon urls):")
     for monitor in registry.monitors.values():
-        names = [n for n in key_names if monitor.ping_key_names is None or n in monitor.ping_key_names]
-        if monitor.uuid_env or monitor.uuid_file:
-            uuid_url = f"{base}/ping/<uuid from {monitor.uuid_env or monitor.uuid_file}>"
-        elif generated:
-            uuid_url = f"{base}/ping/{secrets.monitor_uuids.get(monitor.id, '<none>')}"
-        else:
-            uuid_url = f"{base}/ping/<uuid>"
-        if generated:
-            slug_url = f"{base}/ping/{generated}/{monitor.id}"
-        else:
-            # Keys from env or files are the operator's secrets: never echo them.
-            slug_url = f"{base}/ping/<ping key {names[0] if names else '?'}>/{monitor.id}"
-        print(f"  {monitor.id}: {slug_url}  or  {uuid_url}")
+        uuid_url, slug_urls = credentials.ping_urls(monitor, secrets, base)
+        # One URL per form that exists: the first key's, and the UUID one.
+        shown = slug_urls[:1] + ([uuid_url] if uuid_url else [])
+        print(f"  {monitor.id}: {'  or  '.join(shown) or 'no ping URL (its ping.keys is empty)'}")
     sys.stdout.flush()
 
 

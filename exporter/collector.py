@@ -29,6 +29,10 @@ from .store import DURATION_BUCKETS
 
 # Statuses for which cronmon_up is 0.
 _NOT_UP = frozenset({Status.DOWN, Status.FAILED, Status.STUCK})
+# cronmon_last_exit_code when the last completion reported no exit code (a
+# plain ping, a Sentry check-in): exit statuses are 0-255, so it cannot be
+# read as one, and 0 stays "the job said it exited 0".
+UNKNOWN_EXIT_CODE = -1
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -74,7 +78,10 @@ FAMILIES: tuple[Family, ...] = (
     Family("cronmon_last_success_timestamp_seconds", "gauge", "Last successful completion (0: never)."),
     Family("cronmon_last_failure_timestamp_seconds", "gauge", "Last failed completion (0: never)."),
     Family("cronmon_last_duration_seconds", "gauge", "Duration of the last completed run (0: none yet)."),
-    Family("cronmon_last_exit_code", "gauge", "Exit code of the last completion that reported one (0: none yet)."),
+    Family(
+        "cronmon_last_exit_code", "gauge",
+        "Exit code the last completion reported; -1 when it reported none (or nothing completed yet).",
+    ),
     Family(
         "cronmon_next_expected_timestamp_seconds",
         "gauge",
@@ -87,8 +94,16 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family("cronmon_grace_seconds", "gauge", "Configured grace period."),
     Family("cronmon_max_runtime_seconds", "gauge", "Configured maximum run time (0: none)."),
+    Family(
+        "cronmon_min_runtime_seconds",
+        "gauge",
+        "Configured minimum run time: a success that ran shorter is a silent failure; no series without one.",
+    ),
     Family("cronmon_running_runs", "gauge", "Runs started and not yet finished."),
-    Family("cronmon_consecutive_failures", "gauge", "Bad outcomes (error, missed, timeout) in a row."),
+    Family(
+        "cronmon_consecutive_failures", "gauge",
+        "Bad outcomes (error, missed, timeout) in a row, as recorded in cronmon_runs_total.",
+    ),
     Family("cronmon_runs", "counter", "Run outcomes recorded (missed slots and timeouts included), by outcome."),
     Family("cronmon_run_meta", "gauge", "Last value of each numeric meta key reported by the job."),
     Family(
@@ -112,7 +127,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "cronmon_alert_muted",
         "gauge",
-        "1 for each alert switched off for the monitor (its mute: setting); no series otherwise.",
+        "1 for each alert switched off for the monitor (mute: or alerts:); no series otherwise.",
     ),
     Family("cronmon_checkins", "counter", "Check-ins received, by kind (opt-in: checkins).", "checkins"),
     Family(
@@ -212,15 +227,20 @@ def render_monitor(
     put("cronmon_last_success_timestamp_seconds", _ms(facts.last_success))
     put("cronmon_last_failure_timestamp_seconds", _ms(facts.last_failure))
     put("cronmon_last_duration_seconds", _ms(facts.last_duration))
-    put("cronmon_last_exit_code", facts.last_exit_code or 0)
+    put("cronmon_last_exit_code", UNKNOWN_EXIT_CODE if facts.last_exit_code is None else facts.last_exit_code)
     put("cronmon_next_expected_timestamp_seconds", _ms(ev.next_expected))
     put("cronmon_deadline_timestamp_seconds", _ms(ev.deadline))
     put("cronmon_grace_seconds", monitor.grace)
     put("cronmon_max_runtime_seconds", monitor.max_runtime or 0)
+    if monitor.min_runtime:  # a setting, not a fact: the series is there for as long as the setting is
+        put("cronmon_min_runtime_seconds", monitor.min_runtime)
     put("cronmon_running_runs", ev.running_runs)
-    put("cronmon_consecutive_failures", ev.consecutive_failures)
-    # Pending misses are not counted here: counters only move when the
-    # sweeper records them, so a counter never goes back down.
+    # Recorded outcomes only, as cronmon_runs_total: a miss that is pending
+    # (its deadline passed, the sweeper records it within a sweep interval)
+    # moves both at once, so within one scrape they never disagree. (The
+    # status counts a pending miss at once; see evaluate.) Counters only move
+    # when the sweeper records a miss, so a counter never goes back down.
+    put("cronmon_consecutive_failures", facts.consecutive_bad)
     out[_INDEX["cronmon_runs"]] = "".join(
         f'cronmon_runs_total{{{base},outcome="{o.value}"}} {facts.outcomes.get(o.value, 0)}\n' for o in Outcome
     )

@@ -267,6 +267,26 @@ class PingSpec(_Strict):
         )
 
 
+AlertName = Literal["missed", "failed", "stuck", "too_long", "silent_failure", "probe_down"]
+
+
+class AlertSwitches(_Strict):
+    """`alerts:` (DESIGN.md's per-monitor switches): each of the monitor's
+    alerts on (the default) or off. Off mutes it exactly as `mute:` does:
+    cronmon_alert_muted, which the shipped rules and the bridge honour; the
+    status and series stay as they are."""
+
+    missed: bool = True
+    failed: bool = True
+    stuck: bool = True
+    too_long: bool = True
+    silent_failure: bool = True
+    probe_down: bool = True
+
+    def off(self) -> list[str]:
+        return [name for name, on in self.model_dump().items() if not on]
+
+
 class MonitorSpec(_Strict):
     id: Annotated[str, Field(pattern=MONITOR_ID_PATTERN)]
     name: str = ""
@@ -276,6 +296,10 @@ class MonitorSpec(_Strict):
     http: HttpProbeSpec | None = None
     grace: Duration = 300.0
     max_runtime: Duration | None = None
+    # A success that ran shorter is a silent failure (the job that "ran" but
+    # did nothing); only runs whose duration is known (paired with a start,
+    # or reported) are judged.
+    min_runtime: Duration | None = None
     failure_threshold: Annotated[int, Field(ge=1, le=1000)] = 1
     recovery_threshold: Annotated[int, Field(ge=1, le=1000)] = 1
     labels: dict[str, Annotated[str, Field(max_length=256)]] = {}
@@ -289,8 +313,10 @@ class MonitorSpec(_Strict):
     rate_limit: str | None = None
     allowed_ips: list[str] = []
     metrics: list[OptionalSeries] = []
-    # Alerts switched off for this monitor (Boxwatch's alert_on_* switches).
-    mute: list[Literal["missed", "failed", "stuck", "too_long", "silent_failure", "probe_down"]] = []
+    # Alerts switched off for this monitor: a list (`mute:`), or the
+    # on/off switches of `alerts:` (Boxwatch's alert_on_* map to them).
+    mute: list[AlertName] = []
+    alerts: AlertSwitches | None = None
 
     @model_validator(mode="after")
     def _schedule_or_probe(self) -> MonitorSpec:
@@ -340,12 +366,30 @@ class MonitorSpec(_Strict):
                 )
         return labels
 
-    @field_validator("max_runtime")
+    @field_validator("max_runtime", "min_runtime")
     @classmethod
     def _positive_runtime(cls, value: float | None) -> float | None:
         if value is not None and value <= 0:
             raise ValueError("must be greater than 0")
         return value
+
+    @model_validator(mode="after")
+    def _runtime_bounds(self) -> MonitorSpec:
+        if self.min_runtime is not None and self.max_runtime is not None and self.min_runtime >= self.max_runtime:
+            raise ValueError(
+                f"min_runtime ({self.min_runtime:g}s) must be shorter than max_runtime ({self.max_runtime:g}s)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_way_to_mute(self) -> MonitorSpec:
+        if self.alerts is not None and self.mute:
+            raise ValueError("give alerts: (on/off switches) or mute: (a list), not both; alerts: is the newer form")
+        return self
+
+    def muted_alerts(self) -> list[str]:
+        """The alerts switched off, by `mute:` or `alerts:` name."""
+        return self.alerts.off() if self.alerts is not None else list(self.mute)
 
 
 class PingKeySpec(_Strict):
@@ -678,6 +722,7 @@ def _to_monitor(spec: MonitorSpec, source: str) -> Monitor:
         probe=HttpProbe(spec.http.url, spec.http.interval, spec.http.slow, spec.http.timeout) if spec.http else None,
         grace=spec.grace,
         max_runtime=spec.max_runtime,
+        min_runtime=spec.min_runtime,
         failure_threshold=spec.failure_threshold,
         recovery_threshold=spec.recovery_threshold,
         labels=tuple(sorted(spec.labels.items())),
@@ -694,7 +739,7 @@ def _to_monitor(spec: MonitorSpec, source: str) -> Monitor:
         rate_limit=parse_rate_limit(spec.rate_limit) if spec.rate_limit else None,
         allowed_networks=tuple(parse_network(value) for value in spec.allowed_ips),
         metrics=frozenset(spec.metrics),
-        muted=frozenset(MUTABLE_ALERTS[name] for name in spec.mute),
+        muted=frozenset(MUTABLE_ALERTS[name] for name in spec.muted_alerts()),
     )
 
 

@@ -18,6 +18,15 @@ sharing the key, and rotates with the key.
 
 Only SHA-256 digests of keys and UUIDs are kept after start-up, and a
 presented key is compared in constant time.
+
+Who is shown which ping URL (see `ping_urls`): secrets the operator
+configured (keys and UUIDs from env or files) are never printed or served
+by `cronmon serve`, only placeholders naming where they come from; what
+cronmon made itself (the generated key, derived UUIDs) is printed in the
+start-up banner, and the management API shows a monitor's own UUID URL to
+tokens that may check in on it, never a ping key (a key addresses every
+monitor that accepts it). `cronmon urls`, run by whoever holds the config
+and its environment, prints every URL with the real secrets.
 """
 
 from __future__ import annotations
@@ -76,6 +85,9 @@ class ResolvedSecrets:
     # (kind, sha256(secret)) -> monitor id, for secrets YAML monitors import
     # from env or files (ping.api_key_env, ping.shortcode_file, ...).
     imported: Mapping[tuple[str, bytes], str] = field(default_factory=dict)
+    # True when generated_key was made by this resolve; False when it was
+    # read back from the data dir (kept from an earlier start).
+    generated_now: bool = False
 
 
 def digest(secret: str) -> bytes:
@@ -121,12 +133,31 @@ def derived_secret_digest(key_digest: bytes, kind: str, monitor_id: str) -> byte
     return digest(derive_secret(key_digest, kind, monitor_id))
 
 
+class NoPingKey(Exception):
+    """`resolve_with_keys` found no ping key and was not to generate one."""
+
+
 def resolve(config: Config, data_dir: Path, env: Mapping[str, str] | None = None) -> ResolvedSecrets:
     """Read every secret the config refers to; ConfigError if one is missing."""
-    env = os.environ if env is None else env
+    return _resolve(config, data_dir, os.environ if env is None else env, generate=True)[0]
+
+
+def resolve_with_keys(
+    config: Config, data_dir: Path, env: Mapping[str, str] | None = None
+) -> tuple[ResolvedSecrets, dict[str, str]]:
+    """`resolve`, from the same places, plus the plain ping keys by name:
+    for `cronmon urls`, which shows the operator every URL. It never
+    generates a key (NoPingKey when `cronmon serve` would have to)."""
+    return _resolve(config, data_dir, os.environ if env is None else env, generate=False)
+
+
+def _resolve(
+    config: Config, data_dir: Path, env: Mapping[str, str], generate: bool
+) -> tuple[ResolvedSecrets, dict[str, str]]:
     problems: list[str] = []
     keys: dict[str, str] = {}
     generated = None
+    generated_now = False
     for ref in config.ping_keys:
         value = _read_secret(ref.env, ref.file, env, f'{ref.source}: ping key "{ref.name}"', problems)
         if value is not None:
@@ -135,7 +166,14 @@ def resolve(config: Config, data_dir: Path, env: Mapping[str, str] | None = None
         if env.get("CRONMON_PING_KEY"):
             keys[DEFAULT_KEY_NAME] = env["CRONMON_PING_KEY"].strip()
         else:
-            generated = _generated_key(data_dir)
+            generated, generated_now = _generated_key(data_dir, create=generate)
+            if generated is None:
+                raise NoPingKey(
+                    f"no ping key: CRONMON_PING_KEY is not set, the config declares no ping_keys:, and "
+                    f"{data_dir / GENERATED_KEY_FILE} (the key `cronmon serve` generates on its first start) "
+                    "does not exist; pass the --data-dir that `cronmon serve` uses, set CRONMON_PING_KEY, "
+                    "or declare ping_keys: in the config"
+                )
             keys[DEFAULT_KEY_NAME] = generated
 
     uuids: dict[str, str] = {}
@@ -151,10 +189,9 @@ def resolve(config: Config, data_dir: Path, env: Mapping[str, str] | None = None
                 source = f"environment variable {monitor.uuid_env}" if monitor.uuid_env else f"file {monitor.uuid_file}"
                 problems.append(f"{where}: {source} does not hold a UUID")
             continue
-        names = monitor.ping_key_names if monitor.ping_key_names is not None else tuple(keys)
-        first = next((keys[name] for name in names if name in keys), None)
+        first = _uuid_key_name(monitor, tuple(keys))
         if first is not None:
-            uuids[monitor.id] = derive_uuid(digest(first), monitor.id)
+            uuids[monitor.id] = derive_uuid(digest(keys[first]), monitor.id)
 
     imported: dict[tuple[str, bytes], str] = {}
     for monitor in config.monitors:
@@ -182,7 +219,7 @@ def resolve(config: Config, data_dir: Path, env: Mapping[str, str] | None = None
         seen[value] = monitor_id
     if problems:
         raise ConfigError(problems)
-    return ResolvedSecrets(
+    resolved = ResolvedSecrets(
         ping_keys=tuple(PingKey(name, digest(value)) for name, value in keys.items()),
         uuid_digests={digest(value): monitor_id for monitor_id, value in uuids.items()},
         generated_key=generated,
@@ -190,7 +227,63 @@ def resolve(config: Config, data_dir: Path, env: Mapping[str, str] | None = None
         api_tokens=tuple(tokens),
         uuid_key_digest=digest(next(iter(keys.values()))) if keys else None,
         imported=imported,
+        generated_now=generated_now,
     )
+    return resolved, keys
+
+
+def _uuid_key_name(monitor: Monitor, key_names: tuple[str, ...]) -> str | None:
+    """The key a YAML monitor's UUID is derived from: the first of its
+    `ping.keys` (default: of all keys) that exists."""
+    names = monitor.ping_key_names if monitor.ping_key_names is not None else key_names
+    return next((name for name in names if name in key_names), None)
+
+
+def slug_key_names(monitor: Monitor, secrets: ResolvedSecrets) -> list[str]:
+    """The names of the ping keys that address `monitor` by slug
+    (/ping/<key>/<id>), in the order they are declared."""
+    return [key.name for key in secrets.ping_keys if key_allows(monitor, key.name)]
+
+
+def derived_ping_uuid(monitor: Monitor, secrets: ResolvedSecrets) -> str | None:
+    """A YAML monitor's ping UUID when cronmon derived it (from the
+    digest of its first ping key, as `resolve` does); None when it comes
+    from ping.uuid_env / uuid_file (the operator's secret) or the monitor
+    accepts no key."""
+    if monitor.uuid_env or monitor.uuid_file:
+        return None
+    by_name = {key.name: key.digest for key in secrets.ping_keys}
+    first = _uuid_key_name(monitor, tuple(by_name))
+    return derive_uuid(by_name[first], monitor.id) if first is not None else None
+
+
+def ping_urls(
+    monitor: Monitor, secrets: ResolvedSecrets, base_url: str, keys: Mapping[str, str] | None = None
+) -> tuple[str | None, list[str]]:
+    """A YAML monitor's ping URLs: its UUID URL (None if it has no UUID),
+    and one /ping/<key>/<id> URL per ping key that addresses it (none if
+    its ping.keys is empty).
+
+    With `keys` (the plain keys, from `resolve_with_keys`: `cronmon urls`)
+    every secret is filled in. Without (the start-up banner) only what
+    cronmon made itself is: the generated key and derived UUIDs; a key or
+    UUID the operator configured shows as a placeholder naming its source."""
+    uuid_url = None
+    if keys is None and (monitor.uuid_env or monitor.uuid_file):
+        source = f"env {monitor.uuid_env}" if monitor.uuid_env else f"file {monitor.uuid_file}"
+        uuid_url = f"{base_url}/ping/<uuid from {source}>"
+    elif secrets.monitor_uuids.get(monitor.id):
+        uuid_url = f"{base_url}/ping/{secrets.monitor_uuids[monitor.id]}"
+    slug_urls = []
+    for name in slug_key_names(monitor, secrets):
+        if keys is not None and name in keys:
+            key = keys[name]
+        elif secrets.generated_key is not None and name == DEFAULT_KEY_NAME:
+            key = secrets.generated_key
+        else:
+            key = f"<ping key {name}>"
+        slug_urls.append(f"{base_url}/ping/{key}/{monitor.id}")
+    return uuid_url, slug_urls
 
 
 def match_ping_key(presented: str, keys: tuple[PingKey, ...]) -> str | None:
@@ -243,18 +336,22 @@ def _read_secret(
     return value
 
 
-def _generated_key(data_dir: Path) -> str:
+def _generated_key(data_dir: Path, create: bool = True) -> tuple[str | None, bool]:
+    """The key kept in the data dir, and whether it was made just now
+    (None if there is none and `create` is false)."""
     path = data_dir / GENERATED_KEY_FILE
     try:
         existing = path.read_text(encoding="utf-8").strip()
         if existing:
-            return existing
+            return existing, False
     except FileNotFoundError:
         pass
+    if not create:
+        return None, False
     data_dir.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(16)
     # Create with 0600 from the start; never world-readable, even briefly.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(value + "\n")
-    return value
+    return value, True

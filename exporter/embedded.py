@@ -11,7 +11,10 @@ dependency, so a plain ``pip install`` on a machine with no root and no
 system Redis has one); ``redis-server`` on PATH.
 
 A lock file in the data dir keeps two cronmon processes from starting two
-servers over the same files.
+servers over the same files. `cronmon serve` takes it (`claim_data_dir`)
+before it reads the config or prints anything, so a second one on the same
+data dir fails at once with one sentence; the embedded server then adopts
+the lock its process holds.
 """
 
 from __future__ import annotations
@@ -39,6 +42,45 @@ _MAX_SOCKET_PATH = 100
 
 class EmbeddedRedisError(RuntimeError):
     pass
+
+
+# Data-dir locks this process took ahead of its embedded server
+# (claim_data_dir), by resolved data dir -> file descriptor.
+_claimed: dict[Path, int] = {}
+
+
+def claim_data_dir(data_dir: Path) -> None:
+    """Take the data dir's lock now, before anything is printed; the
+    EmbeddedRedis of this process that starts on it adopts the lock.
+    EmbeddedRedisError, naming the data dir and the fix, when another
+    cronmon process holds it or the directory cannot be made."""
+    path = data_dir.resolve()
+    if path not in _claimed:
+        _claimed[path] = _take_lock(path)
+
+
+def _take_lock(data_dir: Path) -> int:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(data_dir / "cronmon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise EmbeddedRedisError(
+            f"cannot use data dir {data_dir}: {exc.strerror}; give cronmon a writable --data-dir "
+            "(env CRONMON_DATA_DIR)"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        pid = f" (pid {holder})" if holder.isdigit() else ""
+        raise EmbeddedRedisError(
+            f"data dir {data_dir} is in use by another cronmon process{pid}; "
+            "stop it, or give this one its own --data-dir (env CRONMON_DATA_DIR)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 def find_redis_server(explicit: str | None = None) -> str:
@@ -193,19 +235,8 @@ class EmbeddedRedis:
             return "(no redis.log)"
 
     def _lock(self) -> None:
-        path = self.data_dir / "cronmon.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise EmbeddedRedisError(
-                f"data dir {self.data_dir} is in use by another cronmon process; "
-                "stop it, or give this one its own --data-dir"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        claimed = _claimed.pop(self.data_dir, None)
+        self._lock_fd = claimed if claimed is not None else _take_lock(self.data_dir)
 
     async def stop(self) -> None:
         process, self.process = self.process, None

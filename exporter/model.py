@@ -48,8 +48,9 @@ class Outcome(enum.StrEnum):
     MISSED = "missed"
     TIMEOUT = "timeout"
     # Reported success, but the run's numeric meta broke one of the
-    # monitor's meta rules (rows_processed < 1, ...). Not bad for the
-    # failure threshold: it has an alert of its own (CronJobSilentFailure).
+    # monitor's meta rules (rows_processed < 1, ...), or it ran shorter than
+    # its min_runtime. Not bad for the failure threshold: it has an alert
+    # of its own (CronJobSilentFailure).
     SILENT_FAILURE = "silent_failure"
 
     @property
@@ -78,6 +79,14 @@ def completion_outcome(kind: Kind, silent_failure: bool) -> Outcome:
     if kind is Kind.WARNING:
         return Outcome.WARNING
     return Outcome.SILENT_FAILURE if silent_failure else Outcome.OK
+
+
+def too_short_outcome(outcome: Outcome) -> Outcome | None:
+    """What a completion that would record `outcome` records instead when
+    it ran shorter than the monitor's min_runtime: a success did not do its
+    job (silent_failure); any other outcome stands (a quick failure is a
+    failure, a quick warning was already flagged). None: no change."""
+    return Outcome.SILENT_FAILURE if outcome is Outcome.OK else None
 
 
 class Status(enum.StrEnum):
@@ -218,6 +227,9 @@ class Monitor:
     description: str = ""
     grace: float = 300.0
     max_runtime: float | None = None
+    # A success shorter than this is a silent failure (record.lua judges it:
+    # only the script knows a paired run's duration).
+    min_runtime: float | None = None
     failure_threshold: int = 1
     recovery_threshold: int = 1
     labels: tuple[tuple[str, str], ...] = ()

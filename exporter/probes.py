@@ -224,12 +224,14 @@ async def run_check(
     return classify(probe, status_code, clock() - started, error)
 
 
-def checkin_for(monitor: Monitor, result: ProbeResult, now: float, test: bool = False) -> CheckIn:
+def checkin_for(monitor: Monitor, result: ProbeResult, now: float, on_demand: bool = False) -> CheckIn:
     # The landing's status (SUCCESS / WARNING / ERROR) follows from the kind;
-    # the APIs that show it derive it (crosscheck.landing_json).
+    # the APIs that show it derive it (crosscheck.landing_json). A check run
+    # on demand (test_now) is a real check that counts like any other: it is
+    # marked on_demand, never `test` (a test landing changes no state).
     annotations: dict = {"probe": True}
-    if test:
-        annotations["test"] = True
+    if on_demand:
+        annotations["on_demand"] = True
     metadata: dict[str, Any] = {"status_code": result.status_code, "response_time": round(result.duration, 6)}
     if result.error:
         metadata["error"] = result.error
@@ -314,14 +316,14 @@ class Prober:
         self._synced = registry
 
     async def check(
-        self, client: httpx.AsyncClient, monitor: Monitor, test: bool = False
+        self, client: httpx.AsyncClient, monitor: Monitor, on_demand: bool = False
     ) -> tuple[CheckIn, RecordResult | None]:
         """Check one monitor now and record the result (None: refused by the
         monitor's rate limit)."""
         assert monitor.probe is not None
         policy = self.yaml_policy if monitor.from_yaml else self.api_policy
         result = await run_check(client, monitor.probe, policy=policy, resolve=self.resolve, max_bytes=self.max_bytes)
-        checkin = checkin_for(monitor, result, self.clock(), test)
+        checkin = checkin_for(monitor, result, self.clock(), on_demand)
         try:
             recorded = await self.core.record(checkin)
         except RateLimited:
@@ -331,12 +333,12 @@ class Prober:
         return checkin, recorded
 
     async def check_now(self, monitor: Monitor) -> tuple[CheckIn, RecordResult | None]:
-        """A test check of `monitor`, now, recorded like any check (an API's
-        "test now"), with the client run() shares; ChecksNotRunning while
+        """A check of `monitor`, now, recorded like any check (an API's
+        "test now"; it counts), with the client run() shares; ChecksNotRunning while
         this process runs no checks."""
         if self.client is None:
             raise ChecksNotRunning("active checks are not running in this process")
-        return await self.check(self.client, monitor, test=True)
+        return await self.check(self.client, monitor, on_demand=True)
 
     async def run_once(self, client: httpx.AsyncClient) -> int:
         await self.sync()

@@ -53,7 +53,7 @@ from redis.backoff import NoBackoff
 
 from .errors import StoreUnavailable
 from .evaluate import ArrivalPlan, SweepPlan
-from .model import CheckIn, Details, Facts, Monitor, OpenRun, Outage, Outcome
+from .model import CheckIn, Details, Facts, Monitor, OpenRun, Outage, Outcome, too_short_outcome
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +301,9 @@ class Store:
         ):
             if value is not None and value != "":
                 fields[name] = value
+        short = too_short_outcome(outcome) if outcome is not None and monitor.min_runtime else None
+        if short is not None:
+            fields["short_outcome"], fields["short_bad"] = short.value, short.bad
         if checkin.log_truncated:
             fields["log_truncated"] = True
         reply = await self._batch.call(
@@ -720,6 +723,8 @@ def _monitor_settings(monitor: Monitor) -> str:
     }
     if _max_runtime_arg(monitor):
         settings["max_runtime"] = monitor.max_runtime
+    if monitor.min_runtime:
+        settings["min_runtime"] = monitor.min_runtime
     return json.dumps(settings)
 
 

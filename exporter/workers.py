@@ -60,6 +60,11 @@ def supervise(argv: list[str], workers: int, redis_url: str | None, data_dir: Pa
 async def _supervise(argv: list[str], workers: int, redis_url: str | None, data_dir: Path,
                      redis_binary: str | None) -> int:
     loop = asyncio.get_running_loop()
+    # First: a SIGTERM while the embedded Redis starts stops it again (with
+    # its final save) instead of killing the supervisor mid-way.
+    stopping = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
     embedded = None if redis_url else EmbeddedRedis(data_dir, redis_binary)
     if embedded is not None:
         try:
@@ -70,7 +75,6 @@ async def _supervise(argv: list[str], workers: int, redis_url: str | None, data_
     metrics_dir = tempfile.mkdtemp(prefix="cronmon-metrics-")
     children: dict[int, asyncio.subprocess.Process] = {}
     started: dict[int, float] = {}
-    stopping = asyncio.Event()
 
     async def start(index: int) -> None:
         assert redis_url is not None  # given, or the embedded server's
@@ -92,12 +96,11 @@ async def _supervise(argv: list[str], workers: int, redis_url: str | None, data_
                 child.send_signal(signal.SIGUSR1)
 
     loop.add_signal_handler(signal.SIGUSR1, forward_usr1)
-    loop.add_signal_handler(signal.SIGTERM, stopping.set)
-    loop.add_signal_handler(signal.SIGINT, stopping.set)
     status = 0
     try:
         for index in range(workers):
-            await start(index)
+            if not stopping.is_set():
+                await start(index)
         while not stopping.is_set():
             waiters = {asyncio.ensure_future(child.wait()): index for index, child in children.items()}
             stop_waiter = asyncio.ensure_future(stopping.wait())

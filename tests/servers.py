@@ -1,5 +1,6 @@
-"""Real Prometheus and Alertmanager processes, and a webhook receiver, for
-the end-to-end tests. The binaries come from Debian's `prometheus` and
+"""Real Prometheus and Alertmanager processes, a webhook receiver, and
+real client processes (curl, wget, sentry-cli, ...), for the end-to-end
+tests. The binaries come from Debian's `prometheus` and
 `prometheus-alertmanager` packages (dev.py installs them); a missing one is
 a test failure, never a skip."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 import shutil
 import subprocess
 import time
@@ -22,6 +24,27 @@ from .conftest import free_port
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_RULES = ROOT / "alertmanager" / "cronmon-rules.yml"
 SHIPPED_ALERTMANAGER = ROOT / "alertmanager" / "alertmanager.yml"
+
+
+async def run_client(
+    *argv: str, env: dict[str, str] | None = None, stdin: bytes = b"", timeout: float = 60
+) -> tuple[int, bytes, bytes]:
+    """Run a client process to its end without blocking the loop the test
+    server runs on: (exit code, stdout, stderr). Its environment is `env`,
+    by default PATH alone: no proxy variables (traffic stays on loopback)
+    and no user config. Killed, and the test failed, after `timeout`."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, env=env if env is not None else {"PATH": os.environ["PATH"]}, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, out, err
 
 
 def binary(*names: str) -> str:

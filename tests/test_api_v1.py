@@ -225,3 +225,102 @@ async def test_an_owner_gets_at_most_monitors_per_owner_api_monitors(aiohttp_cli
     # Another owner has places of its own.
     assert (await client.post("/api/v1/monitors", json={"id": "c1", "schedule": {"interval": "1h"}},
                               headers=CAROL)).status == 201
+
+
+PING_CONFIG = """
+api_tokens:
+  - {name: alice-rw, env: T_ALICE, owner: alice, team: data, scope: write}
+  - {name: bob-ro, env: T_BOB, owner: bob, team: data, scope: read}
+  - {name: carol-rw, env: T_CAROL, owner: carol, scope: write}
+monitors:
+  - id: yaml-job
+    schedule: {interval: 1h}
+    ping: {tokens: [alice-rw]}
+  - id: kept-uuid
+    schedule: {interval: 1h}
+    ping: {tokens: [alice-rw], uuid_env: KEPT_UUID}
+"""
+KEPT_UUID = "2f0e4a1c-9b7d-4e3a-8c55-1d2e3f405162"
+
+
+async def test_ping_urls_are_shown_to_the_tokens_that_may_check_in(aiohttp_client, app_settings, tmp_path, env,
+                                                                  monkeypatch, clock):
+    """A YAML monitor's ping URL goes to the tokens its ping.tokens names
+    (access.can_check_in: they may record check-ins on it anyway), not to
+    read-scope tokens nor to write tokens it does not name; an API
+    monitor's to the tokens that may change it. Only a UUID cronmon made is
+    served: a UUID from env or files (the operator's) and the ping key
+    (which addresses every monitor) never are."""
+    monkeypatch.setenv("KEPT_UUID", KEPT_UUID)
+    client = await aiohttp_client(create_app(app_settings(write_config(tmp_path, PING_CONFIG)), clock=clock))
+    assert (await client.post("/api/v1/monitors", json=NEW, headers=ALICE)).status == 201
+
+    async def seen(monitor_id: str, headers: dict) -> dict:
+        response = await client.get(f"/api/v1/monitors/{monitor_id}", headers=headers)
+        assert response.status == 200, await response.text()
+        return (await response.json())["monitor"]
+
+    job = await seen("yaml-job", ALICE)
+    assert job["writable"] is False  # YAML: read-only, and still its URL is shown to a token that may ping it
+    [url] = job["ping_urls"]
+    assert job["ping_url"] == url and url.startswith("http://localhost:9879/ping/")
+    assert "api-test-ping-key" not in str(job)
+    assert (await client.get(url.split("localhost:9879")[1] + "/start")).status == 200
+    assert (await client.get(url.split("localhost:9879")[1])).status == 200
+    assert (await seen("yaml-job", ALICE))["status"] == "up"
+    listed = {m["id"]: m for m in (await (await client.get("/api/v1/monitors", headers=ALICE)).json())["monitors"]}
+    assert listed["yaml-job"]["ping_urls"] == [url]
+
+    for other in (BOB, CAROL):  # read scope; write scope but not named in ping.tokens
+        for monitor_id in ("yaml-job", "kept-uuid"):
+            body = await seen(monitor_id, other)
+            assert "ping_urls" not in body and "ping_url" not in body, (other, body)
+
+    kept = await seen("kept-uuid", ALICE)
+    assert kept["ping_urls"] == [] and "ping_url" not in kept and KEPT_UUID not in str(kept)
+
+    etl = await seen("etl", ALICE)
+    assert etl["ping_urls"] == [etl["ping_url"]] and etl["ping_url"].startswith("http://localhost:9879/ping/")
+    assert "ping_urls" not in await seen("etl", BOB)
+
+
+async def test_run_entries_give_every_time_as_iso_utc(client, clock):
+    """`time`, `started` (a run's start, on its end and on its timeout) and
+    `through` (the last slot a missed entry accounts for) are all RFC 3339
+    UTC strings, not a mix of strings and Unix floats."""
+    from exporter.model import iso_utc
+
+    created = await client.post(
+        "/api/v1/monitors", json={**NEW, "schedule": {"interval": "1h"}, "max_runtime": "10m", "grace": "1m"},
+        headers=ALICE,
+    )
+    assert created.status == 201, await created.text()
+    rid = "8d3c2b1a-0f9e-4d8c-b7a6-5f4e3d2c1b0a"
+    started_at = clock()
+    assert (await client.get(f"/ping/api-test-ping-key/etl/start?rid={rid}")).status == 200
+    clock.advance(30)
+    finished_at = clock()
+    assert (await client.get(f"/ping/api-test-ping-key/etl?rid={rid}")).status == 200
+    rid2 = "9e4d3c2b-1a0f-4e9d-8c7b-6a5f4e3d2c1b"
+    clock.advance(60)
+    second_start = clock()
+    assert (await client.get(f"/ping/api-test-ping-key/etl/start?rid={rid2}")).status == 200
+    clock.advance(11 * 60)  # past max_runtime: it times out
+    await client.app[SWEEPER].run_once()
+    assert (await client.get(f"/ping/api-test-ping-key/etl?rid={rid2}")).status == 200  # its late end
+    clock.advance(3 * 3600)  # then nothing: the next slots are missed
+    await client.app[SWEEPER].run_once()
+
+    runs = (await (await client.get("/api/v1/monitors/etl/runs", headers=ALICE)).json())["runs"]
+    ended = {r["run"]: r for r in runs if r["kind"] == "success"}
+    assert ended[rid]["time"] == iso_utc(finished_at) and ended[rid]["started"] == iso_utc(started_at)
+    assert ended[rid2]["started"] == iso_utc(second_start)
+    [timeout] = [r for r in runs if r["kind"] == "timeout"]
+    assert timeout["started"] == iso_utc(second_start)
+    [missed] = [r for r in runs if r["kind"] == "missed"]
+    assert isinstance(missed["through"], str) and missed["through"].endswith("Z")
+    for run in runs:
+        assert "t" not in run
+        for name in ("time", "started", "through"):
+            if name in run:
+                assert isinstance(run[name], str) and run[name].endswith("Z"), (name, run)

@@ -37,6 +37,14 @@ monitors:
     max_runtime: 10m
     labels: {team: data, severity: warning}
     group: reports
+  - id: quick
+    schedule: {interval: 1h}
+    min_runtime: 1m
+    labels: {team: data}
+  - id: ignored
+    schedule: {interval: 1h}
+    alerts: {failed: false}
+    labels: {team: data}
 """
 
 
@@ -73,7 +81,10 @@ async def test_missed_failed_and_stuck_jobs_page_and_resolve(stack):
     await ping(stack, "etl/fail")
     await ping(stack, "backup/start")
     await ping(stack, "steady/start")
+    await ping(stack, "quick/start")
+    await ping(stack, "ignored/fail")  # its failed alert is switched off
     await asyncio.sleep(1.2)
+    await ping(stack, "quick")  # 1.2 s, shorter than its min_runtime of 1 minute
     # Numeric meta has no Healthchecks form; it comes through the core
     # (the Crontify/CrossCheck adapters feed it the same way).
     await stack["core"].record(CheckIn("steady", Kind.SUCCESS, time.time(), meta={"rows_processed": 1200}))
@@ -88,6 +99,8 @@ async def test_missed_failed_and_stuck_jobs_page_and_resolve(stack):
     assert failed.receiver_path == "platform-pager"
     stuck = await receiver.wait_for("CronJobStuck", monitor="backup")
     assert stuck.receiver_path == "data-pager"
+    too_fast = await receiver.wait_for("CronJobSilentFailure", monitor="quick")
+    assert too_fast.labels["severity"] == "warning" and "min_runtime" in too_fast.annotations["description"]
 
     # While jobs are failing, missed and stuck, every dashboard query and
     # variable returns data from this Prometheus.
@@ -103,8 +116,9 @@ async def test_missed_failed_and_stuck_jobs_page_and_resolve(stack):
     # The stuck run finished after max_runtime: that is CronJobTooLong (a warning).
     too_long = await receiver.wait_for("CronJobTooLong", monitor="backup")
     assert too_long.labels["severity"] == "warning" and too_long.receiver_path == "data-tickets"
-    # The steady job never alerted.
-    assert not [n for n in receiver.notifications if n.labels.get("monitor") == "steady"]
+    # The steady job never alerted; nor did the failing job whose failed alert is off
+    # (etl's CronJobFailed, from the same scrapes, came and went meanwhile).
+    assert not [n for n in receiver.notifications if n.labels.get("monitor") in ("steady", "ignored")]
 
 
 async def assert_dashboards_return_data(prometheus: str) -> None:

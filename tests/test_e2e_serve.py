@@ -284,3 +284,96 @@ def _status(server: Server, monitor: str) -> str:
         if server.metric("cronmon_monitor_status", monitor=monitor, status=status) == 1:
             return status
     raise AssertionError(f"{monitor} has no status")
+
+
+def test_banner_prints_real_uuid_urls_and_hides_configured_secrets(tmp_path):
+    """With the ping key from CRONMON_PING_KEY the banner still prints each
+    monitor's derived UUID URL (never a literal "<uuid>"), and it works;
+    the configured key and a configured UUID show as placeholders naming
+    their source. Without api_tokens it says how to get the APIs past 401."""
+    config = write_config(tmp_path, """
+monitors:
+  - {id: derived, schedule: {interval: 1h}}
+  - {id: kept, schedule: {interval: 1h}, ping: {uuid_env: KEPT_UUID}}
+""")
+    kept_uuid = "5b0c6f3e-2d1a-4c9b-8e7f-6a5b4c3d2e1f"
+    server = Server(config, tmp_path / "data", {"CRONMON_PING_KEY": "my-secret-ping-key", "KEPT_UUID": kept_uuid})
+    try:
+        server.wait_ready()
+        out = server.stop()
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    assert "<uuid>" not in out and "my-secret-ping-key" not in out and kept_uuid not in out
+    lines = {line.split(":")[0].strip(): line for line in out.splitlines() if line.startswith("  ")}
+    assert "/ping/<ping key default>/derived" in lines["derived"]
+    [uuid_url] = [word for word in lines["derived"].split() if word.startswith("http") and "<" not in word]
+    assert "/ping/<uuid from env KEPT_UUID>" in lines["kept"]
+    assert "management APIs: no API token configured, so they answer 401; declare one under api_tokens:" in out
+
+    again = Server(config, tmp_path / "data", {"CRONMON_PING_KEY": "my-secret-ping-key", "KEPT_UUID": kept_uuid},
+                   port=server.port)
+    try:
+        again.wait_ready()
+        assert httpx.get(uuid_url).status_code == 200
+        assert httpx.get(f"{again.base}/ping/{kept_uuid}").status_code == 200
+    finally:
+        again.stop()
+
+
+def test_a_restart_says_the_ping_key_was_reused(tmp_path):
+    config = write_config(tmp_path, CONFIG)
+    data_dir = tmp_path / "data"
+    first = Server(config, data_dir)
+    first.wait_ready()
+    out = first.stop()
+    key_file = data_dir / "ping_key"
+    assert f"ping key generated and kept in {key_file}" in out and "reused" not in out
+    key = key_file.read_text().strip()
+
+    second = Server(config, data_dir)
+    second.wait_ready()
+    out = second.stop()
+    assert f"ping key reused: kept in {key_file} since an earlier start" in out
+    assert "generated" not in out and f"/ping/{key}/heartbeat" in out
+    assert key_file.read_text().strip() == key
+
+
+def test_a_second_serve_on_a_data_dir_in_use_fails_before_its_banner(tmp_path):
+    config = write_config(tmp_path, CONFIG)
+    data_dir = tmp_path / "data"
+    server = Server(config, data_dir)
+    try:
+        server.wait_ready()
+        for flags in ([], ["--workers", "2"]):
+            second = Server(config, data_dir, flags=flags)
+            out, _ = second.process.communicate(timeout=30)
+            assert second.process.returncode == 1, out
+            assert out.strip().splitlines() == [
+                f"cronmon: not starting: data dir {data_dir.resolve()} is in use by another cronmon process "
+                f"(pid {server.process.pid}); stop it, or give this one its own --data-dir (env CRONMON_DATA_DIR)"
+            ], out
+        assert httpx.get(f"{server.base}/-/ready").status_code == 200  # the first one is unaffected
+    finally:
+        out = server.stop()
+    assert "ping URLs" in out
+
+
+@pytest.mark.parametrize("flags", [[], ["--workers", "2"]], ids=["one-process", "two-workers"])
+def test_sigterm_at_any_moment_of_start_up_stops_it(tmp_path, flags):
+    """A SIGTERM while cronmon starts (its workers' first Redis round
+    trips) stops it cleanly. aiohttp's run_app lost it about one start in
+    25: it stops by cancelling a task, and Python 3.11's wait_for can
+    swallow that cancellation, after which the worker served on, deaf to
+    the signal (cli.run_until_stopped). Bounded: 6 starts, each stopped at
+    another moment of its start-up."""
+    config = write_config(tmp_path, CONFIG)
+    for attempt, delay in enumerate((0.05, 0.1, 0.2, 0.4, 0.7, 1.0)):
+        data_dir = tmp_path / f"data{attempt}"
+        server = Server(config, data_dir, {"CRONMON_PING_KEY": "k" * 22}, flags)
+        # The banner's first line: the config is loaded and start-up begins
+        # (a SIGTERM before it ends the process as any process, by default).
+        assert server.process.stdout.readline().startswith("cronmon ")
+        time.sleep(delay)
+        server.stop()  # exits 0 within 30 s, or the test fails with what it waited for
+        assert not redis_server_running(data_dir)

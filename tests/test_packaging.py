@@ -1,5 +1,6 @@
 """Repository artifacts that users run directly."""
 
+import re
 from pathlib import Path
 
 import yaml
@@ -54,3 +55,13 @@ def test_readme_quick_start_has_exactly_the_two_commands():
     commands = [line.split("#")[0].strip() for line in quick.strip().splitlines()]
     assert commands == ["python3 dev.py serve", "python3 dev.py test"]
     assert "python3 dev.py test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_points_only_at_files_a_clone_has():
+    """A path the README names in the repository exists, and none leads
+    outside it (it once sent readers to ../shared/DESIGN.md)."""
+    readme = (ROOT / "README.md").read_text()
+    assert not re.search(r"(?<!\.)\.\./", readme)  # `.../runs` is an ellipsis, not a way out
+    paths = set(re.findall(r"`((?:exporter|config|alertmanager|grafana|tests|bench|\.ci)/[\w./-]*[\w/])`", readme))
+    assert len(paths) >= 5  # the pattern still finds the README's paths
+    assert [p for p in sorted(paths) if not (ROOT / p).exists()] == []

@@ -354,11 +354,13 @@ async def test_active_flight_test_now_runs_a_real_check(
     body = await response.json()
     landing = body["landing"]
     assert body["override_seconds"] == 300 and len(target.hits) == 1
-    assert landing["status"] == "ERROR" and landing["metadata"]["status_code"] == 503 and landing["is_test"]
+    assert landing["status"] == "ERROR" and landing["metadata"]["status_code"] == 503
+    # A real check that counts (below), so not a test landing (README: "it counts like any check").
+    assert landing["is_test"] is False
     stats = await (await client.get(f"/api/flights/{flight['id']}/metrics/", headers=auth)).json()
     assert stats["summary"]["24h"]["error"] == 1 and stats["summary"]["24h"]["uptime_percentage"] == 0.0
     listed = await (await client.get(f"/api/flights/{flight['id']}/landings/", headers=auth)).json()
-    assert [x["status"] for x in listed] == ["ERROR"]
+    assert [(x["status"], x["is_test"]) for x in listed] == [("ERROR", False)]
 
 
 async def test_schedule_gives_each_check_to_one_claimer(store, clock):

@@ -12,11 +12,13 @@
 --         annotations (object), probe_code (set only for an active
 --         check's result), outcome and bad (for a completion: what it
 --         records and whether that is bad for the thresholds, decided by
---         model.completion_outcome),
+--         model.completion_outcome), short_outcome and short_bad
+--         (what it records instead when its duration is below the
+--         monitor's min_runtime: model.too_short_outcome),
 --         idempotency_key (a client's key for this one check-in);
 --         absent fields are nil
 --       2 the monitor's settings (json object): grace, miss_after (grace
---         plus the clock skew allowance: when a slot counts as missed), max_runtime,
+--         plus the clock skew allowance: when a slot counts as missed), max_runtime, min_runtime,
 --         failure_threshold, recovery_threshold, rate_count (0: no limit),
 --         rate_window (seconds)
 --       3 the store's limits (json object): history, logs, meta_keys,
@@ -201,16 +203,26 @@ elseif completes then
   result_run = rid or run_id
   if result_run == '' then result_run = generated_run_id end
   close_recent(result_run)
-  local outcome = a.outcome
+  if duration and duration < 0 then duration = 0 end
+  local outcome, bad = a.outcome, a.bad
+  -- min_runtime: a success that ran shorter did not do its job. Judged
+  -- here because only the script knows a paired run's duration; what it
+  -- becomes (short_outcome, short_bad) is decided in Python
+  -- (model.too_short_outcome). A completion of unknown duration is not judged.
+  if a.short_outcome and c.min_runtime and duration and duration < c.min_runtime then
+    outcome, bad = a.short_outcome, a.short_bad
+    entry.too_short = c.min_runtime
+  end
   entry.outcome = outcome
-  if a.bad then
+  if bad then
     redis.call('HSET', state, 'last_failure', now_s)
   else
     redis.call('HSET', state, 'last_success', now_s)
   end
-  if exit_code then redis.call('HSET', state, 'last_exit', exit_code) end
+  -- Every completion replaces the last exit code, with none when it
+  -- reported none: an earlier run's 0 must not stand for this run's result.
+  if exit_code then redis.call('HSET', state, 'last_exit', exit_code) else redis.call('HDEL', state, 'last_exit') end
   if duration then
-    if duration < 0 then duration = 0 end
     entry.duration = duration
     redis.call('HSET', state, 'last_duration', fmt(duration))
     local buckets, index = lim.buckets, nil
@@ -221,7 +233,7 @@ elseif completes then
     redis.call('HINCRBYFLOAT', counters, 'dsum', duration)
     redis.call('HINCRBY', counters, 'dcount', 1)
   end
-  apply_outcome(state, counters, outcome, 1, a.bad, fthr, rthr)
+  apply_outcome(state, counters, outcome, 1, bad, fthr, rthr)
   count_uptime(KEYS[12], outcome, 1, now)
 else
   result_run = run_id

@@ -9,7 +9,12 @@
     GET    /api/v1/monitors/{id}/runs?limit=&before=   events, newest first
     GET    /api/v1/monitors/{id}/runs/{seq}/log     the log sent with one event
 
-Bodies use the YAML fields as JSON. Every error has one shape:
+Bodies use the YAML fields as JSON. A monitor's `ping_urls` (and
+`ping_url`, the first of them) are shown to tokens that may record
+check-ins on it (access.can_check_in): its own UUID URL, never a ping key,
+which addresses every monitor that accepts it. Every time in an answer,
+run entries included (`time`, `started`, `through`), is an RFC 3339 UTC
+string. Every error has one shape:
 ``{"error": {"code": "...", "message": "...", "issues": [{"field", "reason"}]}}``
 (issues only on validation_failed). A monitor the token may not see is
 404, as if it did not exist.
@@ -21,16 +26,18 @@ from typing import Any
 
 from aiohttp import web
 
-from ..access import can_change, can_see
+from ..access import can_change, can_check_in, can_see
 from ..config import MonitorSpec, SpecError, parse_monitor_spec
-from ..credentials import ApiToken
+from ..credentials import ApiToken, derived_ping_uuid
 from ..errors import MonitorExists, QuotaExceeded, ReadOnlyMonitor, StoreUnavailable, UnknownMonitor
-from ..model import CronSchedule, Facts, Monitor, iso_utc_or_none
+from ..model import MUTABLE_ALERTS, CronSchedule, Facts, Monitor, iso_utc_or_none
 from . import client
 from .client import ParamError, answering, bearer_token, int_param
 from .keys import CORE, SETTINGS
 
 MAX_PAGE = 200
+# Unix times in stored run entries besides `t` (shown as `time`).
+_RUN_TIMES = ("started", "through")
 
 
 class ApiError(Exception):
@@ -87,7 +94,7 @@ async def monitor_json(request: web.Request, monitor: Monitor, token: ApiToken, 
         facts = await core.facts(monitor.id)
     ev = core.evaluate(monitor, facts)
     schedule = monitor.schedule
-    body = {
+    body: dict[str, Any] = {
         "id": monitor.id,
         "name": monitor.name,
         "description": monitor.description,
@@ -97,6 +104,9 @@ async def monitor_json(request: web.Request, monitor: Monitor, token: ApiToken, 
         ),
         "grace": monitor.grace,
         "max_runtime": monitor.max_runtime,
+        "min_runtime": monitor.min_runtime,
+        # `mute:` and `alerts:` are two spellings of one setting: shown as the switches.
+        "alerts": {name: alert not in monitor.muted for name, alert in MUTABLE_ALERTS.items()},
         "failure_threshold": monitor.failure_threshold,
         "recovery_threshold": monitor.recovery_threshold,
         "labels": dict(monitor.labels),
@@ -119,11 +129,28 @@ async def monitor_json(request: web.Request, monitor: Monitor, token: ApiToken, 
         "running_runs": ev.running_runs,
         "consecutive_failures": ev.consecutive_failures,
     }
-    ping_uuid = core.registry.ping_uuid(monitor)
-    if ping_uuid and can_change(token, monitor):
-        # The ping URL is a secret: shown to those who may change the monitor.
-        body["ping_url"] = f"{request.app[SETTINGS].base_url}/ping/{ping_uuid}"
+    if can_check_in(token, monitor):
+        # Ping URLs are check-in credentials: shown to the tokens that may
+        # record check-ins on the monitor anyway (for a YAML monitor, those
+        # its ping.tokens names), not to read-scope ones.
+        urls = ping_urls(request, monitor)
+        body["ping_urls"] = urls
+        if urls:
+            body["ping_url"] = urls[0]
     return body
+
+
+def ping_urls(request: web.Request, monitor: Monitor) -> list[str]:
+    """The monitor's UUID URL when cronmon made its UUID (an API monitor's,
+    or a YAML monitor's derived one). A UUID from ping.uuid_env/uuid_file is
+    the operator's secret and a ping key addresses every monitor that
+    accepts it: neither is served (`cronmon urls` prints them)."""
+    registry = request.app[CORE].registry
+    if monitor.from_yaml:
+        uuid = derived_ping_uuid(monitor, registry.secrets) if registry.secrets else None
+    else:
+        uuid = registry.ping_uuid(monitor)
+    return [f"{request.app[SETTINGS].base_url}/ping/{uuid}"] if uuid else []
 
 
 async def list_monitors(request: web.Request) -> web.Response:
@@ -172,7 +199,13 @@ async def patch_monitor(request: web.Request) -> web.Response:
     if changes.get("id", monitor.id) != monitor.id:
         raise ApiError(400, "validation_failed", "the id cannot change", [("id", "must be " + monitor.id)])
     current = ((await request.app[CORE].monitor_definition(monitor.id)) or {}).get("spec", {})
-    return await _update(request, token, monitor, parse_spec(request, {**current, **changes}))
+    merged = {**current, **changes}
+    # A change of `alerts` replaces a stored `mute` and the other way round:
+    # they are one setting, and the spec refuses both at once.
+    for sent, stored in (("alerts", "mute"), ("mute", "alerts")):
+        if sent in changes and stored not in changes:
+            merged.pop(stored, None)
+    return await _update(request, token, monitor, parse_spec(request, merged))
 
 
 async def _update(request: web.Request, token: ApiToken, monitor: Monitor, spec: MonitorSpec) -> web.Response:
@@ -214,6 +247,11 @@ async def list_runs(request: web.Request) -> web.Response:
     page, more = await request.app[CORE].events(monitor.id, limit=limit, before=before)
     for event in page:
         event["time"] = iso_utc_or_none(event.pop("t", None))
+        # The other times an entry holds: a run's start (on its end or
+        # timeout), the last slot a missed or outage entry accounts for.
+        for name in _RUN_TIMES:
+            if isinstance(event.get(name), int | float):
+                event[name] = iso_utc_or_none(event[name])
         if "log" in event:
             event["has_log"] = True
             del event["log"]

@@ -174,6 +174,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     crosscheck_checkin.add_routes(app)  # before crosscheck's /api/flights/{id}/
     crosscheck.add_routes(app)
     sentry.add_routes(app)
+    healthchecks.add_root_routes(app)  # last: hc-ping.com's /<uuid>, /<key>/<slug>
     return app
 
 

@@ -11,12 +11,23 @@ ping routes, which record exit code (`/<code>` or `?exit_code=`), duration
 
 Boxwatch's plan limit becomes a configurable maximum number of checks per
 owner (402 plan_limit_reached). Errors keep the document's shapes:
-400 {"error": "validation_failed", "issues": [{field, reason}]},
-404 {"error": "not_found"}.
+400 {"error": "validation_failed", "issues": [{field, reason}]} (`field` a
+request field's name), 402 {"error", "current", "limit", "plan"},
+404 {"error": "not_found"}; the undocumented ones are {"error": <code>}.
+
+JSON types are the document's (a typed client decodes them): every number
+the document shows as an integer is one. Durations are whole seconds,
+rounded half up (2.49 s -> 2, 2.5 s -> 3); timestamps are whole seconds,
+`2026-05-24T03:00:14Z` (UTC, `Z`, no fraction; the second it happened in,
+i.e. truncated); `user_id` is an integer derived from the token's owner
+(see _user_id). Metrics and the native API keep the exact values.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -26,7 +37,7 @@ from ..access import can_change, can_see
 from ..config import SpecError, parse_monitor_spec
 from ..credentials import ApiToken
 from ..errors import QuotaExceeded, StoreUnavailable, UnknownMonitor
-from ..model import Facts, Monitor, iso_utc
+from ..model import Facts, Monitor
 from .client import BodyError, answering, bearer_token, read_json, slugify
 from .keys import CORE, SETTINGS
 
@@ -41,6 +52,40 @@ _MUTES = {
     "alert_on_long": "too_long",
 }
 _UPDATABLE = ("name", "server_id", "interval_seconds", "grace_seconds", "max_duration_seconds", "enabled", *_ALERTS)
+
+
+def _timestamp(value: float | None) -> str | None:
+    """The document's timestamps: `2026-05-24T03:00:14Z`, whole seconds
+    (truncated: the second the thing happened in), None for never."""
+    if value is None:
+        return None
+    return datetime.fromtimestamp(math.floor(value), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _whole_seconds(value: float | None) -> int | None:
+    """A duration as the document's integer seconds, rounded half up (not
+    Python's round(), which rounds 2.5 to 2): 2.013 -> 2, 7.5 -> 8."""
+    if value is None:
+        return None
+    return max(0, math.floor(float(value) + 0.5))
+
+
+def _integer(value: Any) -> int | None:
+    return int(value) if value is not None else None
+
+
+def _user_id(owner: str | None) -> int | None:
+    """Boxwatch's integer user_id for a cronmon owner (a name): the first 31
+    bits of its SHA-256, so the same owner has the same id on every replica
+    and after restarts, without storing a mapping, and it fits a signed
+    32-bit integer. 0 is never produced (0 -> 1)."""
+    if owner is None:
+        return None
+    return int.from_bytes(hashlib.sha256(owner.encode()).digest()[:4], "big") & 0x7FFFFFFF or 1
+
+
+def _issues(*pairs: tuple[str, str]) -> dict[str, Any]:
+    return {"error": "validation_failed", "issues": [{"field": f, "reason": r} for f, r in pairs]}
 
 
 class _Error(Exception):
@@ -98,22 +143,21 @@ async def _body(request: web.Request) -> CheckFields:
     except BodyError as exc:
         if exc.status == 413:
             raise _Error(413, {"error": "payload_too_large"}) from None
-        raise _Error(400, {"error": "validation_failed", "issues": [{"field": "body", "reason": exc.reason}]}) from None
+        raise _Error(400, _issues(("body", exc.reason))) from None
     if not isinstance(data, dict):
-        raise _Error(
-            400, {"error": "validation_failed", "issues": [{"field": "body", "reason": "must be a JSON object"}]}
-        )
+        raise _Error(400, _issues(("body", "must be a JSON object")))
     try:
         return CheckFields.model_validate(data)
     except ValidationError as exc:
-        issues = [
-            {
-                "field": ".".join(str(p) for p in e["loc"]) or "body",
-                "reason": "unknown field" if e["type"] == "extra_forbidden" else e["msg"],
-            }
-            for e in exc.errors(include_url=False)
-        ]
-        raise _Error(400, {"error": "validation_failed", "issues": issues}) from None
+        # One issue per request field, named as the client sent it: a union
+        # (boolean or integer) fails once per member, at ("enabled", "bool").
+        reasons: dict[str, list[str]] = {}
+        for e in exc.errors(include_url=False):
+            field = str(e["loc"][0]) if e["loc"] else "body"
+            reason = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+            if reason not in reasons.setdefault(field, []):
+                reasons[field].append(reason)
+        raise _Error(400, _issues(*((f, " or ".join(r)) for f, r in reasons.items()))) from None
 
 
 def _validated(fields: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +184,7 @@ def _validated(fields: dict[str, Any]) -> dict[str, Any]:
     if flags["alert_on_long"] and max_duration is None:
         issues.append(("alert_on_long", "requires max_duration_seconds"))
     if issues:
-        raise _Error(400, {"error": "validation_failed", "issues": [{"field": f, "reason": r} for f, r in issues]})
+        raise _Error(400, _issues(*issues))
     return {**fields, "grace_seconds": grace, **flags}
 
 
@@ -159,9 +203,7 @@ def _spec(monitor_id: str, fields: dict[str, Any]) -> Any:
     try:
         return parse_monitor_spec(data, 0.0)
     except SpecError as exc:  # should not happen after _validated
-        raise _Error(
-            400, {"error": "validation_failed", "issues": [{"field": f, "reason": r} for f, r in exc.issues]}
-        ) from None
+        raise _Error(400, _issues(*exc.issues)) from None
 
 
 def _fields_of(monitor: Monitor) -> dict[str, Any]:
@@ -193,15 +235,11 @@ async def _check_json(
     if facts is None:
         facts = await core.facts(monitor.id)
     fields = _fields_of(monitor)
-
-    def ts(value: float | None) -> str | None:
-        return iso_utc(value) if value is not None else None
-
     return {
-        "id": monitor.extras["boxwatch_id"],
-        "user_id": monitor.owner,
-        "server_id": fields["server_id"],
-        "server_hostname": None,
+        "id": int(monitor.extras["boxwatch_id"]),
+        "user_id": _user_id(monitor.owner),
+        "server_id": _integer(fields["server_id"]),
+        "server_hostname": None,  # cronmon has no servers to name
         "name": fields["name"],
         "slug": core.registry.ping_uuid(monitor) if can_change(token, monitor) else None,
         "interval_seconds": fields["interval_seconds"],
@@ -210,13 +248,13 @@ async def _check_json(
         "enabled": int(fields["enabled"]),
         "status": core.evaluate(monitor, facts).status.value,
         **{key: int(fields[key]) for key in _ALERTS},
-        "last_ping_at": ts(facts.last_checkin),
-        "last_start_at": ts(facts.last_start),
-        "last_success_at": ts(facts.last_success),
-        "last_fail_at": ts(facts.last_failure),
-        "last_exit_code": facts.last_exit_code,
-        "last_duration_seconds": facts.last_duration,
-        "created_at": ts(monitor.extras.get("created_at")),
+        "last_ping_at": _timestamp(facts.last_checkin),
+        "last_start_at": _timestamp(facts.last_start),
+        "last_success_at": _timestamp(facts.last_success),
+        "last_fail_at": _timestamp(facts.last_failure),
+        "last_exit_code": _integer(facts.last_exit_code),
+        "last_duration_seconds": _whole_seconds(facts.last_duration),
+        "created_at": _timestamp(monitor.extras.get("created_at")),
     }
 
 
@@ -240,9 +278,7 @@ async def create_check(request: web.Request) -> web.Response:
     sent = body.model_dump(exclude_unset=True)
     missing = [f for f in ("name", "interval_seconds") if sent.get(f) is None]
     if missing:
-        raise _Error(
-            400, {"error": "validation_failed", "issues": [{"field": f, "reason": "required"} for f in missing]}
-        )
+        raise _Error(400, _issues(*((f, "required") for f in missing)))
     defaults = {
         "grace_seconds": None,
         "max_duration_seconds": None,
@@ -274,12 +310,14 @@ async def create_check(request: web.Request) -> web.Response:
             quotas={PLAN_QUOTA: settings.boxwatch_plan_limit},
         )
     except QuotaExceeded as exc:
-        limit = exc.limit
+        limit, current = int(exc.limit), int(exc.limit)
+        if exc.quota == PLAN_QUOTA:  # more if the limit was lowered since
+            current = max(current, sum(1 for m in _checks(request, token) if m.owner == token.owner))
         raise _Error(
             402,
             {
                 "error": "plan_limit_reached",
-                "current": limit,
+                "current": current,
                 "limit": limit,
                 "plan": settings.boxwatch_plan if exc.quota == PLAN_QUOTA else "monitors_per_owner",
             },
@@ -297,13 +335,7 @@ async def get_check(request: web.Request) -> web.Response:
         if offset < 0:
             raise ValueError
     except ValueError:
-        raise _Error(
-            400,
-            {
-                "error": "validation_failed",
-                "issues": [{"field": "pings_offset", "reason": "must be a whole number >= 0"}],
-            },
-        ) from None
+        raise _Error(400, _issues(("pings_offset", "must be a whole number >= 0"))) from None
     core = request.app[CORE]
     page, _ = await core.events(
         monitor.id, limit=PINGS_PAGE, offset=offset, kinds=("start", "success", "fail", "log")
@@ -311,15 +343,15 @@ async def get_check(request: web.Request) -> web.Response:
     bodies = await core.logs(monitor.id, [e["log"] for e in page if "log" in e])
     pings = [
         {
-            "id": e["seq"],
-            "check_id": monitor.extras["boxwatch_id"],
+            "id": int(e["seq"]),
+            "check_id": int(monitor.extras["boxwatch_id"]),
             "ping_type": e["kind"],
-            "exit_code": e.get("exit_code"),
-            "duration_seconds": e.get("duration"),
+            "exit_code": _integer(e.get("exit_code")),
+            "duration_seconds": _whole_seconds(e.get("duration")),
             "source_ip": e.get("ip"),
             "user_agent": e.get("ua"),
             "body": bodies.get(e["log"]) if "log" in e else None,
-            "received_at": iso_utc(e["t"]),
+            "received_at": _timestamp(e["t"]),
         }
         for e in page
     ]
@@ -341,9 +373,7 @@ async def update_check(request: web.Request) -> web.Response:
         raise _Error(403, {"error": "forbidden"})
     sent = {k: v for k, v in (await _body(request)).model_dump(exclude_unset=True).items() if k in _UPDATABLE}
     if not sent:
-        raise _Error(
-            400, {"error": "validation_failed", "issues": [{"field": "body", "reason": "no updatable fields provided"}]}
-        )
+        raise _Error(400, _issues(("body", "no updatable fields provided")))
     current = _fields_of(monitor)
     if "interval_seconds" in sent and "grace_seconds" not in sent:
         current["grace_seconds"] = min(current["grace_seconds"], sent["interval_seconds"] // 2)

@@ -3,6 +3,17 @@
     /ping/<uuid>[/start|/fail|/log|/<exit status>]
     /ping/<ping key>/<slug>[/start|/fail|/log|/<exit status>]
 
+and the same at the root, as hc-ping.com serves them (its URLs are
+`https://hc-ping.com/<uuid>` and `https://hc-ping.com/<ping key>/<slug>`,
+so a job changes only the base URL). The root routes (add_root_routes,
+registered after every other API's) match only those shapes: a UUID
+(8-4-4-4-12 hex, either case), or a ping key of at least 16 URL-safe
+characters (Healthchecks' and cronmon's generated keys have 22) and a
+slug, each optionally followed by an action and one trailing slash. No
+cronmon route starts with such a segment, so none is shadowed; a shorter
+configured key works under /ping/ only. Both prefixes reach the same
+handler with the same tail and answer alike.
+
 GET, HEAD and POST; ``?rid=<uuid>`` pairs a start with its completion. A
 POST body becomes the run's log. With --auto-provision, ``?create=1`` on a
 slug URL creates an unknown monitor (201 "Created"). Responses follow Healthchecks: 200 "OK";
@@ -224,3 +235,25 @@ def _exit_and_duration(request: web.Request, path: PingPath) -> tuple[int | None
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/ping/{tail:.+}", ping)  # GET also answers HEAD
     app.router.add_post("/ping/{tail:.+}", ping)
+
+
+# The root forms. An action is any number (as Healthchecks' <int:...>), so
+# /<uuid>/256 answers 400 "invalid url format" there as under /ping/. The
+# slug takes cronmon's monitor-id characters (with "."), and capitals as
+# Django's slug converter does, so that every answer (404 "not found",
+# 400 for a slug ?create=1 cannot use) is the /ping/ one.
+_HEX = "[0-9A-Fa-f]"
+_UUID = f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}"
+_ACTION = "(?:/(?:start|fail|log|[0-9]+))?/?"
+ROOT_KEY_MIN = 16
+ROOT_UUID_TAIL = f"{_UUID}{_ACTION}"
+ROOT_SLUG_TAIL = f"[A-Za-z0-9_-]{{{ROOT_KEY_MIN},}}/[A-Za-z0-9_.-]+{_ACTION}"
+
+
+def add_root_routes(app: web.Application) -> None:
+    """hc-ping.com's URL shapes at the root. Register these last: aiohttp
+    tries root-level patterns only after every longer prefix, and among
+    themselves in registration order, so cronmon's own routes always win."""
+    for tail in (ROOT_UUID_TAIL, ROOT_SLUG_TAIL):
+        app.router.add_get(f"/{{tail:{tail}}}", ping)  # GET also answers HEAD
+        app.router.add_post(f"/{{tail:{tail}}}", ping)
