@@ -7,8 +7,9 @@
 Creates .venv/ on first use and reinstalls when pyproject.toml changes.
 `test` also makes sure the Debian-packaged tools the end-to-end tests use
 (prometheus and promtool from `prometheus`, Alertmanager and amtool from
-`prometheus-alertmanager`, and curl and wget as real clients) are installed, installing them with apt-get
-when running as root; otherwise it says what to install and fails. Tests
+`prometheus-alertmanager`, curl and wget as real clients, chromium for the
+browser test) are installed, installing them with apt-get when running as
+root; otherwise it says what to install and fails. Tests
 are never skipped for a missing tool.
 """
 
@@ -35,6 +36,8 @@ SYSTEM_TOOLS = {
     # Real clients the drop-in tests run as a migrated job would.
     "curl": "curl",
     "wget": "wget",
+    # The status page's browser test (through playwright).
+    "chromium": "chromium",
 }
 
 

@@ -20,6 +20,8 @@ from .settings import DEFAULT_PORT, Settings
 from .workers import supervise, worker_index
 
 if TYPE_CHECKING:
+    import ssl
+
     from aiohttp import web
 
 log = logging.getLogger("cronmon")
@@ -154,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        type=Path,
+        metavar="PATH",
+        default=os.environ.get("CRONMON_WEB_CONFIG_FILE") or None,
+        help=(
+            "TLS, basic auth and response headers, in the format of Prometheus' exporter-toolkit "
+            "(README, \"TLS and basic auth\"); read once at start, a bad file refuses to start; "
+            "env CRONMON_WEB_CONFIG_FILE"
+        ),
+    )
+    serve.add_argument(
         "--web.enable-lifecycle",
         dest="enable_lifecycle",
         action="store_true",
@@ -235,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(urls)
     _add_public_url(urls)
     _add_listen(urls, "serve's --listen, for the URLs' base when there is no --public-url")
+    from . import runner  # `cronmon exec`; its options live with it
+
+    runner.add_parser(commands)
     return parser
 
 
@@ -290,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         return check_config(args.path)
     if args.command == "urls":
         return print_urls(args)
+    if args.command == "exec":
+        from . import runner
+
+        return runner.main(args)
     return serve(args, argv[argv.index("serve") + 1 :])
 
 
@@ -351,6 +372,17 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
         except EmbeddedRedisError as exc:
             print(f"cronmon: not starting: {exc}", file=sys.stderr)
             return 1
+    web_config = None
+    if args.web_config_file:
+        from .webconfig import WebConfigError, load_web_config
+
+        try:
+            web_config = load_web_config(Path(args.web_config_file))
+        except WebConfigError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            print("cronmon: not starting: the web config file is invalid", file=sys.stderr)
+            return 1
     settings = Settings(
         config_path=args.config,
         listen_host=host,
@@ -371,6 +403,7 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
         probe_concurrency=args.probe_concurrency,
         probe_allowed_networks=tuple(args.probe_allow_network),
         bridge_enabled=worker_index() in (None, 0),
+        web_config=web_config,
     )
     if args.workers > 1 and worker_index() is None:
         return _serve_workers(settings, argv, args.workers)
@@ -398,14 +431,17 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
     # ping during 10,000-monitor scrapes went from 107 ms to 66 ms.
     sys.setswitchinterval(0.001)
     try:
-        asyncio.run(run_until_stopped(app, host, port, settings.idle_timeout))
+        ssl_context = web_config.ssl_context if web_config else None
+        asyncio.run(run_until_stopped(app, host, port, settings.idle_timeout, ssl_context))
     except EmbeddedRedisError as exc:
         print(f"cronmon: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-async def run_until_stopped(app: web.Application, host: str, port: int, idle_timeout: float) -> None:
+async def run_until_stopped(
+    app: web.Application, host: str, port: int, idle_timeout: float, ssl_context: ssl.SSLContext | None = None
+) -> None:
     """Serve `app` until SIGTERM or SIGINT, then run its cleanup.
 
     aiohttp's run_app stops by cancelling its main task, and Python 3.11's
@@ -429,7 +465,7 @@ async def run_until_stopped(app: web.Application, host: str, port: int, idle_tim
     await runner.setup()
     try:
         # reuse_port: the workers of a supervisor share the address.
-        await web.TCPSite(runner, host, port, reuse_port=worker_index() is not None).start()
+        await web.TCPSite(runner, host, port, reuse_port=worker_index() is not None, ssl_context=ssl_context).start()
         await stopping.wait()
     finally:
         await runner.cleanup()

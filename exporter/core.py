@@ -21,6 +21,7 @@ from .credentials import (
     ResolvedSecrets,
     derive_secret,
     derive_uuid,
+    derived_ping_uuid,
     derived_secret_digest,
     derived_uuid_digest,
     digest,
@@ -167,6 +168,16 @@ class Registry:
         if monitor.from_yaml or self.secrets is None or self.secrets.uuid_key_digest is None:
             return None
         return derive_uuid(self.secrets.uuid_key_digest, monitor.id)
+
+    def served_ping_uuid(self, monitor: Monitor) -> str | None:
+        """The ping UUID the APIs and the status page may show (to those
+        allowed to check in): one cronmon made, an API monitor's or a YAML
+        monitor's derived one. A UUID from ping.uuid_env/uuid_file is the
+        operator's secret, and a ping key addresses every monitor that
+        accepts it: neither is served (`cronmon urls` prints them)."""
+        if not monitor.from_yaml:
+            return self.ping_uuid(monitor)
+        return derived_ping_uuid(monitor, self.secrets) if self.secrets is not None else None
 
 
 class Core:

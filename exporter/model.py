@@ -425,7 +425,7 @@ def in_networks(address: str | None, networks) -> bool:
 
 
 def format_duration(seconds: float) -> str:
-    """1h30m style, the inverse of config.parse_duration for whole seconds."""
+    """1h30m style, the inverse of durations.parse_duration for whole seconds."""
     total = int(seconds)
     if total != seconds or total == 0:
         return f"{seconds:g}s"

@@ -5,8 +5,12 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .store import StoreLimits
+
+if TYPE_CHECKING:
+    from .webconfig import WebConfig
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -62,10 +66,14 @@ class Settings:
     # Outage-aware accounting (Core.heartbeat): slots and runs that an
     # outage of every cronmon overlapped are not counted against jobs.
     track_outages: bool = True
+    # --web.config.file, validated (exporter.webconfig): TLS, basic auth
+    # and response headers; None: plain HTTP, no auth.
+    web_config: WebConfig | None = None
 
     @property
     def base_url(self) -> str:
         if self.public_url:
             return self.public_url.rstrip("/")
         host = "localhost" if self.listen_host in ("", "0.0.0.0", "::") else self.listen_host
-        return f"http://{host}:{self.listen_port}"
+        scheme = self.web_config.scheme if self.web_config is not None else "http"
+        return f"{scheme}://{host}:{self.listen_port}"

@@ -140,17 +140,23 @@ async def start_prometheus(
         config["alerting"] = {
             "alertmanagers": [{"static_configs": [{"targets": [alertmanager_url.removeprefix("http://")]}]}]
         }
-    path = tmp / "prometheus.yml"
+    return await _run_prometheus(tmp, config, port, "prometheus", "prom-data")
+
+
+async def _run_prometheus(tmp: Path, config: dict, port: int, name: str, data: str) -> tuple[Process, str]:
+    """Prometheus on `config`, written to tmp/<name>.yml (its log:
+    tmp/<name>.log, its TSDB: tmp/<data>), once it answers /-/ready."""
+    path = tmp / f"{name}.yml"
     path.write_text(yaml.safe_dump(config))
     process = Process(
         [
             binary("prometheus"),
             f"--config.file={path}",
-            f"--storage.tsdb.path={tmp / 'prom-data'}",
+            f"--storage.tsdb.path={tmp / data}",
             f"--web.listen-address=127.0.0.1:{port}",
         ],
         f"http://127.0.0.1:{port}/-/ready",
-        tmp / "prometheus.log",
+        tmp / f"{name}.log",
     )
     await process.wait_ready()
     return process, f"http://127.0.0.1:{port}"
@@ -202,3 +208,17 @@ class WebhookReceiver:
             await asyncio.sleep(0.1)
         seen = [(n.labels.get("alertname"), n.status, n.labels.get("monitor")) for n in self.notifications]
         raise AssertionError(f"no {status} {alertname} {labels} within {timeout}s; got {seen}")
+
+
+async def start_prometheus_scraping(
+    tmp: Path, scrape_configs: list[dict], interval: str = "1s"
+) -> tuple[Process, str]:
+    """A Prometheus with these scrape_configs as they are (scheme: https,
+    tls_config, basic_auth, ...), no rules and no Alertmanager: for the
+    tests of how cronmon is scraped rather than what it alerts on."""
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "scrape_configs": scrape_configs,
+    }
+    return await _run_prometheus(tmp, config, port, "prometheus-scrape", "prom-scrape-data")

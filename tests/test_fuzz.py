@@ -87,6 +87,7 @@ ROUTES = [
     ("POST", "/api/flights/check-in/"), ("POST", "/api/flights/test-check-in/"),
     ("GET", "/c/{x}/"), ("POST", "/c/{x}/"),
     ("POST", "/api/42/envelope/"), ("GET", "/api/42/cron/{m}/{token}/"), ("POST", "/api/42/cron/{m}/{token}/"),
+    ("POST", "/login"), ("POST", "/logout"),
 ]
 CASES: Counter = Counter()
 

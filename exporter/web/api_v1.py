@@ -28,7 +28,7 @@ from aiohttp import web
 
 from ..access import can_change, can_check_in, can_see
 from ..config import MonitorSpec, SpecError, parse_monitor_spec
-from ..credentials import ApiToken, derived_ping_uuid
+from ..credentials import ApiToken
 from ..errors import MonitorExists, QuotaExceeded, ReadOnlyMonitor, StoreUnavailable, UnknownMonitor
 from ..model import MUTABLE_ALERTS, CronSchedule, Facts, Monitor, iso_utc_or_none
 from . import client
@@ -141,15 +141,8 @@ async def monitor_json(request: web.Request, monitor: Monitor, token: ApiToken, 
 
 
 def ping_urls(request: web.Request, monitor: Monitor) -> list[str]:
-    """The monitor's UUID URL when cronmon made its UUID (an API monitor's,
-    or a YAML monitor's derived one). A UUID from ping.uuid_env/uuid_file is
-    the operator's secret and a ping key addresses every monitor that
-    accepts it: neither is served (`cronmon urls` prints them)."""
-    registry = request.app[CORE].registry
-    if monitor.from_yaml:
-        uuid = derived_ping_uuid(monitor, registry.secrets) if registry.secrets else None
-    else:
-        uuid = registry.ping_uuid(monitor)
+    """The URLs a job can ping `monitor` on with no other secret (Registry.served_ping_uuid)."""
+    uuid = request.app[CORE].registry.served_ping_uuid(monitor)
     return [f"{request.app[SETTINGS].base_url}/ping/{uuid}"] if uuid else []
 
 

@@ -23,6 +23,7 @@ from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from .. import webconfig
 from ..bridge import AlertBridge
 from ..core import Core
 from ..embedded import EmbeddedRedis
@@ -37,6 +38,7 @@ from ..store import Store, connect
 from ..sweeper import Sweeper
 from ..workers import MULTIPROC_ENV
 from . import api_v1, boxwatch, crontify, crosscheck, crosscheck_checkin, healthchecks, ops, sentry
+from .client import bearer_token
 from .keys import BRIDGE, CORE, EMBEDDED, PROBER, RELOADER, SCRAPER, SELF_REGISTRY, SETTINGS, SWEEPER
 from .logs import quiet_client_errors
 
@@ -144,12 +146,15 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
         warnings.filterwarnings("ignore", "router argument is deprecated", DeprecationWarning)
         app = web.Application(
             router=_Router(),
-            middlewares=[instrument],
+            # The web config's auth after instrument: its 401s are counted too.
+            middlewares=[instrument, *_web_config_auth(settings)],
             client_max_size=settings.max_body_bytes,
             # Bodies are inflated by the kit (client.read_body), which
             # bounds the result and answers a corrupt one at once.
             handler_args={"auto_decompress": False},
         )
+    if settings.web_config:
+        webconfig.install(app, settings.web_config)  # its response headers
     app[SETTINGS] = settings
     app[CORE] = core
     app[RELOADER] = reloader
@@ -176,6 +181,13 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     sentry.add_routes(app)
     healthchecks.add_root_routes(app)  # last: hc-ping.com's /<uuid>, /<key>/<slug>
     return app
+
+
+def _web_config_auth(settings: Settings) -> list:
+    """--web.config.file's basic auth (and client SAN check), if any."""
+    if settings.web_config is None:
+        return []
+    return [webconfig.middleware(settings.web_config, lambda request: bearer_token(request)[1] is not None)]
 
 
 class _Router(web.UrlDispatcher):
