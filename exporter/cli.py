@@ -68,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("CRONMON_REDIS_URL"),
         metavar="URL",
         help=(
-            "use this Redis server (redis://, rediss:// or unix://) instead of the embedded one; env CRONMON_REDIS_URL"
+            "use this Redis server (redis://, rediss:// or unix://) instead of the embedded one, or the primary "
+            "Sentinel names: redis+sentinel://[:password@]host:port[,host:port...]/<service>[/db]"
+            "[?wait_replicas=1&wait_timeout=1000] (a check-in is answered only once that many replicas hold it); "
+            "env CRONMON_REDIS_URL"
         ),
     )
     _add_data_dir(serve)
@@ -364,6 +367,14 @@ def print_urls(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace, argv: list[str]) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = args.listen
+    if args.redis_url:
+        from .store import check_url
+
+        try:
+            check_url(args.redis_url)
+        except ValueError as exc:
+            print(f"cronmon: not starting: --redis-url (env CRONMON_REDIS_URL): {exc}", file=sys.stderr)
+            return 2
     if not args.redis_url and worker_index() is None:
         # Before the config is read or anything printed: a second cronmon
         # on a data dir in use stops here, with one sentence.

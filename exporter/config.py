@@ -21,6 +21,8 @@ of ``cronmon check-config`` shows everything that is wrong.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import hashlib
 import ipaddress
 import re
@@ -597,6 +599,19 @@ def _describe(file: Path, raw: dict, errors: list[dict]) -> list[str]:
     return out
 
 
+@functools.cache
+def _known_keys() -> tuple[str, ...]:
+    """Every key of every config model: what an unknown key is compared
+    with for a "did you mean" (alerts: {long: ...} -> too_long)."""
+    names: set[str] = set()
+    pending: list[type[BaseModel]] = [_Strict]
+    while pending:
+        model = pending.pop()
+        pending.extend(model.__subclasses__())
+        names.update(model.model_fields)
+    return tuple(sorted(names))
+
+
 def _issues(errors: list[Any]) -> list[tuple[list, str, str]]:
     """(location, dotted field within its item, message) of each error."""
     out = []
@@ -609,7 +624,9 @@ def _issues(errors: list[Any]) -> list[tuple[list, str, str]]:
         )
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see README for the fields)"
+            guess = difflib.get_close_matches(str(loc[-1]), _known_keys(), n=1)
+            hint = f"did you mean {guess[0]!r}? " if guess else "check the spelling; "
+            message = f"unknown key ({hint}see README for the fields)"
         elif error["type"] == "string_pattern_mismatch" and field == "id":
             message = (
                 f"{error['input']!r} is not a valid id: lower-case letters, digits, _ . - "

@@ -26,6 +26,10 @@ all of them atomically::
     cronmon:probes             hash: active monitor id -> its check's fingerprint (url, interval, ...)
     cronmon:probes:schedule    zset: active monitor id -> when its next check is due
 
+Where Redis is: the embedded server (no URL), one server (redis://,
+rediss://, unix://), or a primary found through Sentinel
+(redis+sentinel://host:port[,host:port...]/<service>[/db], see connect).
+
 Every check-in is one round trip (record.lua). The deadline index is
 updated inside the same script, which keeps it exact and race-free on a
 single Redis server or a Sentinel-managed primary. (On Redis Cluster the
@@ -44,11 +48,13 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
+from urllib.parse import parse_qs, unquote
 
 import hiredis
 import redis.asyncio as redis
 from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from .errors import StoreUnavailable
@@ -109,6 +115,12 @@ _UNAVAILABLE = (
 
 
 def _unavailable_message(exc: Exception) -> str:
+    if isinstance(exc, MasterNotFoundError):
+        # redis-py appends the full repr of each unreachable sentinel's client
+        # (kilobytes of it) to the message: keep its sentence and a count.
+        text, _, errors = str(exc).partition(" : ")
+        unreachable = f" ({errors.count(' - ')} sentinel(s) unreachable)" if errors else ""
+        return f"store unavailable: {type(exc).__name__}: {text}{unreachable}"
     return f"store unavailable: {type(exc).__name__}: {exc}"
 
 
@@ -137,6 +149,10 @@ class _Batcher:
     def __init__(self, client: redis.Redis, limit: int = 256):
         self.client = client
         self.limit = limit
+        # Sentinel mode: how many replicas must hold a batch's writes before
+        # they are acknowledged (WAIT); None elsewhere.
+        pool = client.connection_pool
+        self._wait = (pool.wait_replicas, pool.wait_timeout_ms) if isinstance(pool, _SentinelPool) else None
         self._pending: list[tuple[Any, list, list, asyncio.Future]] = []
         self._scheduled = False
         self._sending: set[asyncio.Task] = set()  # the loop keeps only weak references
@@ -185,7 +201,22 @@ class _Batcher:
         async with self.client.pipeline(transaction=False) as pipe:
             for script, keys, args, _ in batch:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
-            return await pipe.execute(raise_on_error=False)
+            if self._wait is None or self._wait[0] == 0:
+                return await pipe.execute(raise_on_error=False)
+            # Same connection, same round trip: WAIT returns once `replicas`
+            # replicas hold every write sent before it (or the timeout passed).
+            replicas, timeout_ms = self._wait
+            pipe.execute_command("WAIT", replicas, timeout_ms)
+            *replies, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(acked, Exception):
+                raise acked
+            if int(acked) < replicas:
+                # Applied on the primary only: a failover now could lose it,
+                # so it is not acknowledged (503; the retry is a duplicate).
+                raise redis_errors.ConnectionError(
+                    f"only {acked} of {replicas} replica(s) confirmed the write within {timeout_ms} ms"
+                )
+            return replies
 
 
 def _is_noscript(reply: Any) -> bool:
@@ -253,6 +284,9 @@ class Store:
 
     async def close(self) -> None:
         await self.client.aclose()
+        pool = self.client.connection_pool
+        if isinstance(pool, _SentinelPool):
+            await pool.sentinel_manager.aclose()  # its connections to the sentinels
 
     async def ping(self) -> None:
         try:
@@ -824,6 +858,138 @@ DEFAULT_MAX_CONNECTIONS = 64
 POOL_WAIT_SECONDS = 10.0
 
 
+SENTINEL_SCHEME = "redis+sentinel"
+# Sentinel mode: how long a batch of writes waits for its replicas (WAIT)
+# before it is refused as unavailable. Below socket_timeout, so the WAIT
+# itself never times the connection out.
+DEFAULT_WAIT_TIMEOUT_MS = 1000
+# Sentinels answer from memory; one that does not within this is skipped.
+SENTINEL_SOCKET_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """A parsed ``redis+sentinel://[[user]:password@]host:port[,host:port...]/<service>[/db]``
+    URL; ``?wait_replicas=N&wait_timeout=MS`` (defaults 1 and 1000)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    wait_replicas: int = 1
+    wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.lower().startswith(SENTINEL_SCHEME + "://")
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """ValueError naming what is wrong with `url`."""
+    form = "redis+sentinel://[:password@]host:port[,host:port...]/<service>[/db]"
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() != SENTINEL_SCHEME:
+        raise ValueError(f"not a Sentinel URL (scheme {scheme!r}, expected {SENTINEL_SCHEME}://): the form is {form}")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    credentials, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = credentials.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        host, colon, port = item.rpartition(":") if not item.endswith("]") else (item, "", "")
+        if not colon:
+            host, port = item, "26379"
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad Sentinel address {item!r} in the Redis URL: expected host:port")
+        sentinels.append((host, int(port)))
+    if not sentinels:
+        raise ValueError(f"no Sentinel hosts in the Redis URL: the form is {form}")
+    parts = [unquote(part) for part in path.split("/")]
+    if not parts or not parts[0]:
+        raise ValueError(f"no Sentinel service (master name) in the Redis URL: the form is {form}")
+    if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ValueError(f"bad database {'/'.join(parts[1:])!r} in the Redis URL: expected a number after the service")
+    db = int(parts[1]) if len(parts) == 2 else 0
+    options = parse_qs(query, keep_blank_values=True, strict_parsing=False)
+    unknown = sorted(set(options) - {"wait_replicas", "wait_timeout"})
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) in the Sentinel URL: {', '.join(unknown)} (known: wait_replicas, wait_timeout)"
+        )
+
+    def number(name: str, default: int, low: int, high: int) -> int:
+        values = options.get(name)
+        if not values:
+            return default
+        if len(values) > 1 or not values[0].isdigit() or not low <= int(values[0]) <= high:
+            raise ValueError(f"bad {name} {values[-1]!r} in the Sentinel URL: expected a whole number {low}..{high}")
+        return int(values[0])
+
+    return SentinelURL(
+        tuple(sentinels), parts[0], db, username, password,
+        wait_replicas=number("wait_replicas", 1, 0, 16),
+        # Below the 5 s socket timeout, so WAIT never times the connection out.
+        wait_timeout_ms=number("wait_timeout", DEFAULT_WAIT_TIMEOUT_MS, 1, 4000),
+    )
+
+
+class _SentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """Sentinel's pool (finds the primary, follows failovers) that blocks
+    for a free connection like the plain one; carries the WAIT policy."""
+
+    wait_replicas = 1
+    wait_timeout_ms = DEFAULT_WAIT_TIMEOUT_MS
+
+
+def _connect_sentinel(url: str, max_connections: int) -> redis.Redis:
+    parsed = parse_sentinel_url(url)
+    sentinel = Sentinel(
+        list(parsed.sentinels),
+        sentinel_kwargs={
+            "socket_timeout": SENTINEL_SOCKET_TIMEOUT,
+            "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT,
+            "retry": Retry(NoBackoff(), 0),
+            "decode_responses": True,
+        },
+    )
+    client = sentinel.master_for(
+        parsed.service,
+        connection_pool_class=_SentinelPool,
+        max_connections=max_connections,
+        timeout=POOL_WAIT_SECONDS,
+        db=parsed.db,
+        username=parsed.username,
+        password=parsed.password,
+        decode_responses=True,
+        socket_timeout=5,
+        socket_connect_timeout=3,
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), 0),
+    )
+    pool = cast(_SentinelPool, client.connection_pool)
+    pool.wait_replicas, pool.wait_timeout_ms = parsed.wait_replicas, parsed.wait_timeout_ms
+    pool.connection_class = _packing(pool.connection_class)
+    return client
+
+
+def check_url(url: str) -> None:
+    """ValueError, saying what is wrong, for a --redis-url connect() cannot
+    use (checked before anything starts: a sentence, not a traceback)."""
+    if is_sentinel_url(url):
+        parse_sentinel_url(url)
+    else:
+        redis.connection.parse_url(url)
+
+
 def connect(url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> redis.Redis:
     """A client with timeouts, so a dead Redis answers 503 instead of hanging.
 
@@ -838,7 +1004,14 @@ def connect(url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> redis.R
     a retry could record a check-in twice. The job's own retry (curl
     --retry on the 503) is the right place, and a retried start or finish
     with a run id is deduplicated by the store.
+
+    ``redis+sentinel://`` (see parse_sentinel_url): the primary Sentinel
+    names, followed across failovers; a batch of check-ins is acknowledged
+    only once `wait_replicas` replicas hold it (WAIT), so a failover loses
+    nothing that was answered 200.
     """
+    if is_sentinel_url(url):
+        return _connect_sentinel(url, max_connections)
     pool = redis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,

@@ -96,7 +96,7 @@ class TestMinRuntime:
         ("min_runtime: soon", "min_runtime"),
         ("min_runtime: 10m\n    max_runtime: 10m", "min_runtime (600s) must be shorter than max_runtime (600s)"),
         ("alerts: {missed: false}\n    mute: [failed]", "give alerts: (on/off switches) or mute: (a list), not both"),
-        ("alerts: {long: false}", "long"),
+        ("alerts: {long: false}", "field \"alerts.long\": unknown key (did you mean 'too_long'?"),
         ("alerts: {missed: maybe}", "missed"),
         ("alerts: [missed]", "alerts"),
     ],

@@ -34,7 +34,7 @@ from ..probes import Prober, make_client, redis_endpoints
 from ..reloader import Reloader
 from ..scrape import Scraper
 from ..settings import Settings
-from ..store import Store, connect
+from ..store import Store, connect, is_sentinel_url, parse_sentinel_url
 from ..sweeper import Sweeper
 from ..workers import MULTIPROC_ENV
 from . import api_v1, boxwatch, crontify, crosscheck, crosscheck_checkin, healthchecks, ops, sentry
@@ -105,7 +105,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
         core,
         concurrency=settings.probe_concurrency,
         allowed_networks=settings.probe_allowed_networks,
-        forbidden=redis_endpoints(settings.redis_url),
+        forbidden=_redis_endpoints(settings.redis_url),
         max_bytes=settings.probe_max_bytes,
         clock=clock,
         on_lag=probe_lag.observe,
@@ -188,6 +188,19 @@ def _web_config_auth(settings: Settings) -> list:
     if settings.web_config is None:
         return []
     return [webconfig.middleware(settings.web_config, lambda request: bearer_token(request)[1] is not None)]
+
+
+def _redis_endpoints(redis_url: str | None) -> tuple[tuple[str, int], ...]:
+    """What active checks must not reach: the Redis server, or with
+    Sentinel each sentinel (a multi-host URL is no http URL)."""
+    if redis_url and is_sentinel_url(redis_url):
+        hosts = parse_sentinel_url(redis_url).sentinels
+        return tuple(e for host, port in hosts for e in redis_endpoints(f"redis://{_bracket(host)}:{port}"))
+    return redis_endpoints(redis_url)
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 class _Router(web.UrlDispatcher):

@@ -310,7 +310,7 @@ async def ping(request: web.Request) -> web.Response:
     except RateLimited as exc:
         return _fail(429, f"Rate limit exceeded. Try again in {exc.retry_after} seconds.", retryAfter=exc.retry_after)
     except StoreUnavailable:
-        return _fail(503, "Service unavailable: the ping was not recorded, retry later")
+        return _fail(503, "Service unavailable: the ping was not acknowledged; retry it")
     if sent.warnings:
         log.warning("crontify: %s ping for %s recorded with changes (api key %s): %s",
                     action, monitor.id, token.name, " | ".join(sent.warnings))

@@ -194,8 +194,10 @@ async def ping(request: web.Request) -> web.Response:
     except BadPing as exc:
         return web.Response(status=exc.status, text=exc.text, headers=_HEADERS)
     except StoreUnavailable:
+        # Not "not recorded": a check-in a Sentinel replica did not confirm
+        # (WAIT) was written to the primary; its retry is then a duplicate.
         return web.Response(
-            status=503, text="store unavailable: the ping was not recorded, retry later", headers=_HEADERS
+            status=503, text="store unavailable: the ping was not acknowledged; retry it", headers=_HEADERS
         )
     except SourceNotAllowed:
         return web.Response(status=403, text="forbidden: pings from this address are not allowed for this monitor",
