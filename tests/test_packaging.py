@@ -65,3 +65,28 @@ def test_readme_points_only_at_files_a_clone_has():
     paths = set(re.findall(r"`((?:exporter|config|alertmanager|grafana|tests|bench|\.ci)/[\w./-]*[\w/])`", readme))
     assert len(paths) >= 5  # the pattern still finds the README's paths
     assert [p for p in sorted(paths) if not (ROOT / p).exists()] == []
+
+
+def test_sentinel_compose_variant_is_consistent():
+    """docker-compose.sentinel.yml (README, "High availability"): cronmon's
+    URL names the sentinels the file runs and the service they monitor,
+    with a quorum the three of them can reach, and there are enough
+    replicas that the new primary still has one for cronmon's WAIT."""
+    from exporter.store import parse_sentinel_url
+
+    base = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    variant = yaml.safe_load((ROOT / "docker-compose.sentinel.yml").read_text())["services"]
+    url = parse_sentinel_url(variant["cronmon"]["environment"]["CRONMON_REDIS_URL"])
+    sentinels = sorted(name for name in variant if name.startswith("sentinel-"))
+    assert sorted(url.sentinels) == [(name, 26379) for name in sentinels] and len(sentinels) == 3
+    for name in sentinels:
+        script = variant[name]["command"][-1]
+        assert f"sentinel monitor {url.service} redis 6379 2" in script and "--sentinel" in script
+    replicas = [name for name, service in variant.items() if "--replicaof" in service.get("command", [])]
+    for name in replicas:
+        command = variant[name]["command"]
+        at = command.index("--replicaof")
+        assert command[at + 1 : at + 3] == ["redis", "6379"], name
+    assert len(replicas) >= url.wait_replicas + 1
+    assert set(variant["cronmon"]["depends_on"]) == {*sentinels, *replicas}
+    assert "redis" in base and "cronmon" in base  # an override of the stack, not a stack of its own
