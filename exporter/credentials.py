@@ -74,8 +74,9 @@ class ApiToken:
 class ResolvedSecrets:
     ping_keys: tuple[PingKey, ...]
     uuid_digests: Mapping[bytes, str]  # sha256(uuid text) -> monitor id
-    # Plain values, only for printing the ping URLs at start-up when the key
-    # was generated here (the operator has no other way to learn it).
+    # Plain values: the key generated here (printed at start-up: the
+    # operator has no other way to learn it), and each YAML monitor's UUID,
+    # configured or derived (derived_ping_uuid says which may be shown).
     generated_key: str | None
     monitor_uuids: Mapping[str, str]
     api_tokens: tuple[ApiToken, ...] = ()
@@ -246,15 +247,12 @@ def slug_key_names(monitor: Monitor, secrets: ResolvedSecrets) -> list[str]:
 
 
 def derived_ping_uuid(monitor: Monitor, secrets: ResolvedSecrets) -> str | None:
-    """A YAML monitor's ping UUID when cronmon derived it (from the
-    digest of its first ping key, as `resolve` does); None when it comes
-    from ping.uuid_env / uuid_file (the operator's secret) or the monitor
-    accepts no key."""
+    """A YAML monitor's ping UUID when cronmon derived it (`resolve` did,
+    from its first ping key); None when it comes from ping.uuid_env /
+    uuid_file (the operator's secret) or the monitor accepts no key."""
     if monitor.uuid_env or monitor.uuid_file:
         return None
-    by_name = {key.name: key.digest for key in secrets.ping_keys}
-    first = _uuid_key_name(monitor, tuple(by_name))
-    return derive_uuid(by_name[first], monitor.id) if first is not None else None
+    return secrets.monitor_uuids.get(monitor.id)
 
 
 def ping_urls(
