@@ -215,12 +215,18 @@ def cronmon_knows_workers() -> bool:
     return "--workers" in out
 
 
-def start_cronmon(children: Children, tmp: Path, config: Path, workers: int | None) -> tuple[subprocess.Popen, str]:
+def start_cronmon(children: Children, tmp: Path, config: Path, workers: int | None,
+                  redis_url: str | None = None, key_prefix: str | None = None) -> tuple[subprocess.Popen, str]:
+    """redis_url None: the embedded Redis (under tmp/data); key_prefix None: cronmon's default."""
     port = free_port()
     args = [sys.executable, "-m", "exporter.cli", "serve", "--config", str(config),
             "--listen", f"{HOST}:{port}", "--data-dir", str(tmp / "data"), "--log-level", "warning"]
     if workers is not None:
         args += ["--workers", str(workers)]
+    if redis_url is not None:
+        args += ["--redis-url", redis_url]
+    if key_prefix is not None:
+        args += ["--key-prefix", key_prefix]
     logfile = open(tmp / "cronmon.log", "ab")
     proc = start_session(children, args, cwd=ROOT, env={**os.environ, "CRONMON_PING_KEY": KEY},
                          stdout=subprocess.DEVNULL, stderr=logfile)

@@ -155,7 +155,7 @@ class AlertBridge:
             ids, self._dirty = self._dirty, set()
         changed = False
         known = [i for i in ids if i in registry.monitors]
-        all_facts = await self.core.store.snapshot(known)  # one round trip for the lot
+        all_facts = await self.core.snapshot(known)  # one round trip for the lot
         outages = await self.core.current_outages()
         for monitor_id in ids:
             monitor = registry.monitors.get(monitor_id)
@@ -196,14 +196,14 @@ class AlertBridge:
         if facts.last_duration is not None:
             notes["last_duration_seconds"] = f"{facts.last_duration:.1f}"
         # The newest failure's message and the newest log, from the history.
-        events = await self.core.store.history(monitor.id, 0, 20)
+        events = await self.core.recent_events(monitor.id, 20)
         for event in events:
             if event.get("outcome") == Outcome.ERROR and event.get("message"):
                 notes["error_message"] = event["message"]
                 break
         for event in events:
             if "log" in event:
-                body = await self.core.store.log(monitor.id, event["log"])
+                body = await self.core.log(monitor.id, event["log"])
                 if body:
                     notes["log_tail"] = body[-LOG_TAIL_CHARS:]
                 break

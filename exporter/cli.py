@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "use this Redis server (redis://, rediss:// or unix://) instead of the embedded one, or the primary "
             "Sentinel names: redis+sentinel://[:password@]host:port[,host:port...]/<service>[/db]"
-            "[?wait_replicas=1&wait_timeout=1000] (a check-in is answered only once that many replicas hold it); "
+            "[?wait_replicas=1&wait_timeout=1000] (a check-in is answered only once that many replicas hold it), "
+            "or a Redis Cluster: redis+cluster://[:password@]host:port[,host:port...][?wait_replicas=...]; "
             "env CRONMON_REDIS_URL"
         ),
     )

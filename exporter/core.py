@@ -36,6 +36,7 @@ from .errors import (
     UnknownMonitor,
 )
 from .evaluate import SWEEP_BATCH, Outages, SweepPlan, evaluate, plan_arrival, plan_sweep
+from .keyspace import Cursor
 from .model import (
     HEARTBEAT_INTERVAL,
     OUTAGE_GAP,
@@ -45,9 +46,9 @@ from .model import (
     Facts,
     Kind,
     Monitor,
-    completion_outcome,
     iso_utc,
 )
+from .rules import completion_outcome
 from .schedule import next_slot
 from .store import Quota, RecordResult, Store, StoreLimits
 
@@ -86,7 +87,8 @@ class Registry:
     # YAML `groups:`: group name -> optional series its monitors opt into.
     group_metrics: Mapping[str, frozenset[str]] = field(default_factory=dict)
     api: Mapping[str, Monitor] = field(default_factory=dict)
-    api_revision: int = -1
+    # The definitions' revision `api` is at (store.definition_changes); None: not loaded yet.
+    api_revision: Cursor | None = None
     monitors: Mapping[str, Monitor] = field(init=False)
     _uuid_index: Mapping[bytes, str] = field(init=False, repr=False)
     # kind -> {sha256(derived secret): monitor id}, built on first use.
@@ -114,7 +116,7 @@ class Registry:
     def build(cls, config: Config, secrets: ResolvedSecrets) -> Registry:
         return cls({m.id: m for m in config.monitors}, secrets, config.group_metrics)
 
-    def with_api(self, api: Mapping[str, Monitor], revision: int) -> Registry:
+    def with_api(self, api: Mapping[str, Monitor], revision: Cursor | None) -> Registry:
         return replace(self, api=api, api_revision=revision)
 
     def index(self, name: str, build: Callable[[Mapping[str, Monitor]], Mapping[str, str]]) -> Mapping[str, str]:
@@ -287,6 +289,18 @@ class Core:
 
     async def log(self, monitor_id: str, seq: int) -> str | None:
         return await self.store.log(monitor_id, seq)
+
+    # Active checks: the schedule every replica shares (see probes.py).
+
+    async def publish_probes(self, probes: list[tuple[str, str, float]]) -> int:
+        """Make the shared schedule hold exactly these active monitors:
+        (monitor id, check fingerprint json with the interval as "i", first due)."""
+        return await self.store.sync_probes(probes)
+
+    async def claim_probes(self, now: float, limit: int) -> list[tuple[str, float]]:
+        """Checks due at `now` (at most `limit`), each given to one replica
+        only: (monitor id, when it was due)."""
+        return await self.store.claim_probes(now, limit)
 
     async def logs(self, monitor_id: str, seqs: list[int]) -> dict[int, str]:
         """Several events' logs in one round trip (missing ones left out)."""

@@ -2,9 +2,10 @@
 
 Nothing here reads a clock or talks to Redis: `now` is always an argument.
 
-Thresholds. Each run outcome is good (ok, warning) or bad (error, missed,
-timeout). After `failure_threshold` bad outcomes in a row the monitor flips
-to alerting; after `recovery_threshold` good ones in a row it flips back.
+Thresholds (the rule: rules.after_outcomes). Each run outcome is good
+(ok, warning, silent_failure) or bad (error, missed, timeout). After
+`failure_threshold` bad outcomes in a row the monitor flips to alerting;
+after `recovery_threshold` good ones in a row it flips back.
 While alerting, the status is `down` if the latest bad outcome was a missed
 slot and `failed` otherwise. A missed slot whose deadline has passed but
 that no sweeper has recorded yet counts here already ("pending"), so
@@ -39,6 +40,7 @@ from .model import (
     Status,
     during_outage,
 )
+from .rules import Thresholds, after_outcomes
 from .schedule import latest_slot_at_or_before, missed_slots, next_slot
 
 Outages = tuple[Outage, ...]
@@ -199,8 +201,12 @@ def evaluate(monitor: Monitor, facts: Facts, now: float, outages: Outages = ()) 
         next_expected = _first_expected(monitor, now)
         deadline = next_expected + monitor.grace if next_expected is not None else None
 
-    consecutive_bad = facts.consecutive_bad + pending
-    alerting = facts.alerting or (pending > 0 and consecutive_bad >= monitor.failure_threshold)
+    # Misses no sweep has recorded yet count already (the rule: rules.py).
+    projected = after_outcomes(
+        Thresholds(facts.consecutive_bad, facts.consecutive_good, facts.alerting), True, pending,
+        monitor.failure_threshold, monitor.recovery_threshold,
+    )
+    consecutive_bad, alerting = projected.consecutive_bad, projected.alerting
     last_bad = Outcome.MISSED if pending else facts.last_bad_outcome
     running = len(facts.open_runs)
 

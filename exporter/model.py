@@ -32,15 +32,8 @@ class Kind(enum.StrEnum):
 
 
 class Outcome(enum.StrEnum):
-    """How a run (or an expected slot) ended.
-
-    The outcome rules live here and nowhere else: which outcome a
-    completion records (completion_outcome), which outcomes are bad for
-    the failure and recovery thresholds (BAD_OUTCOMES), and which column
-    of the uptime figures each counts in (UPTIME_COLUMNS). The Lua scripts
-    apply what the store passes them; evaluate.py turns outcomes into a
-    status.
-    """
+    """How a run (or an expected slot) ended. What each means for the
+    thresholds, the uptime figures and a completion is in rules.py."""
 
     OK = "ok"
     WARNING = "warning"
@@ -52,41 +45,6 @@ class Outcome(enum.StrEnum):
     # its min_runtime. Not bad for the failure threshold: it has an alert
     # of its own (CronJobSilentFailure).
     SILENT_FAILURE = "silent_failure"
-
-    @property
-    def bad(self) -> bool:
-        return self in BAD_OUTCOMES
-
-
-BAD_OUTCOMES = frozenset({Outcome.ERROR, Outcome.MISSED, Outcome.TIMEOUT})
-
-# Uptime (uptime.py): a check is a run's outcome or a missed slot, up if
-# the run ended ok or with a warning (a slow but working job is up). A
-# silent failure reported success but did not do its job: down. A timeout
-# is not a check of its own: the run still ends in an outcome that counts.
-UPTIME_COLUMNS = {
-    Outcome.OK: "success", Outcome.WARNING: "warning", Outcome.ERROR: "error",
-    Outcome.SILENT_FAILURE: "error", Outcome.MISSED: "missed",
-}
-
-
-def completion_outcome(kind: Kind, silent_failure: bool) -> Outcome:
-    """What a completion of `kind` records: fail -> error, warning ->
-    warning, success -> ok, or silent_failure for a success whose numeric
-    meta broke one of the monitor's meta rules."""
-    if kind is Kind.FAIL:
-        return Outcome.ERROR
-    if kind is Kind.WARNING:
-        return Outcome.WARNING
-    return Outcome.SILENT_FAILURE if silent_failure else Outcome.OK
-
-
-def too_short_outcome(outcome: Outcome) -> Outcome | None:
-    """What a completion that would record `outcome` records instead when
-    it ran shorter than the monitor's min_runtime: a success did not do its
-    job (silent_failure); any other outcome stands (a quick failure is a
-    failure, a quick warning was already flagged). None: no change."""
-    return Outcome.SILENT_FAILURE if outcome is Outcome.OK else None
 
 
 class Status(enum.StrEnum):

@@ -7,7 +7,7 @@ refused redirect). The monitor's failure_threshold turns consecutive
 failures into the `failed` status (alert CronProbeDown); its latest result
 is also kept for the cronmon_probe_* metrics.
 
-Scheduling is shared through Redis (store.sync_probes / claim_probes):
+Scheduling is shared through Redis (Core.publish_probes / claim_probes):
 every active monitor has a due time; a process claims due checks
 atomically, which moves the due time one interval on, so among any number
 of processes exactly one runs each check, and when a process dies the
@@ -312,7 +312,7 @@ class Prober:
             (m.id, fingerprint(m.probe), first_due(m.id, m.probe.interval, now))
             for m in registry.monitors.values() if m.probe is not None and not m.retired
         ]
-        await self.core.store.sync_probes(probes)
+        await self.core.publish_probes(probes)
         self._synced = registry
 
     async def check(
@@ -346,7 +346,7 @@ class Prober:
         if free <= 0:
             return 0
         now = self.clock()
-        claimed = await self.core.store.claim_probes(now, free)
+        claimed = await self.core.claim_probes(now, free)
         for monitor_id, due in claimed:
             monitor = self.core.registry.monitors.get(monitor_id)
             if monitor is None or monitor.probe is None or monitor.retired:

@@ -38,6 +38,7 @@ from .core import Core
 from .errors import StoreUnavailable
 from .evaluate import Outages
 from .heap import freeze_long_lived
+from .keyspace import Cursor
 from .model import Facts, Monitor
 
 # Monitors per shard (when cut): small enough that one changed monitor
@@ -93,7 +94,7 @@ class ScrapeCache:
         self.base_url = base_url
         self.shard_size = shard_size
         # Feed position the cached facts are at (None: read everything).
-        self.cursor: int | None = None
+        self.cursor: Cursor | None = None
         self._monitors: dict[str, Monitor] = {}
         self._facts: dict[str, Facts] = {}
         self._blocks: dict[str, MonitorBlock] = {}

@@ -1,8 +1,23 @@
 """The store: the only module that speaks Redis.
 
-Key layout (prefix configurable, default ``cronmon``). Every key of one
-monitor carries the monitor id as its hash tag, so a Lua script can update
-all of them atomically::
+Its interface is the methods of Store, grouped by what they serve (the
+adapters and the core never see a key or a command):
+
+    check-ins     record
+    reads         facts, snapshot, details, history, history_page, logs, log, audit
+    the sweeper   due, apply_sweep, resync, fingerprints, forget_due
+    scrapes       changes_since (the change feed)
+    API monitors  define_monitor, monitor_definition(s), definitions,
+                  definition_changes, monitors_revision
+    active checks sync_probes, claim_probes
+    outages       heartbeat
+    API documents documents, put_document, delete_document, next_sequence
+    lifecycle     ping, close
+
+Key layout on one server (prefix configurable, default ``cronmon``; on a
+cluster the same keys carry a shard's hash tag, see keyspace.py). Every key
+of one monitor carries the monitor id as its hash tag, so a Lua script can
+update all of them atomically::
 
     cronmon:{<id>}:state     hash: timestamps, accounting, thresholds, version
     cronmon:{<id>}:runs      hash: open run id -> {"s": start, "a": anonymous, "t": timed out}
@@ -27,15 +42,14 @@ all of them atomically::
     cronmon:probes:schedule    zset: active monitor id -> when its next check is due
 
 Where Redis is: the embedded server (no URL), one server (redis://,
-rediss://, unix://), or a primary found through Sentinel
-(redis+sentinel://host:port[,host:port...]/<service>[/db], see connect).
+rediss://, unix://), a primary found through Sentinel
+(redis+sentinel://host:port[,host:port...]/<service>[/db]) or a Redis
+Cluster (redis+cluster://host:port[,host:port...]); see connect.
 
-Every check-in is one round trip (record.lua). The deadline index is
-updated inside the same script, which keeps it exact and race-free on a
-single Redis server or a Sentinel-managed primary. (On Redis Cluster the
-index lives in another slot; supporting Cluster means moving that update
-out of the script and relying on the sweeper's compare-and-set alone; not
-done yet.)
+Every check-in is one round trip (record.lua). The deadline index and the
+change feed are updated inside the same script, which keeps them exact
+and race-free everywhere: on a cluster the monitor's shard of each index
+is in the monitor's slot.
 """
 
 from __future__ import annotations
@@ -53,13 +67,18 @@ from urllib.parse import parse_qs, unquote
 import hiredis
 import redis.asyncio as redis
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 
 from .errors import StoreUnavailable
 from .evaluate import ArrivalPlan, SweepPlan
-from .model import CheckIn, Details, Facts, Monitor, OpenRun, Outage, Outcome, too_short_outcome
+from .keyspace import Cursor, Keyspace
+from .model import CheckIn, Details, Facts, Monitor, OpenRun, Outage, Outcome
+from .rules import is_bad, too_short_outcome
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +130,15 @@ _UNAVAILABLE = (
     redis_errors.TimeoutError,
     redis_errors.ReadOnlyError,
     OSError,
+    # A cluster that is failing over or resharding: CLUSTERDOWN, a slot
+    # no live primary serves, TRYAGAIN (a multi-key command on a slot in
+    # the middle of a migration) still answered after redis-py's retries,
+    # a redirection it could not follow. The command did not run.
+    redis_errors.ClusterError,
+    redis_errors.TryAgainError,
+    redis_errors.AskError,
+    redis_errors.SlotNotCoveredError,
+    redis_errors.RedisClusterException,
 )
 
 
@@ -125,6 +153,8 @@ def _unavailable_message(exc: Exception) -> str:
 
 
 def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, (redis_errors.CrossSlotTransactionError, redis_errors.InvalidPipelineStack)):
+        return exc  # a bug in how cronmon names its keys, never an outage
     if isinstance(exc, _UNAVAILABLE):
         return StoreUnavailable(_unavailable_message(exc))
     if isinstance(exc, redis_errors.ResponseError) and str(exc).startswith("MISCONF"):
@@ -146,13 +176,13 @@ class _Batcher:
     or may not have run, exactly as for a single call whose reply is lost).
     """
 
-    def __init__(self, client: redis.Redis, limit: int = 256):
+    def __init__(self, client: redis.Redis | RedisCluster, limit: int = 256, wait: bool = True):
         self.client = client
         self.limit = limit
-        # Sentinel mode: how many replicas must hold a batch's writes before
-        # they are acknowledged (WAIT); None elsewhere.
-        pool = client.connection_pool
-        self._wait = (pool.wait_replicas, pool.wait_timeout_ms) if isinstance(pool, _SentinelPool) else None
+        # Sentinel and cluster: how many replicas must hold a batch's writes
+        # before they are acknowledged (WAIT); None on one server and for
+        # a batcher of reads.
+        self._wait = _wait_policy(client) if wait else None
         self._pending: list[tuple[Any, list, list, asyncio.Future]] = []
         self._scheduled = False
         self._sending: set[asyncio.Task] = set()  # the loop keeps only weak references
@@ -198,25 +228,88 @@ class _Batcher:
                 future.set_result(reply)
 
     async def _execute(self, batch: list) -> list:
+        nodes: list[ClusterNode | None] = [None]
+        targets: list[dict[str, Any]] = [{}] * len(batch)
+        if isinstance(self.client, RedisCluster):
+            await self.client.initialize()  # the slot map (read once, again after a failover)
+            # Every key of a script is in one slot (keyspace.py): the node of
+            # its first key, given to redis-py, spares it hashing all 16 keys
+            # of each script to find that out (a third of a batch's CPU). A
+            # MOVED or ASK reply is still followed by slot.
+            targets = [{"target_nodes": _primary_of(self.client, keys[0])} for _, keys, _, _ in batch]
+            nodes = list({id(t["target_nodes"]): t["target_nodes"] for t in targets}.values())
         async with self.client.pipeline(transaction=False) as pipe:
-            for script, keys, args, _ in batch:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            for (script, keys, args, _), target in zip(batch, targets):
+                # (execute_command: redis-py blocks the evalsha method in cluster
+                # pipelines, not the command.)
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args, **target)
             if self._wait is None or self._wait[0] == 0:
                 return await pipe.execute(raise_on_error=False)
-            # Same connection, same round trip: WAIT returns once `replicas`
-            # replicas hold every write sent before it (or the timeout passed).
+            # WAIT returns once `replicas` replicas hold every write sent
+            # before it on the same connection (or the timeout passed): in
+            # the same round trip, after the scripts. On a cluster, one WAIT
+            # per primary the batch went to (the pipeline sends each node's
+            # commands in order on one connection). A script redirected
+            # during a reshard (MOVED/ASK) is resent on its own after its
+            # node's WAIT: it is acknowledged on the primary's word alone.
             replicas, timeout_ms = self._wait
-            pipe.execute_command("WAIT", replicas, timeout_ms)
-            *replies, acked = await pipe.execute(raise_on_error=False)
-            if isinstance(acked, Exception):
-                raise acked
-            if int(acked) < replicas:
-                # Applied on the primary only: a failover now could lose it,
-                # so it is not acknowledged (503; the retry is a duplicate).
-                raise redis_errors.ConnectionError(
-                    f"only {acked} of {replicas} replica(s) confirmed the write within {timeout_ms} ms"
-                )
+            for node in nodes:
+                pipe.execute_command("WAIT", replicas, timeout_ms, **({"target_nodes": node} if node else {}))
+            replies = await pipe.execute(raise_on_error=False)
+            replies, acks = replies[: len(batch)], replies[len(batch) :]
+            for acked in acks:
+                if isinstance(acked, Exception):
+                    raise acked
+                if int(acked) < replicas:
+                    # Applied on the primary only: a failover now could lose
+                    # it, so it is not acknowledged (503; the retry is a
+                    # duplicate).
+                    raise redis_errors.ConnectionError(
+                        f"only {acked} of {replicas} replica(s) confirmed the write within {timeout_ms} ms"
+                    )
             return replies
+
+
+class _RoutedReads:
+    """The reads Store._chunks queues, each sent straight to its key's node
+    on a cluster (see Store._routed)."""
+
+    def __init__(self, pipe: Any, routed: Callable[[str], dict[str, Any]]):
+        self.pipe, self.routed = pipe, routed
+        self._last_key = ""
+
+    def hgetall(self, key: str) -> None:
+        self._last_key = key
+        self.pipe.execute_command("HGETALL", key, **self.routed(key))
+
+    def hget(self, key: str, field: str) -> None:
+        self._last_key = key
+        self.pipe.execute_command("HGET", key, field, **self.routed(key))
+
+    def lrange(self, key: str, start: int, end: int) -> None:
+        self._last_key = key
+        self.pipe.execute_command("LRANGE", key, start, end, **self.routed(key))
+
+    def nothing(self) -> None:
+        """A placeholder reply (an empty string), from the node of the last key read."""
+        self.pipe.execute_command("ECHO", "", **self.routed(self._last_key))
+
+
+def _wait_policy(client: Any) -> tuple[int, int] | None:
+    if isinstance(client, _Cluster):
+        return client.wait_replicas, client.wait_timeout_ms
+    pool = getattr(client, "connection_pool", None)
+    if isinstance(pool, _SentinelPool):
+        return pool.wait_replicas, pool.wait_timeout_ms
+    return None
+
+
+def _primary_of(client: RedisCluster, key: str) -> ClusterNode:
+    """The primary serving `key`'s slot, from the client's slot map."""
+    node = client.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+    if node is None:
+        raise redis_errors.SlotNotCoveredError(f"no primary serves the slot of {key!r}")
+    return node
 
 
 def _is_noscript(reply: Any) -> bool:
@@ -241,35 +334,39 @@ class Quota:
 
 
 class Store:
-    def __init__(self, client: redis.Redis, prefix: str = "cronmon", limits: StoreLimits = StoreLimits()):
+    """cronmon's state in Redis, behind methods named for what they do; the
+    rest of cronmon never sees a key or a command (see Keyspace for where
+    each key lives, on one server and on a cluster)."""
+
+    def __init__(
+        self, client: redis.Redis | RedisCluster, prefix: str = "cronmon", limits: StoreLimits = StoreLimits()
+    ):
         self.client = client
         self.prefix = prefix
         self.limits = limits
+        self.keys = Keyspace(prefix, cluster=isinstance(client, RedisCluster))
         self._record = client.register_script(_script("record"))
         self._sweep = client.register_script(_script("sweep"))
         self._resync = client.register_script(_script("resync"))
         self._define = client.register_script(_script("define"))
+        self._quota = client.register_script(_script("quota"))
         self._probe_sync = client.register_script(_script("probe_sync"))
         self._probe_claim = client.register_script(_script("probe_claim"))
         self._heartbeat = client.register_script(_script("heartbeat"))
         self._history = client.register_script(_script("history"))
-        self._heartbeat_key = f"{prefix}:heartbeat"
-        self._outages_key = f"{prefix}:outages"
-        self._probes_key = f"{prefix}:probes"
-        self._probe_schedule_key = f"{prefix}:probes:schedule"
-        self._due_key = f"{prefix}:due"
-        self._definitions_key = f"{prefix}:monitors"
-        self._revision_key = f"{prefix}:monitors:revision"
-        self._definitions_feed_key = f"{prefix}:monitors:changes"
+        self._heartbeat_key = self.keys.shared("heartbeat")
+        self._outages_key = self.keys.shared("outages")
+        self._probes_key = self.keys.shared("probes")
+        self._probe_schedule_key = self.keys.shared("probes:schedule")
         self._limits_json = json.dumps({
             "history": limits.history, "logs": limits.logs, "meta_keys": limits.meta_keys,
             "open_runs": limits.open_runs, "closed_runs": limits.closed_runs, "buckets": DURATION_BUCKETS,
             "idempotency_keys": limits.idempotency_keys, "idempotency_window": limits.idempotency_window,
         })
         self._batch = _Batcher(client)
+        self._reads = _Batcher(client, wait=False)  # reads need no replica's word
+        self._facts = client.register_script(_script("facts"))
         self._settings_cache: dict[str, tuple[Monitor, str]] = {}
-        self._feed_key = f"{prefix}:changes"
-        self._feed_seq_key = f"{prefix}:changes:seq"
 
     def _settings_json(self, monitor: Monitor) -> str:
         """record.lua's monitor table, encoded once per Monitor object (a
@@ -280,11 +377,26 @@ class Store:
         return cached[1]
 
     def key(self, monitor_id: str, part: str) -> str:
-        return f"{self.prefix}:{{{monitor_id}}}:{part}"
+        return self.keys.monitor(monitor_id, part)
+
+    async def _routed(self) -> Callable[[str], dict[str, Any]]:
+        """For commands over many shards of an index: on a cluster, the
+        node serving a key, for pipe.execute_command(..., **routed(key)),
+        so redis-py need not parse each of 256 commands to find it (most
+        of such a read's CPU); MOVED and ASK are still followed. Nothing on
+        one server."""
+        if not isinstance(self.client, RedisCluster):
+            return lambda key: {}
+        client = await self.client.initialize()
+        return lambda key: {"target_nodes": _primary_of(client, key)}
+
+    def _indexes(self, monitor_id: str, *names: str) -> list[str]:
+        """The shards holding `monitor_id` of these cross-monitor indexes."""
+        return [self.keys.index_of(monitor_id, name) for name in names]
 
     async def close(self) -> None:
         await self.client.aclose()
-        pool = self.client.connection_pool
+        pool = getattr(self.client, "connection_pool", None)
         if isinstance(pool, _SentinelPool):
             await pool.sentinel_manager.aclose()  # its connections to the sentinels
 
@@ -303,7 +415,7 @@ class Store:
         outcome: Outcome | None = None,
     ) -> RecordResult:
         """Record `checkin`; `outcome` is what a completion records (see
-        model.completion_outcome), None for a start or a log."""
+        rules.completion_outcome), None for a start or a log."""
         k = self.key
         m = monitor.id
         extra: dict[str, Any] = {
@@ -331,21 +443,21 @@ class Store:
             ("extra", extra or None), ("annotations", dict(checkin.annotations) if checkin.annotations else None),
             ("probe_code", checkin.probe_status_code), ("idempotency_key", checkin.idempotency_key),
             ("outcome", outcome.value if outcome is not None else None),
-            ("bad", outcome.bad if outcome is not None else None),
+            ("bad", is_bad(outcome) if outcome is not None else None),
         ):
             if value is not None and value != "":
                 fields[name] = value
         short = too_short_outcome(outcome) if outcome is not None and monitor.min_runtime else None
         if short is not None:
-            fields["short_outcome"], fields["short_bad"] = short.value, short.bad
+            fields["short_outcome"], fields["short_bad"] = short.value, is_bad(short)
         if checkin.log_truncated:
             fields["log_truncated"] = True
         reply = await self._batch.call(
             self._record,
             [
                 k(m, "state"), k(m, "runs"), k(m, "tmo"), k(m, "closed"), k(m, "counters"),
-                k(m, "history"), k(m, "logs"), k(m, "logids"), k(m, "meta"), self._due_key,
-                k(m, "ratelimit"), k(m, "uptime"), self._feed_key, self._feed_seq_key, k(m, "abandoned"),
+                k(m, "history"), k(m, "logs"), k(m, "logids"), k(m, "meta"), *self._indexes(m, "due"),
+                k(m, "ratelimit"), k(m, "uptime"), *self._indexes(m, "changes", "changes:seq"), k(m, "abandoned"),
                 k(m, "idem"),
             ],
             # allow_nan=False: a NaN must never reach the script (Python
@@ -364,14 +476,11 @@ class Store:
         return RecordResult("sweep")
 
     async def facts(self, monitor_id: str) -> Facts:
-        """One monitor's facts, read atomically (MULTI/EXEC)."""
-        try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                self._queue_facts(pipe, monitor_id)
-                replies = await pipe.execute()
-        except Exception as exc:
-            raise _translate(exc) from exc
-        return _parse_facts(*replies)
+        """One monitor's facts, read atomically (facts.lua; reads made in
+        the same turn of the event loop share a round trip)."""
+        keys = [self.key(monitor_id, part) for part in ("state", "runs", "counters", "meta")]
+        replies = await self._reads.call(self._facts, keys, [])
+        return _parse_facts(*(dict(zip(flat[::2], flat[1::2])) for flat in replies))
 
     async def snapshot(self, monitor_ids: Iterable[str]) -> dict[str, Facts]:
         """Facts of many monitors, pipelined (for /metrics).
@@ -399,9 +508,11 @@ class Store:
         for start in range(0, len(ids), chunk):
             part = ids[start : start + chunk]
             try:
+                routed = await self._routed()
                 async with self.client.pipeline(transaction=False) as pipe:
+                    reads = _RoutedReads(pipe, routed)
                     for monitor_id in part:
-                        queue(pipe, monitor_id)
+                        queue(reads, monitor_id)
                     replies = await pipe.execute()
             except Exception as exc:
                 raise _translate(exc) from exc
@@ -415,27 +526,28 @@ class Store:
         """Apply `plan`; False if the monitor changed since it was read."""
         k, m = self.key, monitor.id
         try:
-            reply = await self._sweep(
-                keys=[
-                    k(m, "state"), k(m, "runs"), k(m, "tmo"), k(m, "counters"), k(m, "history"), self._due_key,
-                    k(m, "uptime"), self._feed_key, self._feed_seq_key,
+            reply = await self._batch.call(
+                self._sweep,
+                [
+                    k(m, "state"), k(m, "runs"), k(m, "tmo"), k(m, "counters"), k(m, "history"),
+                    *self._indexes(m, "due"), k(m, "uptime"), *self._indexes(m, "changes", "changes:seq"),
                 ],
-                args=[
-                    m,
-                    repr(now),
-                    plan.expected_version,
-                    plan.missed,
-                    "" if plan.accounted_through is None else repr(plan.accounted_through),
-                    "" if plan.next_slot is None else repr(plan.next_slot),
-                    json.dumps(list(plan.timed_out_runs)),
-                    repr(monitor.miss_after),  # the deadline index and the sweep-first rule
-                    monitor.failure_threshold,
-                    monitor.recovery_threshold,
-                    self.limits.history,
-                    plan.forgiven,
-                    json.dumps(list(plan.lost_runs)),
-                    _SWEEP_BAD,
-                ],
+                [_named({
+                    "monitor": m,
+                    "now": now,
+                    "expected_version": plan.expected_version,
+                    "missed": plan.missed,
+                    "accounted_through": plan.accounted_through,
+                    "next_slot": plan.next_slot,
+                    "timed_out": list(plan.timed_out_runs),
+                    "miss_after": monitor.miss_after,  # the deadline index and the sweep-first rule
+                    "failure_threshold": monitor.failure_threshold,
+                    "recovery_threshold": monitor.recovery_threshold,
+                    "history_cap": self.limits.history,
+                    "forgiven": plan.forgiven,
+                    "lost": list(plan.lost_runs),
+                    "bad": _SWEEP_BAD,
+                })],
             )
         except Exception as exc:
             raise _translate(exc) from exc
@@ -450,45 +562,69 @@ class Store:
         the deadline index redone, the fingerprint stored."""
         k, m = self.key, monitor.id
         try:
-            reply = await self._resync(
-                keys=[k(m, "state"), k(m, "runs"), k(m, "tmo"), self._due_key, self._feed_key, self._feed_seq_key],
-                args=[
-                    m,
-                    expected_version,
-                    "clear" if clear else ("" if accounted_through is None else repr(accounted_through)),
-                    "" if next_slot is None else repr(next_slot),
-                    repr(monitor.miss_after),  # the deadline index and the sweep-first rule
-                    _max_runtime_arg(monitor),
-                    monitor.schedule_fingerprint(),
-                ],
+            reply = await self._batch.call(
+                self._resync,
+                [k(m, "state"), k(m, "runs"), k(m, "tmo"), *self._indexes(m, "due", "changes", "changes:seq")],
+                [_named({
+                    "monitor": m,
+                    "expected_version": expected_version,
+                    "accounting": "clear" if clear else ("keep" if accounted_through is None else "set"),
+                    "accounted_through": accounted_through,
+                    "next_slot": next_slot,
+                    "miss_after": monitor.miss_after,  # the deadline index and the sweep-first rule
+                    "max_runtime": _max_runtime(monitor),
+                    "fingerprint": monitor.schedule_fingerprint(),
+                })],
             )
         except Exception as exc:
             raise _translate(exc) from exc
         return reply[0] == "ok"
 
-    async def changes_since(self, cursor: int | None) -> tuple[int, list[str] | None]:
+    async def changes_since(self, cursor: Cursor | None) -> tuple[Cursor, list[str] | None]:
         """The change feed: (the feed's position now, the monitors changed
-        after `cursor`), read atomically in one round trip. The list is
-        None when the caller must re-read everything: it has no cursor yet,
-        or the feed went backwards (Redis lost its data or was flushed)."""
-        return await self._read_feed(self._feed_seq_key, self._feed_key, cursor)
+        after `cursor`), in one round trip. The list is None when the
+        caller must re-read everything: it has no cursor yet, or the feed
+        went backwards (Redis lost its data or was flushed)."""
+        return await self._read_feed("changes:seq", "changes", cursor)
 
-    async def _read_feed(self, counter_key: str, feed_key: str, since: int | None) -> tuple[int, list[str] | None]:
-        """A feed is a counter and a zset of id -> counter value at the id's
-        latest change: (the counter now, ids changed after `since`, or None
-        when everything must be read: no `since` yet, or the counter went
-        backwards)."""
+    async def _read_feed(self, counter: str, feed: str, since: Cursor | None) -> tuple[Cursor, list[str] | None]:
+        """A feed is, per shard, a counter and a zset of id -> the counter's
+        value at the id's latest change: (the position now, ids changed
+        after `since`, or None when everything must be read: no `since`
+        yet, or a counter went backwards).
+
+        Each shard is read with two commands that need not run atomically,
+        or even in order (a cluster may redirect one of them during a
+        reshard): the new position is the highest score seen, so a change
+        that lands after the read has a higher one and is listed next time;
+        the counter is only compared with `since` to notice lost data."""
+        shards = self.keys.shards
+        if since is not None and len(since) != len(shards):
+            since = None  # a cursor of another layout: start over
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.get(counter_key)
-                pipe.zrangebyscore(feed_key, f"({since}" if since is not None else "+inf", "+inf")
-                raw_position, changed = await pipe.execute()
+            routed = await self._routed()
+            async with self.client.pipeline(transaction=False) as pipe:
+                for shard in shards:
+                    key = self.keys.index(shard, counter)
+                    pipe.execute_command("GET", key, **routed(key))
+                    if since is not None:
+                        key = self.keys.index(shard, feed)
+                        pipe.execute_command("ZRANGEBYSCORE", key, f"({since[shard]}", "+inf", "WITHSCORES",
+                                             withscores=True, score_cast_func=float, **routed(key))
+                replies = await pipe.execute()
         except Exception as exc:
             raise _translate(exc) from exc
-        position = int(raw_position or 0)
-        if since is None or position < since:
-            return position, None
-        return position, changed
+        if since is None:
+            return tuple(int(raw or 0) for raw in replies), None
+        position, changed = list(since), []
+        for shard in shards:
+            counter_now, entries = int(replies[2 * shard] or 0), replies[2 * shard + 1]
+            if counter_now < since[shard]:
+                return tuple(int(raw or 0) for raw in replies[::2]), None
+            for monitor_id, score in entries:
+                changed.append(monitor_id)
+                position[shard] = max(position[shard], int(score))
+        return tuple(position), changed
 
     async def fingerprints(self, monitor_ids: list[str]) -> dict[str, str | None]:
         """Each monitor's stored schedule fingerprint (None: none yet)."""
@@ -496,13 +632,22 @@ class Store:
         return dict(zip(monitor_ids, replies))
 
     async def due(self, now: float, limit: int) -> list[str]:
-        """Monitors whose next deadline or run timeout is at or before `now`."""
+        """Monitors whose next deadline or run timeout is at or before
+        `now`, earliest first (at most `limit`)."""
         try:
-            # decode_responses=True (connect): redis-py's bytes | str is str here.
-            due = await self.client.zrangebyscore(self._due_key, "-inf", repr(now), start=0, num=limit)
-            return cast(list[str], due)
+            routed = await self._routed()
+            async with self.client.pipeline(transaction=False) as pipe:
+                for shard in self.keys.shards:
+                    key = self.keys.index(shard, "due")
+                    pipe.execute_command("ZRANGEBYSCORE", key, "-inf", repr(now), "LIMIT", 0, limit, "WITHSCORES",
+                                         withscores=True, score_cast_func=float, **routed(key))
+                replies = await pipe.execute()
         except Exception as exc:
             raise _translate(exc) from exc
+        if len(replies) == 1:
+            return [monitor_id for monitor_id, _ in replies[0]]
+        merged = sorted((entry for reply in replies for entry in reply), key=lambda entry: entry[1])
+        return [monitor_id for monitor_id, _ in merged[:limit]]
 
     async def forget_due(self, monitor_id: str) -> None:
         """Drop a monitor that is no longer configured from the index. Its
@@ -511,8 +656,10 @@ class Store:
         it was not configured were never expected of it, so its return
         re-bases its accounting (Core.resync) instead of counting them."""
         try:
+            # One slot (the keyspace puts the index shard with the monitor),
+            # so this is a transaction on a cluster too.
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.zrem(self._due_key, monitor_id)
+                pipe.zrem(self.keys.index_of(monitor_id, "due"), monitor_id)
                 pipe.hset(self.key(monitor_id, "state"), "fp", REMOVED_FINGERPRINT)
                 await pipe.execute()
         except Exception as exc:
@@ -520,44 +667,53 @@ class Store:
 
     # -- API-created monitors ------------------------------------------------
 
-    async def monitors_revision(self) -> int:
-        """Bumped by every change to an API monitor's definition."""
+    async def monitors_revision(self) -> Cursor:
+        """Moves on with every change to an API monitor's definition."""
+        position, _ = await self.definition_changes(None)
+        return position
+
+    async def monitor_definitions(self) -> tuple[Cursor, dict[str, dict]]:
+        """Every API monitor's definition, and the revision they are at
+        (read first, in a round trip of its own, so a change made while the
+        definitions are read is listed again by the next definition_changes)."""
+        revision, _ = await self.definition_changes(None)
         try:
-            return int(await self.client.get(self._revision_key) or 0)
+            routed = await self._routed()
+            async with self.client.pipeline(transaction=False) as pipe:
+                for shard in self.keys.shards:
+                    key = self.keys.index(shard, "monitors")
+                    pipe.execute_command("HGETALL", key, **routed(key))
+                replies = await pipe.execute()
         except Exception as exc:
             raise _translate(exc) from exc
+        return revision, {key: json.loads(value) for raw in replies for key, value in raw.items()}
 
-    async def monitor_definitions(self) -> tuple[int, dict[str, dict]]:
-        try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.get(self._revision_key)
-                pipe.hgetall(self._definitions_key)
-                revision, raw = await pipe.execute()
-        except Exception as exc:
-            raise _translate(exc) from exc
-        return int(revision or 0), {key: json.loads(value) for key, value in raw.items()}
-
-    async def definition_changes(self, since: int) -> tuple[int, list[str] | None]:
+    async def definition_changes(self, since: Cursor | None) -> tuple[Cursor, list[str] | None]:
         """(the definitions' revision now, the API monitors whose definition
-        changed after revision `since`), in one atomic round trip; None
-        instead of a list when the caller must load them all (`since` < 0:
-        nothing loaded yet; or Redis lost its data)."""
-        return await self._read_feed(self._revision_key, self._definitions_feed_key, since if since >= 0 else None)
+        changed after revision `since`), in one round trip; None instead of
+        a list when the caller must load them all (`since` None: nothing
+        loaded yet; or Redis lost its data)."""
+        return await self._read_feed("monitors:revision", "monitors:changes", since)
 
     async def definitions(self, monitor_ids: list[str]) -> dict[str, dict | None]:
         """Several API monitors' definitions in one round trip (None: deleted)."""
         if not monitor_ids:
             return {}
+        groups = self.keys.by_shard(monitor_ids)
         try:
-            raw = await self.client.hmget(self._definitions_key, monitor_ids)
+            async with self.client.pipeline(transaction=False) as pipe:
+                for shard, ids in groups.items():
+                    pipe.hmget(self.keys.index(shard, "monitors"), ids)
+                replies = await pipe.execute()
         except Exception as exc:
             raise _translate(exc) from exc
-        return {m: json.loads(value) if value is not None else None for m, value in zip(monitor_ids, raw)}
+        found = {m: value for ids, raw in zip(groups.values(), replies) for m, value in zip(ids, raw)}
+        return {m: json.loads(found[m]) if found[m] is not None else None for m in monitor_ids}
 
     async def monitor_definition(self, monitor_id: str) -> dict | None:
         """One API monitor's definition (None: no such API monitor)."""
         try:
-            raw = await self.client.hget(self._definitions_key, monitor_id)
+            raw = await self.client.hget(self.keys.index_of(monitor_id, "monitors"), monitor_id)
         except Exception as exc:
             raise _translate(exc) from exc
         return json.loads(raw) if raw is not None else None
@@ -574,16 +730,40 @@ class Store:
         appended to the monitor's audit log in the same script as the
         change, so a change is never without its entry."""
         data_keys = [self.key(monitor_id, part) for part in _MONITOR_PARTS] if mode == "delete" else []
-        quota_keys = [f"{self.prefix}:quota:{quota.name}:{quota.owner}" for quota in quotas]
+        quota_keys = [self.keys.shared(f"quota:{quota.name}:{quota.owner}") for quota in quotas]
+        # On a cluster the quota sets are in another slot than the monitor:
+        # its places are taken first (quota.lua) and given back if the
+        # create does not happen; a delete gives them back after it. (A
+        # process killed between the two leaves a place taken, never the
+        # limit passed.) On one server define.lua does both atomically.
+        split = self.keys.cluster and bool(quotas)
+        taken: list[str] = []
         try:
+            if split and mode == "create":
+                reply = await self._quota(
+                    keys=quota_keys,
+                    args=[_named({"monitor": monitor_id, "mode": "take", "limits": [q.limit for q in quotas]})],
+                )
+                if reply[0] == "quota":
+                    return ("quota", int(reply[1]) - 1, int(reply[2]))
+                taken = [key for key, added in zip(quota_keys, reply[1:]) if int(added)]
+            in_script = [] if split else quota_keys
             reply = await self._define(
-                keys=[self._definitions_key, self._revision_key, self._due_key, self._feed_key,
-                      self._feed_seq_key, self._definitions_feed_key, self.key(monitor_id, "audit"),
-                      *quota_keys, *data_keys],
-                args=[monitor_id, mode, json.dumps(definition) if definition is not None else "",
-                      json.dumps(audit) if audit is not None else "", self.limits.audit,
-                      len(quotas), *(quota.limit for quota in quotas)],
+                keys=[*self._indexes(monitor_id, "monitors", "monitors:revision", "due", "changes", "changes:seq",
+                                     "monitors:changes"),
+                      self.key(monitor_id, "audit"), *in_script, *data_keys],
+                args=[_named({
+                    "monitor": monitor_id, "mode": mode,
+                    "definition": json.dumps(definition) if definition is not None else None,
+                    "audit": json.dumps(audit) if audit is not None else None,
+                    "audit_cap": self.limits.audit,
+                    "quota_limits": [] if split else [quota.limit for quota in quotas],
+                })],
             )
+            if split and mode == "create" and reply[0] != "ok" and taken:
+                await self._quota(keys=taken, args=[_named({"monitor": monitor_id, "mode": "give"})])
+            if split and mode == "delete" and reply[0] == "ok":
+                await self._quota(keys=quota_keys, args=[_named({"monitor": monitor_id, "mode": "give"})])
         except Exception as exc:
             raise _translate(exc) from exc
         if reply[0] == "quota":
@@ -607,8 +787,8 @@ class Store:
         def queue(pipe: Any, monitor_id: str) -> None:
             self._queue_facts(pipe, monitor_id)
             pipe.hgetall(self.key(monitor_id, "uptime"))
-            pipe.lrange(self.key(monitor_id, "audit"), 0, audit - 1) if audit else pipe.echo("")
-            pipe.lrange(self.key(monitor_id, "history"), 0, history - 1) if history else pipe.echo("")
+            pipe.lrange(self.key(monitor_id, "audit"), 0, audit - 1) if audit else pipe.nothing()
+            pipe.lrange(self.key(monitor_id, "history"), 0, history - 1) if history else pipe.nothing()
 
         ids = list(monitor_ids)
         replies = await self._pipelined(ids, queue)
@@ -631,7 +811,7 @@ class Store:
         try:
             return int(await self._probe_sync(
                 keys=[self._probes_key, self._probe_schedule_key],
-                args=[json.dumps([[m, fp, repr(first)] for m, fp, first in probes])],
+                args=[json.dumps([[m, fp, first] for m, fp, first in probes], allow_nan=False)],
             ))
         except Exception as exc:
             raise _translate(exc) from exc
@@ -641,7 +821,7 @@ class Store:
         only: (monitor id, when it was due)."""
         try:
             reply = await self._probe_claim(
-                keys=[self._probes_key, self._probe_schedule_key], args=[repr(now), limit]
+                keys=[self._probes_key, self._probe_schedule_key], args=[_named({"now": now, "limit": limit})]
             )
         except Exception as exc:
             raise _translate(exc) from exc
@@ -657,7 +837,8 @@ class Store:
         try:
             reply = await self._heartbeat(
                 keys=[self._heartbeat_key, self._outages_key],
-                args=[repr(now), repr(gap), repr(now - OUTAGES_KEPT_SECONDS), OUTAGES_KEPT],
+                args=[_named({"now": now, "gap": gap, "forget_before": now - OUTAGES_KEPT_SECONDS,
+                              "keep": OUTAGES_KEPT})],
             )
         except Exception as exc:
             raise _translate(exc) from exc
@@ -667,20 +848,20 @@ class Store:
 
     async def documents(self, collection: str) -> dict[str, dict]:
         try:
-            raw = await self.client.hgetall(f"{self.prefix}:documents:{collection}")
+            raw = await self.client.hgetall(self.keys.shared(f"documents:{collection}"))
         except Exception as exc:
             raise _translate(exc) from exc
         return {cast(str, key): json.loads(value) for key, value in raw.items()}
 
     async def put_document(self, collection: str, document_id: str, document: dict) -> None:
         try:
-            await self.client.hset(f"{self.prefix}:documents:{collection}", document_id, json.dumps(document))
+            await self.client.hset(self.keys.shared(f"documents:{collection}"), document_id, json.dumps(document))
         except Exception as exc:
             raise _translate(exc) from exc
 
     async def delete_document(self, collection: str, document_id: str) -> bool:
         try:
-            return bool(await self.client.hdel(f"{self.prefix}:documents:{collection}", document_id))
+            return bool(await self.client.hdel(self.keys.shared(f"documents:{collection}"), document_id))
         except Exception as exc:
             raise _translate(exc) from exc
 
@@ -688,7 +869,7 @@ class Store:
         """1, 2, 3, ... per name, shared by all replicas (integer ids of APIs
         that have them)."""
         try:
-            return int(await self.client.incr(f"{self.prefix}:sequence:{name}"))
+            return int(await self.client.incr(self.keys.shared(f"sequence:{name}")))
         except Exception as exc:
             raise _translate(exc) from exc
 
@@ -735,8 +916,15 @@ class Store:
             raise _translate(exc) from exc
 
 
-# sweep.lua's outcomes and whether each is bad (the rules: model.BAD_OUTCOMES).
-_SWEEP_BAD = json.dumps({o.value: o.bad for o in (Outcome.MISSED, Outcome.TIMEOUT)})
+# sweep.lua's outcomes and whether each is bad (rules.BAD_OUTCOMES).
+_SWEEP_BAD = {o.value: is_bad(o) for o in (Outcome.MISSED, Outcome.TIMEOUT)}
+
+
+def _named(fields: dict[str, Any]) -> str:
+    """A script's named argument table as json, absent (None) fields left
+    out: Lua sees them as nil (cjson turns a null into a value that is
+    true). allow_nan=False: a NaN must never reach a script."""
+    return json.dumps({name: value for name, value in fields.items() if value is not None}, allow_nan=False)
 
 # Every per-monitor key (see the layout at the top).
 _MONITOR_PARTS = (
@@ -755,18 +943,18 @@ def _monitor_settings(monitor: Monitor) -> str:
         "rate_count": monitor.rate_limit[0] if monitor.rate_limit else 0,
         "rate_window": monitor.rate_limit[1] if monitor.rate_limit else 0,
     }
-    if _max_runtime_arg(monitor):
+    if _max_runtime(monitor) is not None:
         settings["max_runtime"] = monitor.max_runtime
     if monitor.min_runtime:
         settings["min_runtime"] = monitor.min_runtime
     return json.dumps(settings)
 
 
-def _max_runtime_arg(monitor: Monitor) -> str:
+def _max_runtime(monitor: Monitor) -> float | None:
     # Nothing times out while paused, so paused runs get no timeout entry.
     if monitor.max_runtime is None or monitor.paused:
-        return ""
-    return repr(monitor.max_runtime)
+        return None
+    return monitor.max_runtime
 
 
 def _float(raw: dict, name: str) -> float | None:
@@ -858,6 +1046,13 @@ DEFAULT_MAX_CONNECTIONS = 64
 POOL_WAIT_SECONDS = 10.0
 
 
+# Every connection to a data node: str replies, and timeouts so a dead
+# Redis answers 503 instead of hanging.
+_CONNECTION_OPTIONS: dict[str, Any] = {
+    "decode_responses": True, "socket_timeout": 5, "socket_connect_timeout": 3, "health_check_interval": 30,
+}
+
+
 SENTINEL_SCHEME = "redis+sentinel"
 # Sentinel mode: how long a batch of writes waits for its replicas (WAIT)
 # before it is refused as unavailable. Below socket_timeout, so the WAIT
@@ -870,11 +1065,31 @@ SENTINEL_SOCKET_TIMEOUT = 1.0
 @dataclass(frozen=True)
 class SentinelURL:
     """A parsed ``redis+sentinel://[[user]:password@]host:port[,host:port...]/<service>[/db]``
-    URL; ``?wait_replicas=N&wait_timeout=MS`` (defaults 1 and 1000)."""
+    URL; ``?wait_replicas=N&wait_timeout=MS`` (defaults 1 and 1000) and
+    ``&sentinel_password=...`` (percent-encoded) for sentinels that require one."""
 
     sentinels: tuple[tuple[str, int], ...]
     service: str
     db: int = 0
+    username: str | None = None
+    password: str | None = None
+    wait_replicas: int = 1
+    wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS
+    # The sentinels' own password (their requirepass), when they have one;
+    # the password before the @ is the data nodes'.
+    sentinel_password: str | None = None
+
+
+CLUSTER_SCHEME = "redis+cluster"
+
+
+@dataclass(frozen=True)
+class ClusterURL:
+    """A parsed ``redis+cluster://[[user]:password@]host:port[,host:port...]``
+    URL (any nodes of the cluster: the rest are found from them);
+    ``?wait_replicas=N&wait_timeout=MS`` (defaults 1 and 1000)."""
+
+    nodes: tuple[tuple[str, int], ...]
     username: str | None = None
     password: str | None = None
     wait_replicas: int = 1
@@ -885,12 +1100,29 @@ def is_sentinel_url(url: str) -> bool:
     return url.lower().startswith(SENTINEL_SCHEME + "://")
 
 
-def parse_sentinel_url(url: str) -> SentinelURL:
-    """ValueError naming what is wrong with `url`."""
-    form = "redis+sentinel://[:password@]host:port[,host:port...]/<service>[/db]"
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() != SENTINEL_SCHEME:
-        raise ValueError(f"not a Sentinel URL (scheme {scheme!r}, expected {SENTINEL_SCHEME}://): the form is {form}")
+def is_cluster_url(url: str) -> bool:
+    return url.lower().startswith(CLUSTER_SCHEME + "://")
+
+
+@dataclass(frozen=True)
+class _MultiHostURL:
+    hosts: tuple[tuple[str, int], ...]
+    path: str
+    username: str | None
+    password: str | None
+    wait_replicas: int
+    wait_timeout_ms: int
+    options: dict[str, str]
+
+
+def _parse_multi_host(
+    url: str, scheme: str, what: str, form: str, default_port: int, extra: tuple[str, ...] = ()
+) -> _MultiHostURL:
+    """The parts a Sentinel and a cluster URL share; ValueError naming what
+    is wrong (`what`: "Sentinel" or "cluster")."""
+    given, sep, rest = url.partition("://")
+    if not sep or given.lower() != scheme:
+        raise ValueError(f"not a {what} URL (scheme {given!r}, expected {scheme}://): the form is {form}")
     rest, _, query = rest.partition("?")
     netloc, _, path = rest.partition("/")
     credentials, at, hosts = netloc.rpartition("@")
@@ -899,47 +1131,86 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         user, colon, secret = credentials.partition(":")
         username = unquote(user) or None
         password = unquote(secret) if colon else None
-    sentinels: list[tuple[str, int]] = []
+    found: list[tuple[str, int]] = []
     for item in hosts.split(","):
         item = item.strip()
         if not item:
             continue
         host, colon, port = item.rpartition(":") if not item.endswith("]") else (item, "", "")
         if not colon:
-            host, port = item, "26379"
+            host, port = item, str(default_port)
         host = host.strip("[]")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"bad Sentinel address {item!r} in the Redis URL: expected host:port")
-        sentinels.append((host, int(port)))
-    if not sentinels:
-        raise ValueError(f"no Sentinel hosts in the Redis URL: the form is {form}")
-    parts = [unquote(part) for part in path.split("/")]
-    if not parts or not parts[0]:
-        raise ValueError(f"no Sentinel service (master name) in the Redis URL: the form is {form}")
-    if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
-        raise ValueError(f"bad database {'/'.join(parts[1:])!r} in the Redis URL: expected a number after the service")
-    db = int(parts[1]) if len(parts) == 2 else 0
+            raise ValueError(f"bad {what} address {item!r} in the Redis URL: expected host:port")
+        found.append((host, int(port)))
+    if not found:
+        raise ValueError(f"no {what} hosts in the Redis URL: the form is {form}")
     options = parse_qs(query, keep_blank_values=True, strict_parsing=False)
-    unknown = sorted(set(options) - {"wait_replicas", "wait_timeout"})
+    known = ("wait_replicas", "wait_timeout", *extra)
+    unknown = sorted(set(options) - set(known))
     if unknown:
         raise ValueError(
-            f"unknown option(s) in the Sentinel URL: {', '.join(unknown)} (known: wait_replicas, wait_timeout)"
+            f"unknown option(s) in the {what} URL: {', '.join(unknown)} (known: {', '.join(known)})"
         )
+    for name in extra:
+        if len(options.get(name, ())) > 1:
+            raise ValueError(f"{name} is given more than once in the {what} URL")
 
     def number(name: str, default: int, low: int, high: int) -> int:
         values = options.get(name)
         if not values:
             return default
         if len(values) > 1 or not values[0].isdigit() or not low <= int(values[0]) <= high:
-            raise ValueError(f"bad {name} {values[-1]!r} in the Sentinel URL: expected a whole number {low}..{high}")
+            raise ValueError(f"bad {name} {values[-1]!r} in the {what} URL: expected a whole number {low}..{high}")
         return int(values[0])
 
-    return SentinelURL(
-        tuple(sentinels), parts[0], db, username, password,
+    return _MultiHostURL(
+        tuple(found), path, username, password,
         wait_replicas=number("wait_replicas", 1, 0, 16),
         # Below the 5 s socket timeout, so WAIT never times the connection out.
         wait_timeout_ms=number("wait_timeout", DEFAULT_WAIT_TIMEOUT_MS, 1, 4000),
+        options={name: options[name][0] for name in extra if name in options},
     )
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """ValueError naming what is wrong with `url`."""
+    form = "redis+sentinel://[:password@]host:port[,host:port...]/<service>[/db]"
+    parsed = _parse_multi_host(url, SENTINEL_SCHEME, "Sentinel", form, 26379, extra=("sentinel_password",))
+    parts = [unquote(part) for part in parsed.path.split("/")]
+    if not parts or not parts[0]:
+        raise ValueError(f"no Sentinel service (master name) in the Redis URL: the form is {form}")
+    if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ValueError(f"bad database {'/'.join(parts[1:])!r} in the Redis URL: expected a number after the service")
+    db = int(parts[1]) if len(parts) == 2 else 0
+    return SentinelURL(
+        parsed.hosts, parts[0], db, parsed.username, parsed.password,
+        wait_replicas=parsed.wait_replicas, wait_timeout_ms=parsed.wait_timeout_ms,
+        sentinel_password=parsed.options.get("sentinel_password") or None,
+    )
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """ValueError naming what is wrong with `url`."""
+    form = "redis+cluster://[:password@]host:port[,host:port...]"
+    parsed = _parse_multi_host(url, CLUSTER_SCHEME, "cluster", form, 6379)
+    if parsed.path.strip("/"):
+        raise ValueError(
+            f"a cluster has no databases: drop {'/' + parsed.path!r} from the Redis URL (the form is {form})"
+        )
+    return ClusterURL(
+        parsed.hosts, parsed.username, parsed.password,
+        wait_replicas=parsed.wait_replicas, wait_timeout_ms=parsed.wait_timeout_ms,
+    )
+
+
+def redis_url_hosts(url: str) -> tuple[tuple[str, int], ...] | None:
+    """The hosts of a Sentinel or cluster URL (None for any other URL)."""
+    if is_sentinel_url(url):
+        return parse_sentinel_url(url).sentinels
+    if is_cluster_url(url):
+        return parse_cluster_url(url).nodes
+    return None
 
 
 class _SentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
@@ -959,6 +1230,7 @@ def _connect_sentinel(url: str, max_connections: int) -> redis.Redis:
             "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT,
             "retry": Retry(NoBackoff(), 0),
             "decode_responses": True,
+            **({"password": parsed.sentinel_password} if parsed.sentinel_password else {}),
         },
     )
     client = sentinel.master_for(
@@ -969,10 +1241,7 @@ def _connect_sentinel(url: str, max_connections: int) -> redis.Redis:
         db=parsed.db,
         username=parsed.username,
         password=parsed.password,
-        decode_responses=True,
-        socket_timeout=5,
-        socket_connect_timeout=3,
-        health_check_interval=30,
+        **_CONNECTION_OPTIONS,
         retry=Retry(NoBackoff(), 0),
     )
     pool = cast(_SentinelPool, client.connection_pool)
@@ -981,16 +1250,74 @@ def _connect_sentinel(url: str, max_connections: int) -> redis.Redis:
     return client
 
 
+class _Cluster(RedisCluster):
+    """redis-py's cluster client; carries the WAIT policy, and its pipelines
+    notice a failover."""
+
+    wait_replicas = 1
+    wait_timeout_ms = DEFAULT_WAIT_TIMEOUT_MS
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        if shard_hint:
+            raise redis_errors.RedisClusterException("shard_hint is not supported in cluster mode")
+        return _ClusterPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py builds its own
+
+
+class _ClusterPipeline(ClusterPipeline):
+    """After a connection error or CLUSTERDOWN, the slot map is read again
+    before the next command, as redis-py does for a single command (its
+    pipelines do so only when they retry, and cronmon never retries: see
+    connect). Without this, a pipeline kept dialling a killed primary after
+    its replica had taken over its slots."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        try:
+            replies = await super().execute(raise_on_error, allow_redirections)
+        except RedisCluster.ERRORS_ALLOW_RETRY:
+            self.cluster_client._initialize = True
+            raise
+        if any(isinstance(reply, RedisCluster.ERRORS_ALLOW_RETRY) for reply in replies):
+            self.cluster_client._initialize = True
+        return replies
+
+
+# Per cluster node. redis-py's cluster client does not queue for a free
+# connection (it raises), so this is larger than DEFAULT_MAX_CONNECTIONS;
+# batching keeps the number in use far below it.
+CLUSTER_MAX_CONNECTIONS = 256
+
+
+def _connect_cluster(url: str, max_connections: int) -> RedisCluster:
+    parsed = parse_cluster_url(url)
+    client = _Cluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in parsed.nodes],
+        username=parsed.username,
+        password=parsed.password,
+        **_CONNECTION_OPTIONS,
+        max_connections=max(max_connections, CLUSTER_MAX_CONNECTIONS),
+        # No retries of a command whose reply was lost (see connect); MOVED,
+        # ASK and TRYAGAIN (the command did not run) are still followed.
+        retry=Retry(NoBackoff(), 0),
+    )
+    client.wait_replicas, client.wait_timeout_ms = parsed.wait_replicas, parsed.wait_timeout_ms
+    # hiredis' packer (see _HiredisPacking) for every node's connections:
+    # those found later are made from connection_kwargs, the seeds already
+    # exist (unconnected).
+    packing = _packing(Connection)
+    client.nodes_manager.connection_kwargs["connection_class"] = packing
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_class = packing
+    return client
+
+
 def check_url(url: str) -> None:
     """ValueError, saying what is wrong, for a --redis-url connect() cannot
     use (checked before anything starts: a sentence, not a traceback)."""
-    if is_sentinel_url(url):
-        parse_sentinel_url(url)
-    else:
+    if redis_url_hosts(url) is None:
         redis.connection.parse_url(url)
 
 
-def connect(url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> redis.Redis:
+def connect(url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> redis.Redis | RedisCluster:
     """A client with timeouts, so a dead Redis answers 503 instead of hanging.
 
     The pool blocks: a burst of more concurrent requests than connections
@@ -1009,17 +1336,21 @@ def connect(url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> redis.R
     names, followed across failovers; a batch of check-ins is acknowledged
     only once `wait_replicas` replicas hold it (WAIT), so a failover loses
     nothing that was answered 200.
+
+    ``redis+cluster://`` (see parse_cluster_url): a Redis Cluster, the
+    store's keys sharded over its slots (see keyspace.py), each batch
+    acknowledged once `wait_replicas` replicas of every primary it went to
+    hold it.
     """
     if is_sentinel_url(url):
         return _connect_sentinel(url, max_connections)
+    if is_cluster_url(url):
+        return _connect_cluster(url, max_connections)
     pool = redis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=POOL_WAIT_SECONDS,
-        decode_responses=True,
-        socket_timeout=5,
-        socket_connect_timeout=3,
-        health_check_interval=30,
+        **_CONNECTION_OPTIONS,
         retry=Retry(NoBackoff(), 0),
     )
     # After from_url, which picks the class for the URL's scheme (and would

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .model import UPTIME_COLUMNS
+from .rules import UPTIME_COLUMNS
 
 HOUR, DAY = 3600, 86400
 

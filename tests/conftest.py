@@ -95,9 +95,52 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
 
 
+@dataclass(frozen=True)
+class Backend:
+    """Where a test's store is: `kind` single (one redis-server), sentinel
+    (a primary, two replicas, three sentinels) or cluster (3 primaries with
+    a replica each); `url` is a --redis-url for it."""
+
+    kind: str
+    url: str
+
+
+# The store fixture's backends. A module runs its store tests on all three
+# with a pytest_generate_tests that parametrizes "backend" (test_core.py).
+BACKENDS = ("single", "sentinel", "cluster")
+
+
+@pytest.fixture(scope="session")
+def sentinel_backend(tmp_path_factory) -> Backend:
+    from .sentinel import sentinel_group_running
+
+    with sentinel_group_running(tmp_path_factory.mktemp("sentinel")) as group:
+        yield Backend("sentinel", group.url())
+
+
+@pytest.fixture(scope="session")
+def cluster_backend(tmp_path_factory) -> Backend:
+    from .cluster import LocalCluster
+
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    try:
+        yield Backend("cluster", cluster.url)
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
-async def store(redis_server, prefix) -> Store:
-    s = Store(connect(redis_server.url), prefix, StoreLimits(history=20, logs=3, meta_keys=4, open_runs=5))
+def backend(request, redis_server) -> Backend:
+    kind = getattr(request, "param", "single")
+    if kind == "single":
+        return Backend("single", redis_server.url)
+    assert kind in BACKENDS, kind
+    return request.getfixturevalue(f"{kind}_backend")
+
+
+@pytest.fixture
+async def store(backend, prefix) -> Store:
+    s = Store(connect(backend.url), prefix, StoreLimits(history=20, logs=3, meta_keys=4, open_runs=5))
     yield s
     await s.close()
 
@@ -158,8 +201,9 @@ async def wait_for(predicate: Callable[[], object], timeout: float = 10.0, inter
 
 
 @pytest.fixture
-async def raw_redis(redis_server):
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+async def raw_redis(backend):
+    """A plain client of the test's backend (a cluster client on a cluster)."""
+    client = connect(backend.url)
     yield client
     await client.aclose()
 

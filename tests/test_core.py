@@ -14,7 +14,23 @@ from exporter.model import CheckIn, Kind, Status
 from exporter.store import Store, StoreLimits, connect
 from exporter.sweeper import Sweeper
 
-from .conftest import T0, free_port, registry_from, write_config
+from .conftest import BACKENDS, T0, free_port, registry_from, write_config
+
+
+async def _keys(client, pattern: str) -> list[str]:
+    """Every key matching `pattern`, on every primary of a cluster too."""
+    if hasattr(client, "get_primaries"):
+        await client.initialize()  # the nodes are known once it connected
+        return [key for node in client.get_primaries()
+                for key in await client.keys(pattern, target_nodes=node)]
+    return await client.keys(pattern)
+
+
+def pytest_generate_tests(metafunc):
+    """The core test-suite runs on one Redis, on Sentinel and on a cluster
+    (every test of this module that uses the store)."""
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
 
 HOURLY = """
 monitors:
@@ -336,12 +352,12 @@ class TestCapsAndMeta:
 
 
 class TestConcurrency:
-    async def test_two_sweepers_record_each_missed_slot_exactly_once(self, make_core, redis_server, prefix, clock):
+    async def test_two_sweepers_record_each_missed_slot_exactly_once(self, make_core, backend, prefix, clock):
         yaml = "monitors:\n" + "".join(
             f"  - {{id: m{i}, schedule: {{interval: {10 + i}s}}, grace: 1s}}\n" for i in range(30)
         )
         core_a = make_core(yaml)
-        store_b = Store(connect(redis_server.url), prefix, core_a.store.limits)
+        store_b = Store(connect(backend.url), prefix, core_a.store.limits)
         core_b = Core(store_b, core_a.registry, clock)
         for monitor_id in core_a.registry.monitors:
             await core_a.record(ci(Kind.SUCCESS, T0, monitor_id=monitor_id))
@@ -359,13 +375,13 @@ class TestConcurrency:
             assert facts.outcomes.get("missed", 0) == expected, monitor.id
         await store_b.close()
 
-    async def test_restart_keeps_state_and_counters(self, make_core, redis_server, prefix, clock):
+    async def test_restart_keeps_state_and_counters(self, make_core, backend, prefix, clock):
         core = make_core(HOURLY)
         await core.record(ci(Kind.START, T0, run_id="r"))
         await core.record(ci(Kind.FAIL, T0 + 5, run_id="r", exit_code=2))
         before = await core.store.facts("job")
         await core.store.close()
-        reopened = Store(connect(redis_server.url), prefix)
+        reopened = Store(connect(backend.url), prefix)
         assert await reopened.facts("job") == before
         await reopened.close()
 
@@ -457,11 +473,11 @@ class TestBatchingAndPool:
     """Check-ins that arrive together share one pipeline; a burst larger
     than the connection pool waits for a connection instead of failing."""
 
-    async def test_a_burst_is_recorded_exactly_once_through_a_tiny_pool(self, redis_server, prefix, clock, tmp_path):
+    async def test_a_burst_is_recorded_exactly_once_through_a_tiny_pool(self, backend, prefix, clock, tmp_path):
         from .conftest import registry_from, write_config
 
         yaml = "monitors:\n" + "".join(f"  - {{id: m{i}, schedule: {{interval: 1h}}}}\n" for i in range(20))
-        store = Store(connect(redis_server.url, max_connections=2), prefix, StoreLimits())
+        store = Store(connect(backend.url, max_connections=2), prefix, StoreLimits())
         core = Core(store, registry_from(write_config(tmp_path, yaml), tmp_path), clock)
         try:
             checkins = [
@@ -492,14 +508,14 @@ class TestBatchingAndPool:
         assert (await core.store.facts("job")).outcomes == {"ok": 1}
 
 
-async def test_replicas_load_only_the_api_definitions_that_changed(make_core, redis_server, prefix, clock, raw_redis):
+async def test_replicas_load_only_the_api_definitions_that_changed(make_core, backend, prefix, clock, raw_redis):
     """Creating, changing or deleting one API monitor costs a replica one
     read of that definition, not a reload of all of them; after Redis lost
     its data, everything is read again."""
     from exporter.config import parse_monitor_spec
 
     core_a = make_core(HOURLY)
-    core_b = Core(Store(connect(redis_server.url), prefix, core_a.store.limits), core_a.registry, clock)
+    core_b = Core(Store(connect(backend.url), prefix, core_a.store.limits), core_a.registry, clock)
     try:
         def spec(monitor_id, interval="1h"):
             return parse_monitor_spec({"id": monitor_id, "schedule": {"interval": interval}}, T0)
@@ -522,7 +538,7 @@ async def test_replicas_load_only_the_api_definitions_that_changed(make_core, re
         assert core_b.registry.monitors["api1"].schedule.seconds == 7200
         assert "api2" not in core_b.registry.monitors and "api0" in core_b.registry.monitors
         assert full_reads == []
-        for key in await raw_redis.keys(f"{prefix}:monitors*"):
+        for key in await _keys(raw_redis, f"{prefix}:*monitors*"):
             await raw_redis.delete(key)  # the definitions are lost
         assert await core_b.sync_api_monitors()
         assert full_reads == [1] and not set(core_b.registry.api)
@@ -660,7 +676,7 @@ async def test_a_monitor_that_never_reports_is_missed_not_new_forever(make_core,
     await core.record(ci(Kind.SUCCESS, clock.now))
     assert await status(core) is Status.UP
     # Redis loses everything (no persistence, a flush): the same again.
-    for key in await raw_redis.keys(f"{prefix}:*"):
+    for key in await _keys(raw_redis, f"{prefix}:*"):
         await raw_redis.delete(key)
     await resync_then_miss_the_first_deadline(core, sweeper, clock)
 
@@ -705,7 +721,7 @@ async def test_quiet_until_first_checkin_opts_out_of_paging_while_new(make_core,
 
 
 async def test_a_sweeper_ahead_of_the_replica_that_took_the_check_in_records_no_miss(
-    make_core, redis_server, prefix, clock
+    make_core, backend, prefix, clock
 ):
     """Issue: a sweeper whose clock ran 2 s ahead recorded a miss for a
     check-in that landed 1 s before the deadline on the replica that took
@@ -716,7 +732,7 @@ async def test_a_sweeper_ahead_of_the_replica_that_took_the_check_in_records_no_
 
     ingest = make_core(HOURLY)  # hourly, grace 5m
     ahead = Clock(clock.now)
-    sweeping = Core(Store(connect(redis_server.url), prefix, ingest.store.limits), ingest.registry, ahead)
+    sweeping = Core(Store(connect(backend.url), prefix, ingest.store.limits), ingest.registry, ahead)
     sweeper = Sweeper(sweeping, clock=ahead)
     await ingest.record(ci(Kind.SUCCESS, T0))
     deadline = T0 + 3600 + 300
@@ -823,14 +839,14 @@ class TestOutages:
         assert await core.sweep(core.registry.monitors["job"], clock.now) == 1
 
     async def test_a_replica_that_missed_the_outage_learns_it_before_deciding(
-        self, make_core, redis_server, prefix, clock
+        self, make_core, backend, prefix, clock
     ):
         """Redis was unreachable for every replica. The first heartbeat after
         it records the outage; a replica whose own last heartbeat is older
         must not decide with what it knew before: it beats first."""
         core = make_core(MINUTELY)
         core.track_outages = True
-        other = Core(Store(connect(redis_server.url), prefix, core.store.limits), core.registry, clock)
+        other = Core(Store(connect(backend.url), prefix, core.store.limits), core.registry, clock)
         other.track_outages = True
         await core.heartbeat()
         await other.heartbeat()
@@ -843,12 +859,12 @@ class TestOutages:
         assert "missed" not in (await core.store.facts("job")).outcomes
         await other.store.close()
 
-    async def test_a_heartbeat_from_a_clock_behind_does_not_open_a_gap(self, make_core, redis_server, prefix, clock):
+    async def test_a_heartbeat_from_a_clock_behind_does_not_open_a_gap(self, make_core, backend, prefix, clock):
         from .conftest import Clock
 
         core = make_core(MINUTELY)
         behind = Clock(clock.now - 3)
-        other = Core(Store(connect(redis_server.url), prefix, core.store.limits), core.registry, behind)
+        other = Core(Store(connect(backend.url), prefix, core.store.limits), core.registry, behind)
         await core.heartbeat()  # T0
         await other.heartbeat()  # T0 - 3: must not move the latest heartbeat back
         clock.now = T0 + 4.5

@@ -156,7 +156,13 @@ def test_incremental_scrape_equals_full_rebuild(redis_server, tmp_path_factory, 
     assert asyncio.run(scenario(redis_server.url, directory, ops)) >= 2
 
 
-def test_a_long_random_walk_through_two_replicas(redis_server, tmp_path_factory):
+def pytest_generate_tests(metafunc):
+    """The change feed is sharded on a cluster: the walks run there too."""
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", ["single", "cluster"], indirect=True)
+
+
+def test_a_long_random_walk_through_two_replicas(backend, tmp_path_factory):
     """One long seeded walk (the property test's examples are short)."""
     rng = random.Random(1234)
     ops: list = []
@@ -181,10 +187,10 @@ def test_a_long_random_walk_through_two_replicas(redis_server, tmp_path_factory)
             ops.append(("scrape", rng.randint(0, 1)))
     ops += [("scrape", 0), ("scrape", 1)]
     directory = tmp_path_factory.mktemp("walk")
-    assert asyncio.run(scenario(redis_server.url, directory, ops)) > 40
+    assert asyncio.run(scenario(backend.url, directory, ops)) > 40
 
 
-def test_an_unchanged_scrape_renders_nothing(redis_server, tmp_path_factory):
+def test_an_unchanged_scrape_renders_nothing(backend, tmp_path_factory):
     """What changed, not what exists: a second scrape with no new fact and
     no deadline reached re-renders no monitor; one check-in re-renders one."""
 
@@ -193,7 +199,7 @@ def test_an_unchanged_scrape_renders_nothing(redis_server, tmp_path_factory):
         prefix = f"t{uuid.uuid4().hex[:12]}"
         text = "monitors:\n" + "".join(f"  - {{id: m{i}, schedule: {{interval: 1h}}}}\n" for i in range(50))
         clock = Clock(T0)
-        store = Store(connect(redis_server.url), prefix, StoreLimits())
+        store = Store(connect(backend.url), prefix, StoreLimits())
         core = Core(store, registry_from(write_config(directory, text), directory), clock)
         scraper = Scraper(core, BASE, shard_size=8)
         try:

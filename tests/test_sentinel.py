@@ -15,7 +15,7 @@ if it had been written).
 from __future__ import annotations
 
 import asyncio
-import collections
+import contextlib
 import os
 import signal
 import statistics
@@ -23,131 +23,25 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
-from exporter.embedded import find_redis_server
 from exporter.errors import StoreUnavailable
-from exporter.store import Store, StoreLimits, connect, parse_sentinel_url
-from exporter.web.app import _redis_endpoints, create_app
+from exporter.store import Store, connect, parse_sentinel_url
+from exporter.web.app import _redis_endpoints
 from exporter.web.keys import CORE
 
-from .conftest import free_port, write_config
-
-SERVICE = "cronmon-ha"
-PING_KEY = "sentinel-test-ping-key"
-CONFIG = """
-monitors:
-  - id: beat
-    schedule: {interval: 1h}
-"""
-# A request is never answered later than this: socket timeout (5 s) plus
-# margin; WAIT gives up after wait_timeout (1 s by default) before that.
-ANSWER_BOUND = 6.5
-# After the kill, cronmon answers 200 again within this (Sentinel needs
-# ~1 s to see the primary down, then agrees, elects and promotes).
-RECOVERY_BOUND = 25.0
-
-
-def _wait_port(port: int, process: subprocess.Popen, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"redis process on port {port} exited with {process.returncode}")
-        try:
-            redis.Redis(port=port, socket_timeout=0.5).ping()
-            return
-        except redis.RedisError:
-            time.sleep(0.05)
-    raise RuntimeError(f"redis process on port {port} did not start in {timeout}s")
-
-
-@dataclass
-class SentinelGroup:
-    primary_port: int
-    replica_ports: list[int]
-    sentinel_ports: list[int]
-    processes: dict[int, subprocess.Popen] = field(default_factory=dict)
-
-    def url(self, query: str = "") -> str:
-        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
-        return f"redis+sentinel://{hosts}/{SERVICE}/0{query}"
-
-    def primary_per_sentinels(self) -> set[int]:
-        ports = set()
-        for port in self.sentinel_ports:
-            with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as client:
-                ports.add(int(client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)[1]))
-        return ports
-
-
-def _settled(group: SentinelGroup) -> bool:
-    """Every replica in sync and every sentinel seeing the replicas and its peers."""
-    try:
-        with redis.Redis(port=group.primary_port, socket_timeout=1, decode_responses=True) as primary:
-            info = primary.info("replication")
-        online = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
-        if len([r for r in online if r.get("state") == "online"]) != len(group.replica_ports):
-            return False
-        for port in group.sentinel_ports:
-            with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as sentinel:
-                state = sentinel.execute_command("SENTINEL", "MASTER", SERVICE)
-                state = dict(zip(state[::2], state[1::2])) if isinstance(state, list) else state
-                if int(state["num-slaves"]) != len(group.replica_ports):
-                    return False
-                if int(state["num-other-sentinels"]) != len(group.sentinel_ports) - 1:
-                    return False
-        return True
-    except redis.RedisError:
-        return False
+from .conftest import free_port
+from .failover import ANSWER_BOUND, acknowledged_once, ping_through_a_kill, serve
+from .sentinel import SERVICE, sentinel_group_running
 
 
 @pytest.fixture
 def sentinel_group(tmp_path: Path):
-    binary = find_redis_server()
-    group = SentinelGroup(free_port(), [free_port(), free_port()], [free_port(), free_port(), free_port()])
-    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-
-    def start(port: int, args: list[str]) -> None:
-        workdir = tmp_path / f"redis-{port}"
-        workdir.mkdir()
-        log = open(workdir / "log", "wb")  # noqa: SIM115 (closed with the process)
-        group.processes[port] = subprocess.Popen(args, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-
-    try:
-        start(group.primary_port, [binary, "--port", str(group.primary_port), *common])
-        _wait_port(group.primary_port, group.processes[group.primary_port])
-        for port in group.replica_ports:
-            start(port, [binary, "--port", str(port), *common, "--replicaof", "127.0.0.1", str(group.primary_port)])
-        for port in group.sentinel_ports:
-            conf = tmp_path / f"sentinel-{port}.conf"
-            conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
-                f"sentinel monitor {SERVICE} 127.0.0.1 {group.primary_port} 2\n"
-                f"sentinel down-after-milliseconds {SERVICE} 1000\n"
-                f"sentinel failover-timeout {SERVICE} 3000\n"
-                f"sentinel parallel-syncs {SERVICE} 2\n"
-            )
-            start(port, [binary, str(conf), "--sentinel"])
-        for port, process in group.processes.items():
-            _wait_port(port, process)
-        deadline = time.monotonic() + 30
-        while not _settled(group):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the sentinel group did not settle in 30s")
-            time.sleep(0.1)
+    with sentinel_group_running(tmp_path) as group:
         yield group
-    finally:
-        for process in group.processes.values():
-            if process.poll() is None:
-                process.kill()
-        for process in group.processes.values():
-            process.wait(10)
 
 
 def test_sentinel_url_errors_name_what_is_wrong():
@@ -193,102 +87,18 @@ async def test_no_reachable_sentinel_is_store_unavailable_at_once():
         await store.close()
 
 
-@dataclass
-class Answer:
-    rid: str
-    sent: float
-    done: float
-    status: int  # 0: no HTTP answer (timeout or connection error)
-
-
-async def _serve(aiohttp_server, app_settings, tmp_path, monkeypatch, url: str):
-    monkeypatch.setenv("CRONMON_PING_KEY", PING_KEY)
-    settings = app_settings(write_config(tmp_path, CONFIG), redis_url=url, limits=StoreLimits(history=5000))
-    app = create_app(settings)
-    server = await aiohttp_server(app, host="127.0.0.1")
-    return app, f"http://127.0.0.1:{server.port}/ping/{PING_KEY}/beat"
-
-
-async def _ping_until_ok(client: httpx.AsyncClient, url: str, answers: list[Answer], give_up: float) -> None:
-    """One check-in as a job sends it: retried on 503 with the same rid and
-    Idempotency-Key until it is answered 200 (or `give_up`)."""
-    rid = str(uuid.uuid4())
-    while True:
-        sent = time.monotonic()
-        try:
-            status = (await client.get(url, params={"rid": rid}, headers={"Idempotency-Key": rid})).status_code
-        except httpx.HTTPError:
-            status = 0
-        answers.append(Answer(rid, sent, time.monotonic(), status))
-        if status != 503 or time.monotonic() > give_up:
-            return
-        await asyncio.sleep(0.1)
-
-
-async def _acknowledged_once(app, answers: list[Answer]) -> None:
-    history = await app[CORE].store.history("beat", 0, 5000)
-    runs = collections.Counter(event.get("run") for event in history)
-    acknowledged = {a.rid for a in answers if a.status == 200}
-    assert acknowledged, "no ping was acknowledged"
-    missing = sorted(rid for rid in acknowledged if runs[rid] == 0)
-    assert not missing, f"{len(missing)} acknowledged pings lost, e.g. {missing[:3]}"
-    twice = sorted(rid for rid, n in runs.items() if rid is not None and n > 1)
-    assert not twice, f"{len(twice)} pings recorded more than once, e.g. {twice[:3]}"
-
-
 async def test_failover_follows_the_new_primary_and_loses_no_acknowledged_ping(
     sentinel_group, aiohttp_server, app_settings, tmp_path, monkeypatch
 ):
-    app, url = await _serve(aiohttp_server, app_settings, tmp_path, monkeypatch, sentinel_group.url())
-    answers: list[Answer] = []
-    tasks: set[asyncio.Task] = set()
-    async with httpx.AsyncClient(timeout=ANSWER_BOUND + 5) as client:
-
-        async def drive(seconds: float) -> None:
-            until = time.monotonic() + seconds
-            while time.monotonic() < until:
-                task = asyncio.create_task(_ping_until_ok(client, url, answers, time.monotonic() + RECOVERY_BOUND))
-                tasks.add(task)
-                await asyncio.sleep(0.05)  # ~20 check-ins a second
-
-        await drive(2.0)
-        assert answers and all(a.status == 200 for a in answers), collections.Counter(a.status for a in answers)
-        killed = time.monotonic()
-        sentinel_group.processes[sentinel_group.primary_port].send_signal(signal.SIGKILL)
-        # Until cronmon answers 200 again after its first 503, then 2 s more.
-        while True:
-            await drive(0.5)
-            first_503 = min((a.done for a in answers if a.status == 503 and a.sent >= killed), default=None)
-            if first_503 is not None and any(a.status == 200 and a.done > first_503 for a in answers):
-                break
-            assert time.monotonic() - killed < RECOVERY_BOUND, "cronmon did not recover from the failover"
-        await drive(2.0)
-        await asyncio.gather(*tasks)
-
-    statuses = collections.Counter(a.status for a in answers)
-    assert set(statuses) <= {200, 503}, statuses
-    slowest = max(a.done - a.sent for a in answers)
-    assert slowest < ANSWER_BOUND, f"an answer took {slowest:.2f}s"
-    first_503 = min(a.done for a in answers if a.status == 503)
-    back = min(a.done for a in answers if a.status == 200 and a.done > first_503)
-    last_503 = max(a.done for a in answers if a.status == 503)
-    assert back - killed < RECOVERY_BOUND
-    # Every check-in was acknowledged in the end (its retries got through).
-    pings = collections.defaultdict(list)
-    for a in answers:
-        pings[a.rid].append(a.status)
-    assert all(200 in got for got in pings.values()), [rid for rid, got in pings.items() if 200 not in got][:3]
+    app, url = await serve(aiohttp_server, app_settings, tmp_path, monkeypatch, sentinel_group.url())
+    run = await ping_through_a_kill(url, lambda: sentinel_group.processes[sentinel_group.primary_port].send_signal(
+        signal.SIGKILL))
     # The group moved on: every sentinel names a former replica as primary.
     new_primary = await asyncio.to_thread(sentinel_group.primary_per_sentinels)
     assert len(new_primary) == 1 and new_primary <= set(sentinel_group.replica_ports), new_primary
     # cronmon reads the history from the new primary (the old one is dead).
-    await _acknowledged_once(app, answers)
-    print(
-        f"\nsentinel failover: {len(pings)} check-ins, {statuses[200]} answered 200 and {statuses[503]} 503"
-        f" (slowest answer {slowest:.2f}s); failover window (first 503 to first 200 after it)"
-        f" {back - first_503:.2f}s; kill to first 200 {back - killed:.2f}s; last 503 {last_503 - killed:.2f}s"
-        f" after the kill"
-    )
+    await acknowledged_once(app, run.answers)
+    print(f"\nsentinel failover: {run.summary()}")
 
 
 async def _latencies(client: httpx.AsyncClient, url: str, n: int) -> list[float]:
@@ -325,7 +135,7 @@ async def test_a_write_no_replica_confirms_is_refused_and_its_retry_is_a_duplica
     200 (Redis answers). Once a replica confirms, the retry (same rid) is a
     duplicate. Prints what WAIT costs a sequential ping against
     wait_replicas=0."""
-    app, url = await _serve(aiohttp_server, app_settings, tmp_path, monkeypatch,
+    app, url = await serve(aiohttp_server, app_settings, tmp_path, monkeypatch,
                             sentinel_group.url("?wait_replicas=1&wait_timeout=300"))
     async with httpx.AsyncClient(timeout=ANSWER_BOUND + 5) as client:
         await _latencies(client, url, 20)  # warm up: scripts loaded, connections open
@@ -352,7 +162,7 @@ async def test_a_write_no_replica_confirms_is_refused_and_its_retry_is_a_duplica
     history = await app[CORE].store.history("beat", 0, 5000)
     assert [event.get("run") for event in history].count(rid) == 1
 
-    _, plain_url = await _serve(aiohttp_server, app_settings, tmp_path, monkeypatch,
+    _, plain_url = await serve(aiohttp_server, app_settings, tmp_path, monkeypatch,
                                 sentinel_group.url("?wait_replicas=0"))
     async with httpx.AsyncClient(timeout=ANSWER_BOUND + 5) as client:
         await _latencies(client, plain_url, 20)
@@ -374,6 +184,7 @@ def _p95(values: list[float]) -> float:
     "url, words",
     [
         ("redis+sentinel:///svc", "no Sentinel hosts"),
+        ("redis+cluster://h:1/0", "a cluster has no databases"),
         ("redis://localhost:notaport/0", "Port could not be cast"),
         ("mysql://localhost", "schemes"),
     ],
@@ -390,3 +201,56 @@ def test_serve_refuses_a_bad_redis_url_with_a_sentence(tmp_path, url, words):
     assert result.returncode == 2
     assert result.stderr.startswith("cronmon: not starting: --redis-url (env CRONMON_REDIS_URL): ")
     assert words in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_two_workers_on_password_protected_sentinels_follow_a_failover_exactly_once(tmp_path):
+    """`cronmon serve --workers 2` as a real process on a Sentinel group
+    whose data nodes and sentinels each require a password of their own
+    (the data nodes' before the @, the sentinels' in sentinel_password):
+    the workers (the kernel spreads the connections over both) follow the
+    failover on their own, and
+    every check-in answered 200 is in the new primary's history once. A
+    wrong sentinel password is a 503 at /-/ready, not a start-up crash."""
+    from .failover import CONFIG, PING_KEY
+
+    with sentinel_group_running(tmp_path / "ha", password="data p@ss", sentinel_password="sentinel:pass") as group:
+        config = tmp_path / "monitors.yaml"
+        config.write_text(CONFIG)
+        port = free_port()
+        env = {"PATH": os.environ["PATH"], "CRONMON_PING_KEY": PING_KEY, "CRONMON_REDIS_URL": group.url()}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "exporter.cli", "serve", "--config", str(config), "--listen",
+             f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "data"), "--workers", "2"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        store = Store(connect(group.url()))
+        try:
+            base = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient() as client:
+                deadline = time.monotonic() + 30
+                while True:
+                    assert process.poll() is None, process.stdout.read()
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get(base + "/-/ready", timeout=1)).status_code == 200:
+                            break
+                    assert time.monotonic() < deadline, "cronmon --workers 2 on Sentinel did not become ready"
+                    await asyncio.sleep(0.1)
+            run = await ping_through_a_kill(
+                f"{base}/ping/{PING_KEY}/beat",
+                lambda: group.processes[group.primary_port].send_signal(signal.SIGKILL),
+            )
+            await acknowledged_once(store, run.answers)
+            print(f"\nsentinel failover, --workers 2, passwords: {run.summary()}")
+        finally:
+            await store.close()
+            process.terminate()
+            out, _ = process.communicate(timeout=30)
+        assert process.returncode == 0, out
+        assert "Traceback" not in out, out
+
+        wrong = Store(connect(group.url().replace("sentinel_password=sentinel%3Apass", "sentinel_password=nope")))
+        try:
+            with pytest.raises(StoreUnavailable, match="MasterNotFoundError"):
+                await wrong.ping()
+        finally:
+            await wrong.close()

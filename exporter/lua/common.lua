@@ -1,10 +1,21 @@
 -- Shared helpers, prepended to every cronmon script (see store.py).
--- All keys of one monitor share its hash tag, so each script touches one
--- slot except for the global deadline index (see the note in store.py).
+-- Every script touches the keys of one hash slot only: a monitor's keys
+-- and its shard of the cross-monitor indexes (see exporter/keyspace.py).
 
 -- Full double precision: tostring() keeps only 14 significant digits.
 local function fmt(value)
   return string.format('%.17g', value)
+end
+
+-- A script's named argument table, checked before its first write: a
+-- missing or mistyped field is an error that changes nothing (Redis keeps
+-- the writes a failing script made before it failed).
+local function need(args, fields)
+  for name, kind in pairs(fields) do
+    if type(args[name]) ~= kind then
+      error('cronmon: argument ' .. name .. ' must be a ' .. kind .. ', not ' .. type(args[name]))
+    end
+  end
 end
 
 local function num(value)
@@ -13,8 +24,9 @@ local function num(value)
 end
 
 -- Apply `n` outcomes of one kind to the counters and the threshold state.
--- Whether the outcome is bad is the caller's to say (model.BAD_OUTCOMES,
--- passed by the store): the rules live in Python, once.
+-- Whether the outcome is bad is the caller's to say (rules.BAD_OUTCOMES,
+-- passed by the store); the threshold flips mirror rules.after_outcomes,
+-- and tests/test_rules.py checks that they agree.
 local function apply_outcome(state, counters, outcome, n, bad, fthr, rthr)
   redis.call('HINCRBY', counters, 'o:' .. outcome, n)
   redis.call('HSET', state, 'last_outcome', outcome)
@@ -47,7 +59,7 @@ end
 -- UTC day (kept 31 days), so 24h / 7d / 30d figures stay exact however
 -- short the capped event history is. Fields: h<hour>:<outcome>,
 -- d<day>:<outcome>; `hour` remembers when old buckets were last pruned.
--- Callers count run outcomes and missed slots (model.UPTIME_COLUMNS), not
+-- Callers count run outcomes and missed slots (rules.UPTIME_COLUMNS), not
 -- timeouts: a timed-out run still ends in an outcome of its own.
 local UPTIME_HOURS, UPTIME_DAYS = 48, 31
 local function count_uptime(uptime, outcome, n, now)

@@ -5,20 +5,29 @@
 --       latest change), 7 audit list, 8..7+q the owner's quota sets (ids
 --       of the API monitors it counts), then the monitor's data keys
 --       (deleted with it)
--- ARGV: 1 monitor id, 2 mode (create|update|delete), 3 definition (json),
---       4 audit entry (json, '' for none), 5 audit cap, 6 q (number of
---       quota sets), 7..6+q each set's limit (create; 0: none)
+-- ARGV: 1 the change (json object): monitor, mode (create|update|delete),
+--       definition (json text; create and update), audit (json text of the
+--       audit entry; absent: none), audit_cap, quota_limits (one per quota
+--       set, in KEYS order: the most ids each may hold on a create; 0: no
+--       limit)
 -- Returns {'ok', revision} | {'exists'} | {'missing'} | {'quota', i, used}:
 -- the i-th quota set is full (checked before any write, so two creates
 -- racing for the last place cannot both take it)
-local defs, rev, due, id, mode = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
-local quotas = tonumber(ARGV[6])
+-- Everything is read and checked before the first write.
+local p = cjson.decode(ARGV[1])
+need(p, {monitor = 'string', mode = 'string', audit_cap = 'number', quota_limits = 'table'})
+if p.mode ~= 'create' and p.mode ~= 'update' and p.mode ~= 'delete' then
+  error('cronmon: argument mode must be create, update or delete, not ' .. p.mode)
+end
+if p.mode ~= 'delete' then need(p, {definition = 'string'}) end
+local defs, rev, due, id, mode = KEYS[1], KEYS[2], KEYS[3], p.monitor, p.mode
+local quotas = #p.quota_limits
 local present = redis.call('HEXISTS', defs, id) == 1
 if mode == 'create' and present then return {'exists'} end
 if mode ~= 'create' and not present then return {'missing'} end
 if mode == 'create' then
   for i = 1, quotas do
-    local limit, used = tonumber(ARGV[6 + i]), redis.call('SCARD', KEYS[7 + i])
+    local limit, used = p.quota_limits[i], redis.call('SCARD', KEYS[7 + i])
     if limit > 0 and used >= limit then return {'quota', i, used} end
   end
   for i = 1, quotas do redis.call('SADD', KEYS[7 + i], id) end
@@ -30,10 +39,10 @@ if mode == 'delete' then
   redis.call('DEL', KEYS[7])
   for i = 8 + quotas, #KEYS do redis.call('DEL', KEYS[i]) end
 else
-  redis.call('HSET', defs, id, ARGV[3])
-  if ARGV[4] ~= '' then
-    redis.call('LPUSH', KEYS[7], ARGV[4])
-    redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[5]) - 1)
+  redis.call('HSET', defs, id, p.definition)
+  if p.audit then
+    redis.call('LPUSH', KEYS[7], p.audit)
+    redis.call('LTRIM', KEYS[7], 0, p.audit_cap - 1)
   end
 end
 -- A deleted and re-created monitor must not show its old facts anywhere.

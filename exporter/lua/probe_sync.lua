@@ -7,8 +7,14 @@
 -- change nothing; a new or changed one starts at its first due time; one
 -- no longer active is dropped. Returns the number of changes.
 local probes, schedule = KEYS[1], KEYS[2]
+local wanted = cjson.decode(ARGV[1])
+for i, item in ipairs(wanted) do  -- checked before the first write
+  if type(item[1]) ~= 'string' or type(item[2]) ~= 'string' or type(item[3]) ~= 'number' then
+    error('cronmon: probe ' .. i .. ' must be [monitor id, fingerprint, first due]')
+  end
+end
 local keep, changes = {}, 0
-for _, item in ipairs(cjson.decode(ARGV[1])) do
+for _, item in ipairs(wanted) do
   local id, fp, first = item[1], item[2], item[3]
   keep[id] = true
   if redis.call('HGET', probes, id) ~= fp then

@@ -12,9 +12,9 @@
 --         annotations (object), probe_code (set only for an active
 --         check's result), outcome and bad (for a completion: what it
 --         records and whether that is bad for the thresholds, decided by
---         model.completion_outcome), short_outcome and short_bad
+--         rules.completion_outcome), short_outcome and short_bad
 --         (what it records instead when its duration is below the
---         monitor's min_runtime: model.too_short_outcome),
+--         monitor's min_runtime: rules.too_short_outcome),
 --         idempotency_key (a client's key for this one check-in);
 --         absent fields are nil
 --       2 the monitor's settings (json object): grace, miss_after (grace
@@ -208,7 +208,7 @@ elseif completes then
   -- min_runtime: a success that ran shorter did not do its job. Judged
   -- here because only the script knows a paired run's duration; what it
   -- becomes (short_outcome, short_bad) is decided in Python
-  -- (model.too_short_outcome). A completion of unknown duration is not judged.
+  -- (rules.too_short_outcome). A completion of unknown duration is not judged.
   if a.short_outcome and c.min_runtime and duration and duration < c.min_runtime then
     outcome, bad = a.short_outcome, a.short_bad
     entry.too_short = c.min_runtime

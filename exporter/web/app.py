@@ -34,7 +34,7 @@ from ..probes import Prober, make_client, redis_endpoints
 from ..reloader import Reloader
 from ..scrape import Scraper
 from ..settings import Settings
-from ..store import Store, connect, is_sentinel_url, parse_sentinel_url
+from ..store import Store, connect, redis_url_hosts
 from ..sweeper import Sweeper
 from ..workers import MULTIPROC_ENV
 from . import api_v1, boxwatch, crontify, crosscheck, crosscheck_checkin, healthchecks, ops, sentry
@@ -192,9 +192,10 @@ def _web_config_auth(settings: Settings) -> list:
 
 def _redis_endpoints(redis_url: str | None) -> tuple[tuple[str, int], ...]:
     """What active checks must not reach: the Redis server, or with
-    Sentinel each sentinel (a multi-host URL is no http URL)."""
-    if redis_url and is_sentinel_url(redis_url):
-        hosts = parse_sentinel_url(redis_url).sentinels
+    Sentinel or a cluster each host the URL names (a multi-host URL is no
+    http URL)."""
+    hosts = redis_url_hosts(redis_url) if redis_url else None
+    if hosts is not None:
         return tuple(e for host, port in hosts for e in redis_endpoints(f"redis://{_bracket(host)}:{port}"))
     return redis_endpoints(redis_url)
 

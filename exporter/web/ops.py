@@ -22,6 +22,7 @@ from ..config import ConfigError
 from ..credentials import ApiToken, match_api_token
 from ..errors import StoreUnavailable
 from ..model import Evaluation, Facts, Monitor, Status, format_duration, iso_utc
+from ..rules import event_is_bad
 from ..workers import ask_parent_to_reload
 from .client import BodyError, bearer_token, read_body
 from .keys import CORE, RELOADER, SCRAPER, SELF_REGISTRY, SETTINGS
@@ -203,7 +204,6 @@ STATUS_ORDER = (
 PROBLEMS = (Status.DOWN, Status.FAILED, Status.STUCK, Status.LATE)
 _RANK = {status: i for i, status in enumerate(STATUS_ORDER)}
 SORTS = ("status", "name", "last_success", "next_expected", "duration", "team", "group")
-_BAD_OUTCOMES = {"error", "missed", "timeout", "silent", "fail"}
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1b1f24;background:#f6f7f9}
@@ -684,7 +684,7 @@ async def monitor_html(request: web.Request) -> web.Response:
     for event in events:
         outcome = event.get("outcome") or ""
         kind = event.get("kind") or ""
-        tone = "bad" if outcome in _BAD_OUTCOMES or kind in ("fail", "missed", "timeout") else (
+        tone = "bad" if event_is_bad(kind, outcome) else (
             "good" if outcome == "ok" else ""
         )
         cells = [
