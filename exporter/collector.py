@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from . import __version__
 from .evaluate import Outages, evaluate, next_change
 from .model import CronSchedule, Facts, Kind, Monitor, Outcome, Status
-from .store import DURATION_BUCKETS
+from .storage import DURATION_BUCKETS
 
 # Statuses for which cronmon_up is 0.
 _NOT_UP = frozenset({Status.DOWN, Status.FAILED, Status.STUCK})

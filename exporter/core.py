@@ -50,7 +50,7 @@ from .model import (
 )
 from .rules import completion_outcome
 from .schedule import next_slot
-from .store import Quota, RecordResult, Store, StoreLimits
+from .storage import Quota, RecordResult, StateStore, StoreLimits
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class Registry:
 
 class Core:
     def __init__(
-        self, store: Store, registry: Registry, clock: Callable[[], float] = time.time,
+        self, store: StateStore, registry: Registry, clock: Callable[[], float] = time.time,
         monitors_per_owner: int = 0, track_outages: bool = False,
     ):
         self.store = store
@@ -278,7 +278,7 @@ class Core:
         run: str | None = None, seq: int | None = None, before: int | None = None,
     ) -> tuple[list[dict], bool]:
         """A page of a monitor's events, newest first, filtered in Redis (see
-        Store.history_page): (the page, whether more match)."""
+        StateStore.history_page): (the page, whether more match)."""
         return await self.store.history_page(
             monitor_id, limit=limit, offset=offset, kinds=kinds, run=run, seq=seq, before=before
         )

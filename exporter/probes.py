@@ -54,7 +54,7 @@ from . import __version__
 from .core import Core, Registry
 from .errors import ChecksNotRunning, RateLimited, StoreUnavailable
 from .model import CheckIn, HttpProbe, Kind, Monitor, in_networks
-from .store import RecordResult
+from .storage import RecordResult
 
 log = logging.getLogger(__name__)
 

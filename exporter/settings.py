@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .store import StoreLimits
+from .storage import StoreLimits
 
 if TYPE_CHECKING:
     from .webconfig import WebConfig

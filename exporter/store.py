@@ -1,18 +1,5 @@
-"""The store: the only module that speaks Redis.
-
-Its interface is the methods of Store, grouped by what they serve (the
-adapters and the core never see a key or a command):
-
-    check-ins     record
-    reads         facts, snapshot, details, history, history_page, logs, log, audit
-    the sweeper   due, apply_sweep, resync, fingerprints, forget_due
-    scrapes       changes_since (the change feed)
-    API monitors  define_monitor, monitor_definition(s), definitions,
-                  definition_changes, monitors_revision
-    active checks sync_probes, claim_probes
-    outages       heartbeat
-    API documents documents, put_document, delete_document, next_sequence
-    lifecycle     ping, close
+"""The store: the only module that speaks Redis; it implements
+storage.StateStore (whose docstrings are the contracts).
 
 Key layout on one server (prefix configurable, default ``cronmon``; on a
 cluster the same keys carry a shard's hash tag, see keyspace.py). Every key
@@ -79,14 +66,10 @@ from .evaluate import ArrivalPlan, SweepPlan
 from .keyspace import Cursor, Keyspace
 from .model import CheckIn, Details, Facts, Monitor, OpenRun, Outage, Outcome
 from .rules import is_bad, too_short_outcome
+from .storage import DURATION_BUCKETS, Quota, RecordResult, StoreLimits
 
 log = logging.getLogger(__name__)
 
-# Run duration histogram buckets (seconds): cron jobs run from seconds to a
-# day, so the buckets span 1s .. 24h roughly logarithmically.
-DURATION_BUCKETS: tuple[float, ...] = (
-    1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 43200, 86400,
-)
 
 
 # The stored fingerprint of a monitor the config no longer declares.
@@ -98,31 +81,6 @@ REMOVED_FINGERPRINT = "removed"
 # every miss decision reads).
 OUTAGES_KEPT_SECONDS = 35 * 86400
 OUTAGES_KEPT = 100
-
-
-@dataclass(frozen=True)
-class StoreLimits:
-    history: int = 500
-    logs: int = 100
-    meta_keys: int = 32
-    open_runs: int = 50
-    closed_runs: int = 200
-    audit: int = 100
-    # A retried check-in with the same idempotency key is a duplicate for
-    # this long after the first (24 h, as Stripe's keys), among the last
-    # idempotency_keys keys of the monitor.
-    idempotency_keys: int = 1000
-    idempotency_window: float = 86400.0
-
-
-@dataclass(frozen=True)
-class RecordResult:
-    status: str  # "ok" | "duplicate" | "sweep" | "slot" | "limited"
-    seq: int | None = None
-    run_id: str | None = None
-    duration: float | None = None
-    slot: float | None = None  # with "slot": the slot the plan must also offer
-    retry_after: int | None = None  # with "limited": seconds until allowed again
 
 
 _UNAVAILABLE = (
@@ -323,23 +281,17 @@ def _script(name: str) -> str:
     return common + "\n" + resources.files("exporter").joinpath(f"lua/{name}.lua").read_text()
 
 
-@dataclass(frozen=True)
-class Quota:
-    """At most `limit` API monitors (0: no limit) in the set `name` of
-    `owner`, enforced by define.lua when a monitor is created."""
-
-    name: str
-    owner: str
-    limit: int
+_DEFAULT_LIMITS = StoreLimits()
 
 
 class Store:
-    """cronmon's state in Redis, behind methods named for what they do; the
-    rest of cronmon never sees a key or a command (see Keyspace for where
-    each key lives, on one server and on a cluster)."""
+    """cronmon's state in Redis: the implementation of storage.StateStore
+    (the contract of every method is there); the rest of cronmon never
+    sees a key or a command (see Keyspace for where each key lives, on one
+    server and on a cluster)."""
 
     def __init__(
-        self, client: redis.Redis | RedisCluster, prefix: str = "cronmon", limits: StoreLimits = StoreLimits()
+        self, client: redis.Redis | RedisCluster, prefix: str = "cronmon", limits: StoreLimits = _DEFAULT_LIMITS
     ):
         self.client = client
         self.prefix = prefix
@@ -364,7 +316,9 @@ class Store:
             "idempotency_keys": limits.idempotency_keys, "idempotency_window": limits.idempotency_window,
         })
         self._batch = _Batcher(client)
-        self._reads = _Batcher(client, wait=False)  # reads need no replica's word
+        # Reads, and the writes that need no replica's word (heartbeats,
+        # the active-check schedule): batched the same way, without WAIT.
+        self._unwaited = _Batcher(client, wait=False)
         self._facts = client.register_script(_script("facts"))
         self._settings_cache: dict[str, tuple[Monitor, str]] = {}
 
@@ -479,7 +433,7 @@ class Store:
         """One monitor's facts, read atomically (facts.lua; reads made in
         the same turn of the event loop share a round trip)."""
         keys = [self.key(monitor_id, part) for part in ("state", "runs", "counters", "meta")]
-        replies = await self._reads.call(self._facts, keys, [])
+        replies = await self._unwaited.call(self._facts, keys, [])
         return _parse_facts(*(dict(zip(flat[::2], flat[1::2])) for flat in replies))
 
     async def snapshot(self, monitor_ids: Iterable[str]) -> dict[str, Facts]:
@@ -736,34 +690,36 @@ class Store:
         # create does not happen; a delete gives them back after it. (A
         # process killed between the two leaves a place taken, never the
         # limit passed.) On one server define.lua does both atomically.
+        # The places are taken without WAIT (a WAIT that timed out would
+        # leave them taken with no monitor); the monitor's own script is
+        # WAIT-guarded.
         split = self.keys.cluster and bool(quotas)
         taken: list[str] = []
         try:
             if split and mode == "create":
-                reply = await self._quota(
-                    keys=quota_keys,
-                    args=[_named({"monitor": monitor_id, "mode": "take", "limits": [q.limit for q in quotas]})],
-                )
+                take = {"monitor": monitor_id, "mode": "take", "limits": [q.limit for q in quotas]}
+                reply = await self._unwaited.call(self._quota, quota_keys, [_named(take)])
                 if reply[0] == "quota":
                     return ("quota", int(reply[1]) - 1, int(reply[2]))
                 taken = [key for key, added in zip(quota_keys, reply[1:]) if int(added)]
             in_script = [] if split else quota_keys
-            reply = await self._define(
-                keys=[*self._indexes(monitor_id, "monitors", "monitors:revision", "due", "changes", "changes:seq",
-                                     "monitors:changes"),
-                      self.key(monitor_id, "audit"), *in_script, *data_keys],
-                args=[_named({
-                    "monitor": monitor_id, "mode": mode,
-                    "definition": json.dumps(definition) if definition is not None else None,
-                    "audit": json.dumps(audit) if audit is not None else None,
-                    "audit_cap": self.limits.audit,
-                    "quota_limits": [] if split else [quota.limit for quota in quotas],
-                })],
+            indexes = self._indexes(
+                monitor_id, "monitors", "monitors:revision", "due", "changes", "changes:seq", "monitors:changes"
+            )
+            change = {
+                "monitor": monitor_id, "mode": mode,
+                "definition": json.dumps(definition) if definition is not None else None,
+                "audit": json.dumps(audit) if audit is not None else None,
+                "audit_cap": self.limits.audit,
+                "quota_limits": [] if split else [quota.limit for quota in quotas],
+            }
+            reply = await self._batch.call(
+                self._define, [*indexes, self.key(monitor_id, "audit"), *in_script, *data_keys], [_named(change)]
             )
             if split and mode == "create" and reply[0] != "ok" and taken:
-                await self._quota(keys=taken, args=[_named({"monitor": monitor_id, "mode": "give"})])
+                await self._unwaited.call(self._quota, taken, [_named({"monitor": monitor_id, "mode": "give"})])
             if split and mode == "delete" and reply[0] == "ok":
-                await self._quota(keys=quota_keys, args=[_named({"monitor": monitor_id, "mode": "give"})])
+                await self._unwaited.call(self._quota, quota_keys, [_named({"monitor": monitor_id, "mode": "give"})])
         except Exception as exc:
             raise _translate(exc) from exc
         if reply[0] == "quota":
@@ -809,9 +765,9 @@ class Store:
         """Make the shared probe schedule hold exactly these active monitors:
         (monitor id, fingerprint json with the interval as "i", first due)."""
         try:
-            return int(await self._probe_sync(
-                keys=[self._probes_key, self._probe_schedule_key],
-                args=[json.dumps([[m, fp, first] for m, fp, first in probes], allow_nan=False)],
+            wanted = json.dumps([[m, fp, first] for m, fp, first in probes], allow_nan=False)
+            return int(await self._unwaited.call(
+                self._probe_sync, [self._probes_key, self._probe_schedule_key], [wanted]
             ))
         except Exception as exc:
             raise _translate(exc) from exc
@@ -820,8 +776,8 @@ class Store:
         """Checks due at `now` (at most `limit`), each given to one caller
         only: (monitor id, when it was due)."""
         try:
-            reply = await self._probe_claim(
-                keys=[self._probes_key, self._probe_schedule_key], args=[_named({"now": now, "limit": limit})]
+            reply = await self._unwaited.call(
+                self._probe_claim, [self._probes_key, self._probe_schedule_key], [_named({"now": now, "limit": limit})]
             )
         except Exception as exc:
             raise _translate(exc) from exc
@@ -835,11 +791,8 @@ class Store:
         recorded as an outage first. Returns the outages kept (those that
         ended in the last OUTAGES_KEPT_SECONDS, at most OUTAGES_KEPT)."""
         try:
-            reply = await self._heartbeat(
-                keys=[self._heartbeat_key, self._outages_key],
-                args=[_named({"now": now, "gap": gap, "forget_before": now - OUTAGES_KEPT_SECONDS,
-                              "keep": OUTAGES_KEPT})],
-            )
+            beat = {"now": now, "gap": gap, "forget_before": now - OUTAGES_KEPT_SECONDS, "keep": OUTAGES_KEPT}
+            reply = await self._unwaited.call(self._heartbeat, [self._heartbeat_key, self._outages_key], [_named(beat)])
         except Exception as exc:
             raise _translate(exc) from exc
         return tuple(Outage(float(reply[i]), float(reply[i + 1])) for i in range(0, len(reply), 2))
@@ -904,7 +857,7 @@ class Store:
             if value is not None:
                 wanted[name] = value
         try:
-            reply = await self._history(keys=[self.key(monitor_id, "history")], args=[json.dumps(wanted)])
+            reply = await self._unwaited.call(self._history, [self.key(monitor_id, "history")], [json.dumps(wanted)])
         except Exception as exc:
             raise _translate(exc) from exc
         return [json.loads(item) for item in reply[1:]], reply[0] == 1

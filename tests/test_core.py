@@ -910,3 +910,41 @@ async def test_history_is_filtered_in_redis_as_python_would(make_core, clock):
             page, more = await core.store.history_page("job", limit=limit, offset=offset, **filters)
             assert page == matching[offset:offset + limit], (filters, offset, limit)
             assert more == (len(matching) > offset + limit), (filters, offset, limit)
+
+
+async def test_quotas_hold_exactly_and_a_refusal_takes_no_place(make_core, store, raw_redis, prefix):
+    """monitors_per_owner and an API's own quota, on every backend (on a
+    cluster the quota sets live in another slot than the monitor, and the
+    places are taken before the monitor's own script): creates racing for
+    the last places get exactly the limit; a refused create, or a create
+    of an id that exists, takes no place; a delete gives its place back."""
+    from exporter.config import parse_monitor_spec
+    from exporter.errors import MonitorExists, QuotaExceeded
+
+    core = make_core(HOURLY)
+    core.monitors_per_owner = 5
+
+    def spec(monitor_id):
+        return parse_monitor_spec({"id": monitor_id, "schedule": {"interval": "1h"}}, T0)
+
+    results = await asyncio.gather(
+        *(core.create_monitor(spec(f"q{i}"), "alice", None, quotas={"plan": 4}) for i in range(12)),
+        return_exceptions=True,
+    )
+    created = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, QuotaExceeded)]
+    assert len(created) == 4 and len(refused) == 8, results
+    assert all("for plan" in str(r) for r in refused)
+    # Another owner is not counted against alice; alice's own limit is 5.
+    await core.create_monitor(spec("bob1"), "bob", None)
+    await core.create_monitor(spec("q-extra"), "alice", None)  # no plan quota: 5 of 5
+    with pytest.raises(QuotaExceeded, match='owner "alice" already has 5 monitors'):
+        await core.create_monitor(spec("q-over"), "alice", None)
+    with pytest.raises(MonitorExists):
+        await core.create_monitor(spec(created[0].id), "alice", None, quotas={"plan": 4})
+    assert await store.monitor_definition("q-over") is None
+    # Nothing leaked: deleting one gives exactly one place back, for each quota.
+    await core.delete_monitor(core.registry.monitors[created[0].id])
+    await core.create_monitor(spec("q-again"), "alice", None, quotas={"plan": 4})
+    with pytest.raises(QuotaExceeded):
+        await core.create_monitor(spec("q-again2"), "alice", None)

@@ -45,6 +45,19 @@ def test_only_the_store_and_the_embedded_server_import_redis():
     assert offending == []
 
 
+def test_only_the_wiring_imports_the_store():
+    """Everything else sees storage.StateStore, the interface: the app
+    factory builds the Store, the CLI checks a --redis-url with it."""
+    allowed = {EXPORTER / "store.py", EXPORTER / "web" / "app.py", EXPORTER / "cli.py"}
+    offending = [
+        f"{path.relative_to(EXPORTER.parent)}:{line} imports {name}"
+        for path in modules() if path not in allowed
+        for line, name in imports(path) if name == "exporter.store" or name.startswith("exporter.store.")
+    ]
+    assert offending == []
+    assert "exporter.store" in {name for _, name in imports(EXPORTER / "web" / "app.py")}
+
+
 def test_adapters_do_not_import_the_store_or_each_other():
     web = EXPORTER / "web"
     offending = []
