@@ -292,6 +292,10 @@ class Core:
 
     # Active checks: the schedule every replica shares (see probes.py).
 
+    def store_servers(self) -> tuple[tuple[str, int], ...]:
+        """Redis servers the store found beyond its URL (a cluster's nodes)."""
+        return self.store.servers()
+
     async def publish_probes(self, probes: list[tuple[str, str, float]]) -> int:
         """Make the shared schedule hold exactly these active monitors:
         (monitor id, check fingerprint json with the interval as "i", first due)."""

@@ -45,7 +45,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -286,6 +286,8 @@ class Prober:
         self.concurrency = concurrency
         self.api_policy = NetworkPolicy(public_only=True, allowed=tuple(allowed_networks), forbidden=tuple(forbidden))
         self.yaml_policy = NetworkPolicy(forbidden=tuple(forbidden))
+        self._forbidden = tuple(forbidden)
+        self._store_servers: tuple[tuple[str, int], ...] = ()
         self.resolve = resolve
         self.max_bytes = max_bytes
         self.tick = tick
@@ -300,6 +302,18 @@ class Prober:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def policy(self, monitor: Monitor) -> NetworkPolicy:
+        """Where `monitor`'s check may connect. A cluster's nodes are
+        forbidden as the store learns them (a failover or a new node
+        changes the slot map), not only those its URL names."""
+        servers = self.core.store_servers()
+        if servers != self._store_servers:
+            self._store_servers = servers
+            forbidden = (*self._forbidden, *servers)
+            self.api_policy = replace(self.api_policy, forbidden=forbidden)
+            self.yaml_policy = replace(self.yaml_policy, forbidden=forbidden)
+        return self.yaml_policy if monitor.from_yaml else self.api_policy
 
     async def sync(self) -> None:
         """Publish this process's active monitors to the shared schedule
@@ -321,7 +335,7 @@ class Prober:
         """Check one monitor now and record the result (None: refused by the
         monitor's rate limit)."""
         assert monitor.probe is not None
-        policy = self.yaml_policy if monitor.from_yaml else self.api_policy
+        policy = self.policy(monitor)
         result = await run_check(client, monitor.probe, policy=policy, resolve=self.resolve, max_bytes=self.max_bytes)
         checkin = checkin_for(monitor, result, self.clock(), on_demand)
         try:

@@ -85,6 +85,11 @@ class StateStore(Protocol):
 
     async def close(self) -> None: ...
 
+    def servers(self) -> tuple[tuple[str, int], ...]:
+        """The Redis servers found beyond those the URL names (a cluster's
+        nodes), as (address, port): active checks must not reach them."""
+        ...
+
     # -- check-ins ---------------------------------------------------------
 
     async def record(

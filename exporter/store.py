@@ -42,6 +42,7 @@ is in the monitor's slot.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import math
@@ -347,6 +348,20 @@ class Store:
     def _indexes(self, monitor_id: str, *names: str) -> list[str]:
         """The shards holding `monitor_id` of these cross-monitor indexes."""
         return [self.keys.index_of(monitor_id, name) for name in names]
+
+    def servers(self) -> tuple[tuple[str, int], ...]:
+        """On a cluster, every node the slot map names (address, port):
+        active checks must not reach them either. Empty elsewhere (the URL
+        names the servers)."""
+        if not isinstance(self.client, RedisCluster):
+            return ()
+        found = set()
+        for node in self.client.get_nodes():
+            try:
+                found.add((str(ipaddress.ip_address(node.host)), int(node.port)))
+            except ValueError:
+                continue  # a name: cluster nodes announce addresses
+        return tuple(sorted(found))
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -273,3 +273,31 @@ def test_serve_runs_on_a_cluster(cluster, tmp_path):
         out, _ = process.communicate(timeout=30)
     assert process.returncode == 0, out
     assert "Traceback" not in out, out
+
+
+async def test_active_checks_never_reach_a_cluster_node_the_url_does_not_name(cluster, tmp_path):
+    """A check of a replica's port (not in the URL: the store found it in
+    the slot map) is refused as cronmon's own Redis before any connection,
+    like one of a seed node."""
+    from exporter.probes import Prober, make_client
+
+    seeds = set(cluster.startup_ports())
+    others = [port for port in cluster.all_ports() if port not in seeds]
+    assert others, "the cluster has replicas the URL does not name"
+    text = "monitors:\n" + "".join(
+        f"  - {{id: node{port}, http: {{url: 'http://127.0.0.1:{port}/', interval: 10s, slow: 1s, timeout: 2s}}}}\n"
+        for port in [*others, next(iter(seeds))]
+    )
+    store = Store(connect(cluster.url), f"t{uuid.uuid4().hex[:12]}", StoreLimits())
+    core = Core(store, registry_from(write_config(tmp_path, text), tmp_path), time.time)
+    prober = Prober(core, forbidden=_redis_endpoints(cluster.url))
+    try:
+        await prober.sync()  # the first store call learns the slot map
+        async with make_client(4) as client:
+            for monitor in core.registry.monitors.values():
+                checkin, _ = await prober.check(client, monitor)
+                assert checkin.kind is Kind.FAIL and "cronmon's own Redis" in (checkin.message or ""), (
+                    monitor.id, checkin.message
+                )
+    finally:
+        await store.close()
