@@ -14,7 +14,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import InitVar, dataclass, field, replace
 
 from .config import Config, ConfigError, MonitorSpec, monitor_from_definition
 from .credentials import (
@@ -60,6 +60,20 @@ _CAS_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
+class ApiChanges:
+    """What Core.sync_api_monitors found: the API monitors created, changed
+    or deleted (ids, in the order applied), or `everything` (all were
+    loaded: the first time, or after Redis lost its data). Falsy when
+    nothing changed."""
+
+    ids: tuple[str, ...] = ()
+    everything: bool = False
+
+    def __bool__(self) -> bool:
+        return self.everything or bool(self.ids)
+
+
+@dataclass(frozen=True)
 class MonitorUpdate:
     """A new definition for an API monitor: spec, extras (None: keep them),
     the audit entry that explains it (None: none) and whether it is
@@ -91,33 +105,99 @@ class Registry:
     api_revision: Cursor | None = None
     monitors: Mapping[str, Monitor] = field(init=False)
     _uuid_index: Mapping[bytes, str] = field(init=False, repr=False)
+    # API and YAML monitors as served (group metrics applied; API ones in
+    # `api`'s order), and the digest of each API monitor's derived UUID:
+    # what with_api carries over to the next registry.
+    _api_served: Mapping[str, Monitor] = field(init=False, repr=False)
+    _yaml_served: Mapping[str, Monitor] = field(init=False, repr=False)
+    _api_digests: Mapping[str, bytes] = field(init=False, repr=False)
     # kind -> {sha256(derived secret): monitor id}, built on first use.
     _derived_index: dict[str, dict[bytes, str]] = field(init=False, repr=False, default_factory=dict)
     # name -> a lookup table an adapter derived from `monitors` (see index).
     _indexes: dict[str, Mapping[str, str]] = field(init=False, repr=False, default_factory=dict)
+    # with_api's hint: the registry this one follows and the API monitor ids
+    # that changed since (in the order `api` re-inserted them); None: build all.
+    previous: InitVar[Registry | None] = None
+    changed: InitVar[Sequence[str] | None] = None
 
-    def __post_init__(self) -> None:
-        merged = {**{k: m for k, m in self.api.items() if k not in self.yaml}, **self.yaml}
-        if self.group_metrics:
-            for monitor_id, monitor in merged.items():
-                extra = self.group_metrics.get(monitor.group)
-                if extra and not extra <= monitor.metrics:
-                    merged[monitor_id] = replace(monitor, metrics=monitor.metrics | extra)
-        index = dict(self.secrets.uuid_digests) if self.secrets else {}
+    def __post_init__(self, previous: Registry | None, changed: Sequence[str] | None) -> None:
         key_digest = self.secrets.uuid_key_digest if self.secrets else None
-        if key_digest is not None:
-            for monitor_id, monitor in merged.items():
-                if not monitor.from_yaml:
-                    index[derived_uuid_digest(key_digest, monitor_id)] = monitor_id
-        object.__setattr__(self, "monitors", merged)
+        same_yaml = (
+            previous is not None and previous.yaml is self.yaml and previous.secrets is self.secrets
+            and previous.group_metrics is self.group_metrics
+        )
+        if same_yaml:
+            assert previous is not None
+            yaml_served = previous._yaml_served
+        else:
+            yaml_served = {k: self._served(m) for k, m in self.yaml.items()} if self.group_metrics else self.yaml
+        if same_yaml and changed is not None:
+            assert previous is not None
+            # One API monitor created, changed or deleted costs the same at
+            # 10 or 10,000 API monitors: the previous registry's tables are
+            # copied (C-level dict copies) and only the changed ids redone.
+            api_served, api_digests = dict(previous._api_served), dict(previous._api_digests)
+            index = dict(previous._uuid_index)
+            for monitor_id in changed:
+                api_served.pop(monitor_id, None)
+                old = api_digests.pop(monitor_id, None)
+                # (A YAML monitor with this id keeps its own UUID entry.)
+                if old is not None and monitor_id not in yaml_served and index.get(old) == monitor_id:
+                    del index[old]
+            redo: Iterable[str] = changed
+        else:
+            api_served, api_digests = {}, {}
+            index = dict(self.secrets.uuid_digests) if self.secrets else {}
+            redo = self.api
+        for monitor_id in redo:
+            monitor = self.api.get(monitor_id)
+            if monitor is None:
+                continue  # deleted
+            api_served[monitor_id] = self._served(monitor)
+            if key_digest is not None:
+                api_digests[monitor_id] = monitor_digest = derived_uuid_digest(key_digest, monitor_id)
+                if monitor_id not in yaml_served:  # a YAML monitor wins over an API one
+                    index[monitor_digest] = monitor_id
+        shadowed = api_served.keys() & yaml_served.keys()
+        api_part = {k: m for k, m in api_served.items() if k not in shadowed} if shadowed else api_served
+        if same_yaml and changed is not None and key_digest is not None:
+            assert previous is not None
+            # The secret indexes previous built (CrossCheck's API keys and
+            # shortcodes), carried over the same way.
+            for kind, previous_index in previous._derived_index.items():
+                derived = dict(previous_index)
+                for monitor_id in changed:
+                    secret_digest = derived_secret_digest(key_digest, kind, monitor_id)
+                    if monitor_id in api_part:
+                        derived[secret_digest] = monitor_id
+                    elif derived.get(secret_digest) == monitor_id:
+                        del derived[secret_digest]
+                self._derived_index[kind] = derived
+        object.__setattr__(self, "monitors", {**api_part, **yaml_served})
         object.__setattr__(self, "_uuid_index", index)
+        object.__setattr__(self, "_api_served", api_served)
+        object.__setattr__(self, "_yaml_served", yaml_served)
+        object.__setattr__(self, "_api_digests", api_digests)
+
+    def _served(self, monitor: Monitor) -> Monitor:
+        """`monitor` with the optional series its YAML group opts into."""
+        extra = self.group_metrics.get(monitor.group) if self.group_metrics else None
+        if extra and not extra <= monitor.metrics:
+            return replace(monitor, metrics=monitor.metrics | extra)
+        return monitor
 
     @classmethod
     def build(cls, config: Config, secrets: ResolvedSecrets) -> Registry:
         return cls({m.id: m for m in config.monitors}, secrets, config.group_metrics)
 
-    def with_api(self, api: Mapping[str, Monitor], revision: Cursor | None) -> Registry:
-        return replace(self, api=api, api_revision=revision)
+    def with_api(
+        self, api: Mapping[str, Monitor], revision: Cursor | None, changed: Sequence[str] | None = None
+    ) -> Registry:
+        """This registry with other API monitors. `changed`: the ids that
+        differ from this registry's `api` (re-inserted at the end of `api`
+        in this order, deleted ones absent), so only they are redone; None
+        rebuilds every table."""
+        return replace(self, api=api, api_revision=revision, previous=self, changed=changed)
 
     def index(self, name: str, build: Callable[[Mapping[str, Monitor]], Mapping[str, str]]) -> Mapping[str, str]:
         """A lookup table (key -> monitor id) an adapter derives from the
@@ -336,21 +416,23 @@ class Core:
         """Swap in a reloaded config; the API monitors stay as they are."""
         self.registry = registry.with_api(self.registry.api, self.registry.api_revision)
 
-    async def sync_api_monitors(self) -> bool:
+    async def sync_api_monitors(self) -> ApiChanges:
         """Load the API monitors whose definitions changed in Redis since
         the registry's revision (another replica wrote, or this one): one
         round trip to ask, one to read what changed; all of them only the
-        first time or after Redis lost its data. True if anything changed.
-        Creating one API monitor so costs the same at 10 or 10,000."""
+        first time or after Redis lost its data. Returns what changed
+        (falsy: nothing). Creating one API monitor so costs the same at 10
+        or 10,000: only its definition is read, and the new registry redoes
+        only its entries (Registry.with_api)."""
         revision, changed = await self.store.definition_changes(self.registry.api_revision)
         definitions: Mapping[str, dict | None]
         if changed is None:
             _, definitions = await self.store.monitor_definitions()
             api: dict[str, Monitor] = {}
         elif not changed:
-            if revision == self.registry.api_revision:
-                return False
-            definitions, api = {}, dict(self.registry.api)
+            if revision != self.registry.api_revision:
+                self.registry = self.registry.with_api(self.registry.api, revision, changed=())
+            return ApiChanges()
         else:
             definitions, api = await self.store.definitions(changed), dict(self.registry.api)
         for monitor_id, definition in definitions.items():
@@ -361,8 +443,12 @@ class Core:
                 api[monitor_id] = monitor_from_definition(monitor_id, definition, self.clock())
             except ConfigError as exc:  # written by an older version, say
                 log.error("API monitor %s cannot be loaded, skipping it: %s", monitor_id, exc)
-        self.registry = self.registry.with_api(api, revision)
-        return True
+        if changed is None:
+            self.registry = self.registry.with_api(api, revision)
+            return ApiChanges(everything=True)
+        ids = tuple(definitions)
+        self.registry = self.registry.with_api(api, revision, changed=ids)
+        return ApiChanges(ids)
 
     # -- API-created monitors ----------------------------------------------
 
@@ -573,15 +659,19 @@ class Core:
 
     async def resync_all(self, now: float) -> None:
         """Resync every monitor whose stored fingerprint differs from its
-        config: one pipelined read of all fingerprints (a reload of 10,000
-        unchanged monitors costs a few round trips, not 10,000), then the
-        compare-and-set resync of just those."""
-        registry = list(self.registry.monitors.values())
-        stored = await self.store.fingerprints([m.id for m in registry])
-        monitors = []
-        for i, monitor in enumerate(registry):
+        config (see resync_monitors)."""
+        await self.resync_monitors(list(self.registry.monitors.values()), now)
+
+    async def resync_monitors(self, monitors: Sequence[Monitor], now: float) -> None:
+        """Resync those of `monitors` whose stored fingerprint differs from
+        their config: one pipelined read of their fingerprints (a reload of
+        10,000 unchanged monitors costs a few round trips, not 10,000), then
+        the compare-and-set resync of just those."""
+        stored = await self.store.fingerprints([m.id for m in monitors])
+        stale = []
+        for i, monitor in enumerate(monitors):
             if stored.get(monitor.id) != monitor.schedule_fingerprint():
-                monitors.append(monitor)
+                stale.append(monitor)
             if i % 1000 == 999:
                 await asyncio.sleep(0)  # 10,000 monitors: let pings in between
         # Bounded concurrency: a few round trips in flight, not thousands.
@@ -591,7 +681,7 @@ class Core:
             async with semaphore:
                 await self.resync(monitor, now)
 
-        await asyncio.gather(*(one(m) for m in monitors))
+        await asyncio.gather(*(one(m) for m in stale))
 
 
 def _spec_dict(spec: MonitorSpec) -> dict:

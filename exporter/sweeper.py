@@ -44,9 +44,16 @@ class Sweeper:
         """Sweep everything due now; returns how many monitors were looked at."""
         now = self.clock()
         # API monitors another replica (or this one) created, changed or
-        # deleted: one GET a tick to notice.
-        if await self.core.sync_api_monitors():
+        # deleted: one GET a tick to notice. Only those are re-checked (a
+        # create elsewhere must not cost a read of every monitor here); the
+        # writer re-based them already, this covers a writer that died
+        # between its write and its re-base.
+        changes = await self.core.sync_api_monitors()
+        if changes.everything:
             self.needs_resync = True
+        elif changes.ids and not self.needs_resync:
+            monitors = self.core.registry.monitors
+            await self.core.resync_monitors([monitors[i] for i in changes.ids if i in monitors], now)
         if self.needs_resync:
             # Cleared before, not after: a reload that lands while this pass
             # runs sets it again and gets a pass of its own.

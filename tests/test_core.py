@@ -546,6 +546,48 @@ async def test_replicas_load_only_the_api_definitions_that_changed(make_core, ba
         await core_b.store.close()
 
 
+async def test_a_replicas_sweeper_rechecks_only_the_api_monitors_that_changed(make_core, backend, prefix, clock):
+    """Another replica's API change makes this sweeper read the fingerprints
+    of just the changed monitors (not of every monitor: at 10,000 monitors
+    that read was most of a create's cost), and still re-bases one whose
+    writer died between writing it and re-basing it."""
+    from exporter.config import parse_monitor_spec
+
+    core_a = make_core("monitors:\n" + "".join(f"  - {{id: y{i}, schedule: {{interval: 1h}}}}\n" for i in range(40)))
+    core_b = Core(Store(connect(backend.url), prefix, core_a.store.limits), core_a.registry, clock)
+    sweeper_b = Sweeper(core_b, clock=clock)
+    try:
+        def spec(monitor_id, interval="1h"):
+            return parse_monitor_spec({"id": monitor_id, "schedule": {"interval": interval}}, T0)
+
+        await core_a.create_monitor(spec("api0"), "owner", None)
+        await sweeper_b.run_once()  # the first pass: the start-up resync of everything
+        read: list[list[str]] = []
+        original = core_b.store.fingerprints
+
+        async def spied(ids):
+            read.append(list(ids))
+            return await original(ids)
+
+        core_b.store.fingerprints = spied
+        await core_a.update_monitor(core_a.registry.monitors["api0"], spec("api0", "2h"))
+        await core_a.create_monitor(spec("api1"), "owner", None)
+        await sweeper_b.run_once()
+        assert read == [["api0", "api1"]]
+        # A writer that died after the definition, before its re-base.
+        definition = {"spec": {"id": "api2", "schedule": {"interval": 3600.0}}, "owner": "owner", "team": None,
+                      "created_at": T0, "extras": {}, "quotas": []}
+        assert await core_a.store.define_monitor("api2", "create", definition) == "ok"
+        assert (await original(["api2"])) == {"api2": None}  # not re-based
+        read.clear()
+        await sweeper_b.run_once()
+        assert read[0] == ["api2"]
+        monitor = core_b.registry.monitors["api2"]
+        assert (await original(["api2"])) == {"api2": monitor.schedule_fingerprint()}
+    finally:
+        await core_b.store.close()
+
+
 @pytest.mark.parametrize("args", [
     ("EVALSHA", "a" * 40, 2, "cronmon:{m}:state", "cronmon:due", '{"now": 1781524800.5}', ""),
     ("ZRANGEBYSCORE", "cronmon:due", "-inf", "1781524800.123456"),

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""The least an aiohttp ping server can do, for bench/ingest_floor.py.
+
+    python bench/floor_server.py --port P --workers N --mode empty|redis|script [--redis unix:///path]
+
+Answers GET /ping/<anything> with 200 "OK" from N processes sharing one
+listening socket (bound before the fork, as `cronmon serve --workers`
+shares its port), doing per request:
+
+- empty: nothing;
+- redis: one HINCRBY on a Redis server, the commands of one turn of the
+  event loop sent as one pipeline (as cronmon's store batches check-ins);
+- script: the same, but one EVALSHA of a three-command Lua script.
+
+No cronmon code runs: this measures the cost of the stack cronmon is
+built on (aiohttp, redis-py with hiredis, a Lua script per check-in),
+the floor below which no ping handler on it can go.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+
+import redis.asyncio as redis
+from aiohttp import web
+
+SCRIPT = """
+redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSET', KEYS[1], 'last', ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[1], KEYS[1])
+return 1
+"""
+
+
+class Batch:
+    """The calls of one event-loop turn, sent as one pipeline."""
+
+    def __init__(self, client: redis.Redis, mode: str) -> None:
+        self.client = client
+        self.mode = mode
+        self.pending: list[tuple[str, asyncio.Future]] = []
+        self.sha = ""
+
+    def call(self, name: str) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self.pending:
+            loop.call_soon(lambda: asyncio.ensure_future(self.flush()))
+        self.pending.append((name, future))
+        return future
+
+    async def flush(self) -> None:
+        batch, self.pending = self.pending, []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for name, _ in batch:
+                if self.mode == "script":
+                    pipe.evalsha(self.sha, 2, f"floor:{name}", "floor:due", "1764800000")
+                else:
+                    pipe.hincrby(f"floor:{name}", "seq", 1)
+            replies = await pipe.execute()
+        for (_, future), reply in zip(batch, replies):
+            future.set_result(reply)
+
+
+def make_app(mode: str, redis_url: str | None) -> web.Application:
+    app = web.Application()
+    state: dict[str, Batch] = {}
+
+    async def ping(request: web.Request) -> web.Response:
+        if mode != "empty":
+            await state["batch"].call(request.match_info["tail"])
+        return web.Response(text="OK")
+
+    async def setup(app: web.Application):
+        if mode != "empty":
+            client = redis.Redis.from_url(redis_url, max_connections=64)
+            batch = Batch(client, mode)
+            batch.sha = await client.script_load(SCRIPT)
+            state["batch"] = batch
+        yield
+        if mode != "empty":
+            await state["batch"].client.aclose()
+
+    app.cleanup_ctx.append(setup)
+    app.router.add_get("/ping/{tail:.+}", ping)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--mode", choices=("empty", "redis", "script"), default="empty")
+    parser.add_argument("--redis")
+    opts = parser.parse_args()
+    if opts.mode != "empty" and not opts.redis:
+        sys.exit("--redis is needed with --mode redis or script")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", opts.port))
+    sock.listen(1024)
+    for _ in range(opts.workers - 1):
+        if os.fork() == 0:
+            break
+    web.run_app(make_app(opts.mode, opts.redis), sock=sock, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
