@@ -65,6 +65,14 @@ class Reloader:
             else:
                 config = load_config(self.settings.config_path, now=self.clock())
             secrets = credentials.resolve(config, self.settings.data_dir)
+            current = self._current
+            if config is self._config and current is not None and _same_secrets(secrets, current.secrets):
+                # Nothing changed: the running registry stays, and whoever
+                # swaps on a reload has nothing to do (a reload of 10,000
+                # unchanged monitors used to rebuild the registry and
+                # re-check every monitor's fingerprint in Redis).
+                loaded = True
+                return current
             registry = Registry.build(config, secrets)
             if self._current is not None:
                 # Unchanged monitors keep their objects: the scrape cache
@@ -94,6 +102,7 @@ class Reloader:
     async def reload(self) -> Registry:
         """Load and swap; on failure keep the running config and re-raise."""
         async with self._lock:  # two reloads at once would race on the swap
+            previous = self._current
             try:
                 registry = await asyncio.to_thread(self.load)
             except ConfigError as exc:
@@ -101,10 +110,12 @@ class Reloader:
                 self.state.last_error = str(exc)
                 log.error("config reload failed, keeping the running config:\n%s", exc)
                 raise
-            for callback in self.on_swap:
-                callback(registry)
+            if registry is not previous:
+                for callback in self.on_swap:
+                    callback(registry)
             self._succeeded()
-            log.info("config reloaded: %d monitors", len(registry.monitors))
+            log.info("config reloaded: %d monitors%s", len(registry.monitors),
+                     " (unchanged)" if registry is previous else "")
             return registry
 
     def request_reload(self) -> None:
@@ -132,3 +143,9 @@ class Reloader:
         self.state.successful = True
         self.state.success_timestamp = self.clock()
         self.state.last_error = None
+
+
+def _same_secrets(new: credentials.ResolvedSecrets, old: credentials.ResolvedSecrets | None) -> bool:
+    """The same secrets, whether or not this resolve generated the ping key
+    (a key generated at start-up is read back from the data dir later)."""
+    return old is not None and replace(new, generated_now=False) == replace(old, generated_now=False)

@@ -315,7 +315,12 @@ async def test_a_burst_of_reload_requests_folds_into_one_more_reload(client, mon
 
 
 async def test_a_reload_of_unchanged_files_parses_nothing_but_reads_secrets_again(client, config_path, monkeypatch):
+    """An unchanged reload (config management signals often) parses
+    nothing and swaps nothing: the running registry stays, so the sweeper
+    re-checks no fingerprint and the scrape cache re-renders nothing. A
+    rotated secret with the same files is swapped in."""
     import exporter.reloader as reloader_module
+    from exporter.web.keys import CORE, RELOADER, SWEEPER
 
     parses = []
     original = reloader_module.load_config
@@ -325,11 +330,18 @@ async def test_a_reload_of_unchanged_files_parses_nothing_but_reads_secrets_agai
         return original(*args, **kwargs)
 
     monkeypatch.setattr(reloader_module, "load_config", counted)
+    core, sweeper = client.app[CORE], client.app[SWEEPER]
+    swaps: list[object] = []
+    client.app[RELOADER].on_swap.append(swaps.append)
+    assert (await client.post("/-/reload")).status == 200  # the first may swap: the key is now read back
+    running, swaps[:] = core.registry, []
+    sweeper.needs_resync = False
     assert (await client.post("/-/reload")).status == 200
     assert parses == []  # same bytes as at start-up
+    assert swaps == [] and core.registry is running and not sweeper.needs_resync
     monkeypatch.setenv("CRONMON_PING_KEY", "r" * 22)  # a rotated key
     assert (await client.post("/-/reload")).status == 200
-    assert parses == []
+    assert parses == [] and len(swaps) == 1 and sweeper.needs_resync
     assert (await client.get("/ping/" + "r" * 22 + "/beat")).status == 200
     assert (await client.get("/ping/" + "k" * 22 + "/beat")).status == 404
     config_path.write_text(CONFIG + "  - {id: added, schedule: {interval: 1m}}\n")
