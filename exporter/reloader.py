@@ -70,8 +70,8 @@ class Reloader:
                 # Nothing changed: the running registry stays, and whoever
                 # swaps on a reload has nothing to do (a reload of 10,000
                 # unchanged monitors used to rebuild the registry and
-                # re-check every monitor's fingerprint in Redis).
-                loaded = True
+                # re-check every monitor's fingerprint in Redis). Nothing
+                # new to freeze either.
                 return current
             registry = Registry.build(config, secrets)
             if self._current is not None:
