@@ -216,8 +216,10 @@ def cronmon_knows_workers() -> bool:
 
 
 def start_cronmon(children: Children, tmp: Path, config: Path, workers: int | None,
-                  redis_url: str | None = None, key_prefix: str | None = None) -> tuple[subprocess.Popen, str]:
-    """redis_url None: the embedded Redis (under tmp/data); key_prefix None: cronmon's default."""
+                  redis_url: str | None = None, key_prefix: str | None = None, env: dict | None = None,
+                  extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """redis_url None: the embedded Redis (under tmp/data); key_prefix None: cronmon's default;
+    env: variables added to ours; extra: more `cronmon serve` flags. Returns once /-/ready answers."""
     port = free_port()
     args = [sys.executable, "-m", "exporter.cli", "serve", "--config", str(config),
             "--listen", f"{HOST}:{port}", "--data-dir", str(tmp / "data"), "--log-level", "warning"]
@@ -227,8 +229,9 @@ def start_cronmon(children: Children, tmp: Path, config: Path, workers: int | No
         args += ["--redis-url", redis_url]
     if key_prefix is not None:
         args += ["--key-prefix", key_prefix]
+    args += list(extra)
     logfile = open(tmp / "cronmon.log", "ab")
-    proc = start_session(children, args, cwd=ROOT, env={**os.environ, "CRONMON_PING_KEY": KEY},
+    proc = start_session(children, args, cwd=ROOT, env={**os.environ, "CRONMON_PING_KEY": KEY, **(env or {})},
                          stdout=subprocess.DEVNULL, stderr=logfile)
     logfile.close()
     base = f"http://{HOST}:{port}"

@@ -67,18 +67,6 @@ def check_config_seconds(config: Path) -> float:
     return took
 
 
-def serve(children: compare.Children, tmp: Path, config: Path, workers: int, env: dict | None = None,
-          extra: tuple[str, ...] = ()):
-    port = compare.free_port()
-    args = [sys.executable, "-m", "exporter.cli", "serve", "--config", str(config), "--listen", f"{compare.HOST}:{port}",
-            "--data-dir", str(tmp / "data"), "--log-level", "warning", "--workers", str(workers), *extra]
-    log = open(tmp / "cronmon.log", "ab")
-    proc = compare.start_session(children, args, cwd=compare.ROOT, stdout=subprocess.DEVNULL, stderr=log,
-                                 env={**os.environ, "CRONMON_PING_KEY": compare.KEY, **(env or {})})
-    log.close()
-    return proc, f"http://{compare.HOST}:{port}"
-
-
 def answers(base: str, monitor: str) -> bool:
     return compare.http_get(f"{base}/monitors/{monitor}", timeout=5)[0] == 200
 
@@ -102,7 +90,7 @@ def yaml_fleet(children: compare.Children, n: int, workers: int) -> dict:
         compare.write_config(config, n)
         row: dict = {"monitors": n, "check_config_s": check_config_seconds(config)}
         t0 = time.perf_counter()
-        proc, base = serve(children, tmp, config, workers)
+        proc, base = compare.start_cronmon(children, tmp, config, workers)
         try:
             wait_answering(base, f"m{n - 1:04d}", proc)
             row["startup_s"] = time.perf_counter() - t0
@@ -164,8 +152,8 @@ def api_fleet(children: compare.Children, sizes: list[int], workers: int) -> lis
         config.write_text(config.read_text().replace("monitors:\n", (
             "api_tokens:\n  - {name: admin, env: BENCH_ADMIN_TOKEN, owner: admin, scope: write}\nmonitors:\n"), 1))
         # No per-owner quota: the fleet outgrows the default 10,000.
-        proc, base = serve(children, tmp, config, workers, env={"BENCH_ADMIN_TOKEN": TOKEN},
-                           extra=("--monitors-per-owner", "0"))
+        proc, base = compare.start_cronmon(children, tmp, config, workers, env={"BENCH_ADMIN_TOKEN": TOKEN},
+                                           extra=("--monitors-per-owner", "0"))
         try:
             wait_answering(base, "m0099", proc)
             have = 0

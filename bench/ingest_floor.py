@@ -78,17 +78,9 @@ def start_variant(children: compare.Children, tmp: Path, config: Path, workers: 
     """`cronmon serve` (embedded Redis under tmp) with a bench variant
     (bench/variant/sitecustomize.py; "" for none) in every process."""
     tmp.mkdir()
-    port = compare.free_port()
-    env = {**os.environ, "CRONMON_PING_KEY": compare.KEY, "CRONMON_BENCH_VARIANT": variant,
-           "PYTHONPATH": os.pathsep.join([str(compare.BENCH / "variant"), os.environ.get("PYTHONPATH", "")])}
-    log = open(tmp / "cronmon.log", "ab")
-    proc = compare.start_session(children, [sys.executable, "-m", "exporter.cli", "serve", "--config", str(config),
-                                            "--listen", f"{compare.HOST}:{port}", "--data-dir", str(tmp / "data"),
-                                            "--log-level", "warning", "--workers", str(workers)],
-                                 cwd=compare.ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
-    log.close()
-    base = f"http://{compare.HOST}:{port}"
-    compare.wait_until(lambda: compare.ready(base + "/-/ready"), 120, f"cronmon ({variant or 'plain'})", proc)
+    pythonpath = os.pathsep.join([str(compare.BENCH / "variant"), os.environ.get("PYTHONPATH", "")])
+    _, base = compare.start_cronmon(children, tmp, config, workers,
+                                    env={"CRONMON_BENCH_VARIANT": variant, "PYTHONPATH": pythonpath})
     return base
 
 
