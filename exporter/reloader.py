@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 from . import credentials
 from .config import Config, ConfigError, config_digest, load_config
+from .config_child import parse_in_child
 from .core import Registry
 from .heap import freeze_long_lived
 from .settings import Settings
@@ -43,8 +44,10 @@ class Reloader:
         self._requested = False  # a request_reload() waits for its turn
         self._requests: set[asyncio.Task] = set()
 
-    def load(self) -> Registry:
+    def load(self, parsed: tuple[Config, bytes] | None = None) -> Registry:
         """Parse config and resolve its secrets; ConfigError on any problem.
+        `parsed`: the config already parsed (by parse_in_child), with the
+        digest of the files it was parsed from.
 
         The cyclic garbage collector is off meanwhile: parsing 10,000
         monitors allocates half a million objects that all live on, and
@@ -59,11 +62,14 @@ class Reloader:
             # Config management often signals without changing anything;
             # unchanged files are not parsed again (10,000 monitors: ~2 s of
             # CPU). Secrets are always read again: a key file may rotate.
-            digest = config_digest(self.settings.config_path)
-            if digest == self._config_digest and self._config is not None:
-                config = self._config
+            if parsed is not None:
+                config, digest = parsed
             else:
-                config = load_config(self.settings.config_path, now=self.clock())
+                digest = config_digest(self.settings.config_path)
+                if digest == self._config_digest and self._config is not None:
+                    config = self._config
+                else:
+                    config = load_config(self.settings.config_path, now=self.clock())
             secrets = credentials.resolve(config, self.settings.data_dir)
             current = self._current
             if config is self._config and current is not None and _same_secrets(secrets, current.secrets):
@@ -104,7 +110,7 @@ class Reloader:
         async with self._lock:  # two reloads at once would race on the swap
             previous = self._current
             try:
-                registry = await asyncio.to_thread(self.load)
+                registry = await asyncio.to_thread(self.load, await self._parse_if_changed())
             except ConfigError as exc:
                 self.state.successful = False
                 self.state.last_error = str(exc)
@@ -117,6 +123,18 @@ class Reloader:
             log.info("config reloaded: %d monitors%s", len(registry.monitors),
                      " (unchanged)" if registry is previous else "")
             return registry
+
+    async def _parse_if_changed(self) -> tuple[Config, bytes] | None:
+        """The config parsed in a child process (config_child: a serving
+        process never parses YAML itself), or None when the files are the
+        ones already loaded (nothing to parse). Files that change between
+        the digest and the parse are parsed in their newer form, and parsed
+        again by the next reload (their digest differs): never a stale
+        config kept as current."""
+        digest = await asyncio.to_thread(config_digest, self.settings.config_path)
+        if digest == self._config_digest and self._config is not None:
+            return None
+        return await parse_in_child(self.settings.config_path, self.clock()), digest
 
     def request_reload(self) -> None:
         """Reload soon (SIGHUP). Requests that arrive while one waits for

@@ -292,9 +292,9 @@ async def test_a_burst_of_reload_requests_folds_into_one_more_reload(client, mon
     loads = []
     original = reloader.load
 
-    def counted():
+    def counted(*args):
         loads.append(1)
-        return original()
+        return original(*args)
 
     monkeypatch.setattr(reloader, "load", counted)
     async with reloader._lock:  # a reload "in progress"
@@ -323,13 +323,13 @@ async def test_a_reload_of_unchanged_files_parses_nothing_but_reads_secrets_agai
     from exporter.web.keys import CORE, RELOADER, SWEEPER
 
     parses = []
-    original = reloader_module.load_config
+    original = reloader_module.parse_in_child
 
-    def counted(*args, **kwargs):
+    async def counted(*args, **kwargs):
         parses.append(1)
-        return original(*args, **kwargs)
+        return await original(*args, **kwargs)
 
-    monkeypatch.setattr(reloader_module, "load_config", counted)
+    monkeypatch.setattr(reloader_module, "parse_in_child", counted)
     core, sweeper = client.app[CORE], client.app[SWEEPER]
     swaps: list[object] = []
     client.app[RELOADER].on_swap.append(swaps.append)
