@@ -236,8 +236,28 @@ def start_cronmon(children: Children, tmp: Path, config: Path, workers: int | No
     logfile.close()
     base = f"http://{HOST}:{port}"
     took = wait_until(lambda: ready(base + "/-/ready"), 120, "cronmon", proc)
+    if workers and workers > 1:
+        # /-/ready is answered by the first worker up; connections made
+        # before the others listen all go to it (SO_REUSEPORT spreads only
+        # over the sockets listening then), and a benchmark would measure one.
+        took += wait_until(lambda: listeners(port) >= workers, 120, f"all {workers} cronmon workers listening", proc)
     log(f"cronmon ready on {base} in {took:.1f}s")
     return proc, base
+
+
+def listeners(port: int) -> int:
+    """Sockets listening on `port` (one per SO_REUSEPORT worker)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[1].rsplit(":", 1)[1] == f"{port:04X}" and fields[3] == "0A":  # 0A: LISTEN
+                count += 1
+    return count
 
 
 def start_pushgateway(children: Children, tmp: Path) -> tuple[subprocess.Popen, str]:

