@@ -161,9 +161,11 @@ class ScriptLane:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 if self.path is not None:
-                    _, protocol = await loop.create_unix_connection(lambda: _Protocol(self), self.path)
+                    transport, protocol = await loop.create_unix_connection(lambda: _Protocol(self), self.path)
                 else:
-                    _, protocol = await loop.create_connection(lambda: _Protocol(self), self.host, self.port)
+                    transport, protocol = await loop.create_connection(
+                        lambda: _Protocol(self), self.host or "localhost", self.port
+                    )
                 self._protocol = protocol
                 # All at once, before any call can be flushed behind them
                 # (a call sent between AUTH and SELECT would use db 0).
@@ -171,7 +173,7 @@ class ScriptLane:
                 if hellos:
                     self._waiting.extend(hellos)
                     self._progress = loop.time()
-                    protocol.transport.write(b"".join(hiredis.pack_command(c) for c in self._hello))
+                    transport.write(b"".join(hiredis.pack_command(c) for c in self._hello))
                 for command, hello in zip(self._hello, hellos):
                     reply = await hello
                     if isinstance(reply, Exception):

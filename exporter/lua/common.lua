@@ -23,29 +23,47 @@ local function num(value)
   return tonumber(value)
 end
 
+-- The threshold state after `n` outcomes of one kind: the state fields to
+-- set, given the stored streaks (cbad, cgood; nil when absent). Whether the
+-- outcome is bad is the caller's to say (rules.BAD_OUTCOMES, passed by the
+-- store); the flips mirror rules.after_outcomes, and tests/test_rules.py
+-- checks that they agree.
+local function outcome_fields(cbad, cgood, outcome, n, bad, fthr, rthr)
+  local set = {last_outcome = outcome}
+  if bad then
+    set.cbad, set.cgood, set.last_bad = (cbad or 0) + n, 0, outcome
+    if set.cbad >= fthr then set.alerting = 1 end
+  else
+    set.cgood, set.cbad = (cgood or 0) + n, 0
+    if set.cgood >= rthr then set.alerting = 0 end
+  end
+  return set
+end
+
+-- A table's fields as HSET's field, value list.
+local function flatten(fields)
+  local list = {}
+  for name, value in pairs(fields) do
+    list[#list + 1] = name
+    list[#list + 1] = value
+  end
+  return list
+end
+
 -- Apply `n` outcomes of one kind to the counters and the threshold state.
--- Whether the outcome is bad is the caller's to say (rules.BAD_OUTCOMES,
--- passed by the store); the threshold flips mirror rules.after_outcomes,
--- and tests/test_rules.py checks that they agree.
 local function apply_outcome(state, counters, outcome, n, bad, fthr, rthr)
   redis.call('HINCRBY', counters, 'o:' .. outcome, n)
-  redis.call('HSET', state, 'last_outcome', outcome)
-  if bad then
-    local bad = redis.call('HINCRBY', state, 'cbad', n)
-    redis.call('HSET', state, 'cgood', 0, 'last_bad', outcome)
-    if bad >= fthr then redis.call('HSET', state, 'alerting', 1) end
-  else
-    local good = redis.call('HINCRBY', state, 'cgood', n)
-    redis.call('HSET', state, 'cbad', 0)
-    if good >= rthr then redis.call('HSET', state, 'alerting', 0) end
-  end
+  local streaks = redis.call('HMGET', state, 'cbad', 'cgood')
+  local set = outcome_fields(num(streaks[1]), num(streaks[2]), outcome, n, bad, fthr, rthr)
+  redis.call('HSET', state, unpack(flatten(set)))
 end
 
 -- Keep the sweeper's deadline index exact: the monitor is due at the
 -- earlier of its next deadline and its first pending run timeout.
-local function update_due(state, tmo, due, monitor, miss_after)
+-- `upcoming`: the state's next slot, if the caller has it (else read).
+local function update_due(state, tmo, due, monitor, miss_after, upcoming)
   local at = nil
-  local upcoming = num(redis.call('HGET', state, 'next'))
+  if upcoming == nil then upcoming = num(redis.call('HGET', state, 'next')) end
   if upcoming then at = upcoming + miss_after end
   local first = redis.call('ZRANGE', tmo, 0, 0, 'WITHSCORES')
   if first[2] then
