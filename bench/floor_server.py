@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The least an aiohttp ping server can do, for bench/ingest_floor.py.
 
-    python bench/floor_server.py --port P --workers N --mode empty|redis|script [--redis unix:///path]
+    python bench/floor_server.py --port P --workers N --mode empty|redis|script|raw [--redis unix:///path]
 
 Answers GET /ping/<anything> with 200 "OK" from N processes sharing one
 listening socket (bound before the fork, as `cronmon serve --workers`
@@ -10,7 +10,10 @@ shares its port), doing per request:
 - empty: nothing;
 - redis: one HINCRBY on a Redis server, the commands of one turn of the
   event loop sent as one pipeline (as cronmon's store batches check-ins);
-- script: the same, but one EVALSHA of a three-command Lua script.
+- script: the same, but one EVALSHA of a three-command Lua script;
+- raw: that EVALSHA over a bare asyncio protocol with hiredis, the calls
+  of one turn in one write (as cronmon's store on one server:
+  exporter/redis_lane.py), instead of redis-py's pipeline.
 
 No cronmon code runs: this measures the cost of the stack cronmon is
 built on (aiohttp, redis-py with hiredis, a Lua script per check-in),
@@ -21,10 +24,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import socket
 import sys
 
+import hiredis
 import redis.asyncio as redis
 from aiohttp import web
 
@@ -67,12 +72,10 @@ class Batch:
 
 
 class RawLane(asyncio.Protocol):
-    """Prototype: EVALSHA batches over a bare asyncio protocol with hiredis."""
+    """EVALSHA over a bare asyncio protocol with hiredis: the calls of one
+    turn of the loop leave in one write, replies resolve futures in order."""
 
     def __init__(self) -> None:
-        import collections
-
-        import hiredis
         self.reader = hiredis.Reader()
         self.waiting: collections.deque = collections.deque()
         self.out: list[bytes] = []
@@ -93,7 +96,6 @@ class RawLane(asyncio.Protocol):
                 future.set_result(reply)
 
     def call(self, name: str) -> asyncio.Future:
-        import hiredis
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if not self.out:
@@ -149,7 +151,7 @@ def main() -> None:
     parser.add_argument("--redis")
     opts = parser.parse_args()
     if opts.mode != "empty" and not opts.redis:
-        sys.exit("--redis is needed with --mode redis or script")
+        sys.exit("--redis is needed with --mode redis, script or raw")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", opts.port))

@@ -12,15 +12,18 @@ bench/compare.py, each round in turn:
 3. --mode redis: plus one HINCRBY per ping, pipelined per event-loop turn,
    on a redis-server with the embedded default's AOF (fsync every second);
 4. --mode script: the same with one EVALSHA of a three-command Lua script;
-5. cronmon with its record step stubbed (bench/variant/sitecustomize.py,
-   `http-only`): routing, middleware, authentication, the check-in parsed;
-6. cronmon with a one-line script in place of record.lua
+5. --mode raw: the same EVALSHA over a bare asyncio protocol with hiredis
+   instead of redis-py's pipeline (what cronmon's store does on one server,
+   exporter/redis_lane.py);
+6. cronmon with its record step stubbed (bench/variant/sitecustomize.py,
+   `http-only`): routing, request metrics, authentication, the check-in parsed;
+7. cronmon with a one-line script in place of record.lua
    (`no-record-script`): all of a ping's Python, none of its Redis work;
-7. cronmon itself (`cronmon serve`, embedded Redis, 1,000 monitors).
+8. cronmon itself (`cronmon serve`, embedded Redis, 1,000 monitors).
 
-2-4 use `--workers` processes on one socket, as cronmon does. They run no
-cronmon code: they are the floor of aiohttp + redis-py + a Lua script per
-check-in on this machine, which cronmon's ping can only add to; 5-7 show
+2-5 use `--workers` processes on one socket, as cronmon does. They run no
+cronmon code: they are the floor of aiohttp + a Redis client + a Lua script per
+check-in on this machine, which cronmon's ping can only add to; 6-8 show
 what each layer of cronmon's ping adds. The report gives each one's
 pings/s, p99 and ratio to the Pushgateway of the same round (the machine
 is shared: only same-round ratios mean anything).
@@ -99,7 +102,7 @@ def main() -> int:
     children = compare.Children()
     tmp = Path(tempfile.mkdtemp(prefix="cronmon-floor-"))
     names = ["pushgateway", "aiohttp, empty handler", "aiohttp + 1 HINCRBY", "aiohttp + 1 EVALSHA (3 commands)",
-             "cronmon, record stubbed", "cronmon, no record.lua", "cronmon ping"]
+             "aiohttp + 1 EVALSHA, bare protocol", "cronmon, record stubbed", "cronmon, no record.lua", "cronmon ping"]
     variants = {"cronmon, record stubbed": "http-only", "cronmon, no record.lua": "no-record-script",
                 "cronmon ping": ""}
     results: dict[str, list[dict]] = {name: [] for name in names}
@@ -113,7 +116,7 @@ def main() -> int:
         for round_ in range(1, args.rounds + 1):
             compare.log(f"round {round_}: pushgateway")
             results[names[0]].append(compare.wrk_pushes(children, pgw, N, args.seconds, 32))
-            for name, mode in zip(names[1:4], ("empty", "redis", "script")):
+            for name, mode in zip(names[1:5], ("empty", "redis", "script", "raw")):
                 compare.log(f"round {round_}: {name}")
                 proc, base = start_floor(children, mode, args.workers, redis_url)
                 try:
