@@ -417,6 +417,7 @@ async def test_every_route_is_counted_without_a_middleware_chain(client):
     assert len(routes) > 50
     for route in routes:
         assert getattr(route.handler, "instrumented_as", None) == route.resource.canonical, route
+        assert route.handler.__wrapped__ is not route.handler  # the route's own handler stays reachable
     assert (await client.get("/no/such/path")).status == 404
     assert (await client.delete("/metrics")).status == 405
     assert (await client.get("/ping/" + "k" * 22 + "/beat")).status == 200

@@ -142,6 +142,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
                 histogram.observe(time.perf_counter() - started)
 
         handle.instrumented_as = name  # type: ignore[attr-defined]
+        handle.__wrapped__ = getattr(handler, "func", handler)  # type: ignore[attr-defined]  # inspect.unwrap
         return handle
 
     auth = _web_config_auth(settings)
@@ -150,7 +151,9 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
         """What every route runs: the web config's auth (if any) inside
         the instrumentation, so its 401s and 403s are counted too."""
         if auth is not None:
-            return instrumented(name, functools.partial(auth, handler=handler))
+            wrapped = instrumented(name, functools.partial(auth, handler=handler))
+            wrapped.__wrapped__ = handler  # type: ignore[attr-defined]  # the route's own handler
+            return wrapped
         return instrumented(name, handler)
 
     quiet_client_errors()
