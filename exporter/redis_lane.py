@@ -142,6 +142,11 @@ class ScriptLane:
             return
         protocol = self._protocol
         if protocol is None or protocol.transport is None or protocol.transport.is_closing():
+            if protocol is not None:
+                # Redis hung up and the loop has not told the protocol yet:
+                # what was sent on this connection gets no reply, and no
+                # reply of the next one may be taken for theirs.
+                self._close(redis_errors.ConnectionError("connection to Redis closed"))
             if self._connecting is None:
                 self._connecting = asyncio.ensure_future(self._connect())
             return  # sent once connected

@@ -174,3 +174,23 @@ async def test_the_store_loads_a_script_redis_forgot_and_calls_it_again(redis_se
             assert await admin.script_exists(store._facts.sha) == [True]
     finally:
         await store.close()
+
+
+async def test_calls_after_redis_hung_up_never_take_an_old_calls_reply(lane, admin, monkeypatch):
+    """The connection is closing (Redis hung up) but the loop has not yet
+    told the protocol (connection_lost comes later): a call made then goes
+    out on a new connection, and the calls sent on the old one fail rather
+    than take the new connection's replies for theirs."""
+    echo, busy = await admin.script_load(ECHO), await admin.script_load(BUSY)
+    assert await lane.call(echo, [], ["connected"]) == "connected"
+    stranded = lane.call(busy, [], ["0.2"])
+    await asyncio.sleep(0.05)  # written; Redis is busy with it
+    old = lane._protocol.transport
+    monkeypatch.setattr(old, "is_closing", lambda: True)  # closing, not yet lost
+    fresh = lane.call(echo, [], ["fresh"])
+    try:
+        with pytest.raises(redis_errors.ConnectionError):
+            await asyncio.wait_for(stranded, 2)
+        assert await asyncio.wait_for(fresh, 2) == "fresh"
+    finally:
+        old.abort()
