@@ -13,6 +13,7 @@ import logging
 import math
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import InitVar, dataclass, field, replace
 
@@ -113,6 +114,10 @@ class Registry:
     _api_digests: Mapping[str, bytes] = field(init=False, repr=False)
     # kind -> {sha256(derived secret): monitor id}, built on first use.
     _derived_index: dict[str, dict[bytes, str]] = field(init=False, repr=False, default_factory=dict)
+    # Built from another registry by with_api(changed=...): that registry
+    # (weakly: a chain of registries must not stay alive) and the ids.
+    _derived_from: weakref.ref[Registry] | None = field(init=False, repr=False, default=None, compare=False)
+    _derived_ids: tuple[str, ...] = field(init=False, repr=False, default=(), compare=False)
     # name -> a lookup table an adapter derived from `monitors` (see index).
     _indexes: dict[str, Mapping[str, str]] = field(init=False, repr=False, default_factory=dict)
     # with_api's hint: the registry this one follows and the API monitor ids
@@ -145,6 +150,8 @@ class Registry:
                 if old is not None and monitor_id not in yaml_served and index.get(old) == monitor_id:
                     del index[old]
             redo: Iterable[str] = changed
+            object.__setattr__(self, "_derived_from", weakref.ref(previous))
+            object.__setattr__(self, "_derived_ids", tuple(changed))
         else:
             api_served, api_digests = {}, {}
             index = dict(self.secrets.uuid_digests) if self.secrets else {}
@@ -198,6 +205,15 @@ class Registry:
         in this order, deleted ones absent), so only they are redone; None
         rebuilds every table."""
         return replace(self, api=api, api_revision=revision, previous=self, changed=changed)
+
+    def api_changes_since(self, other: Registry | None) -> tuple[str, ...] | None:
+        """The monitor ids whose API definitions differ between `other` and
+        this registry, when this one was made from `other` by with_api
+        with the changed ids (the YAML monitors and secrets the same);
+        None when that is not known (then anything may differ)."""
+        if other is None or self._derived_from is None or self._derived_from() is not other:
+            return None
+        return self._derived_ids
 
     def index(self, name: str, build: Callable[[Mapping[str, Monitor]], Mapping[str, str]]) -> Mapping[str, str]:
         """A lookup table (key -> monitor id) an adapter derives from the
@@ -380,6 +396,11 @@ class Core:
         """Make the shared schedule hold exactly these active monitors:
         (monitor id, check fingerprint json with the interval as "i", first due)."""
         return await self.store.sync_probes(probes)
+
+    async def update_probes(self, probes: list[tuple[str, str, float]], removed: list[str]) -> int:
+        """Put these active monitors in the shared schedule (as publish_probes
+        does) and take `removed` out of it; leave every other entry."""
+        return await self.store.sync_probes(probes, removed)
 
     async def claim_probes(self, now: float, limit: int) -> list[tuple[str, float]]:
         """Checks due at `now` (at most `limit`), each given to one replica

@@ -322,11 +322,16 @@ class Prober:
         if registry is self._synced:
             return
         now = self.clock()
-        probes = [
-            (m.id, fingerprint(m.probe), first_due(m.id, m.probe.interval, now))
-            for m in registry.monitors.values() if m.probe is not None and not m.retired
-        ]
-        await self.core.publish_probes(probes)
+        changed = registry.api_changes_since(self._synced)
+        if changed is not None:
+            # Only some API monitors changed (a create, an edit, a delete):
+            # publish those, not all 10,000 (one Redis script over every
+            # active monitor, and a scan of all of them here, per change).
+            active = [m for m in map(registry.monitors.get, changed) if m is not None and is_active(m)]
+            kept = {m.id for m in active}
+            await self.core.update_probes([_entry(m, now) for m in active], [i for i in changed if i not in kept])
+        else:
+            await self.core.publish_probes([_entry(m, now) for m in registry.monitors.values() if is_active(m)])
         self._synced = registry
 
     async def check(
@@ -400,6 +405,17 @@ class Prober:
         if self._running:
             await asyncio.wait(set(self._running))
         self.client = None
+
+
+def _entry(monitor: Monitor, now: float) -> tuple[str, str, float]:
+    """An active monitor's entry in the shared schedule: (id, fingerprint, first due)."""
+    assert monitor.probe is not None
+    return monitor.id, fingerprint(monitor.probe), first_due(monitor.id, monitor.probe.interval, now)
+
+
+def is_active(monitor: Monitor) -> bool:
+    """Whether cronmon checks `monitor` itself (it has a probe and is not retired)."""
+    return monitor.probe is not None and not monitor.retired
 
 
 def make_client(concurrency: int) -> httpx.AsyncClient:

@@ -211,10 +211,12 @@ class StateStore(Protocol):
 
     # -- active checks -----------------------------------------------------
 
-    async def sync_probes(self, probes: list[tuple[str, str, float]]) -> int:
+    async def sync_probes(self, probes: list[tuple[str, str, float]], removed: list[str] | None = None) -> int:
         """Make the shared schedule hold exactly these active monitors
         (id, fingerprint json with the interval as "i", first due); an
-        unchanged one keeps its place. Returns the number of changes."""
+        unchanged one keeps its place. With `removed` (a partial update):
+        put these in and take the removed ids out, leaving every other
+        entry. Returns the number of changes."""
         ...
 
     async def claim_probes(self, now: float, limit: int) -> list[tuple[str, float]]:

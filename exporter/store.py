@@ -801,13 +801,15 @@ class Store:
 
     # -- active checks ---------------------------------------------------
 
-    async def sync_probes(self, probes: list[tuple[str, str, float]]) -> int:
+    async def sync_probes(self, probes: list[tuple[str, str, float]], removed: list[str] | None = None) -> int:
         """Make the shared probe schedule hold exactly these active monitors:
-        (monitor id, fingerprint json with the interval as "i", first due)."""
+        (monitor id, fingerprint json with the interval as "i", first due);
+        with `removed`, only put these in and take those out."""
         try:
             wanted = json.dumps([[m, fp, first] for m, fp, first in probes], allow_nan=False)
+            args = [wanted] if removed is None else [wanted, json.dumps(list(removed))]
             return int(await self._unwaited.call(
-                self._probe_sync, [self._probes_key, self._probe_schedule_key], [wanted]
+                self._probe_sync, [self._probes_key, self._probe_schedule_key], args
             ))
         except Exception as exc:
             raise _translate(exc) from exc

@@ -471,3 +471,66 @@ async def test_an_api_token_cannot_make_cronmon_probe_loopback(
     assert landing["status"] == "ERROR" and landing["metadata"]["status_code"] == 0
     assert "127.0.0.1 is not a public address" in landing["metadata"]["error"]
     assert target.hits == []
+
+
+async def test_an_api_change_publishes_only_what_changed_and_ends_where_a_full_sync_would(
+    make_core, store, clock, raw_redis, prefix
+):
+    """10,000 active monitors must not cost a 10,000-entry schedule update
+    per API create: the prober publishes only the API monitors that changed
+    (Registry.api_changes_since), and the shared schedule ends up exactly as
+    a full sync of the same registry leaves it."""
+    from exporter.config import parse_monitor_spec
+    from exporter.probes import Prober
+
+    core = make_core(
+        "monitors:\n"
+        + "".join(f"  - {{id: y{i}, http: {{url: 'https://example.com/{i}', interval: 1m}}}}\n" for i in range(30))
+        + "  - {id: beat, schedule: {interval: 5m}}\n"
+    )
+    sent: list[tuple[int, list[str] | None]] = []
+    original = store.sync_probes
+
+    async def spied(probes, removed=None):
+        sent.append((len(probes), removed))
+        return await original(probes, removed)
+
+    store.sync_probes = spied
+    await core.sync_api_monitors()  # as at start-up: the API monitors loaded once
+    prober = Prober(core, clock=clock)
+    await prober.sync()
+    assert sent == [(30, None)]  # the first sync: all of them
+
+    async def create(monitor_id: str, active: bool) -> None:
+        body = {"id": monitor_id, **({"http": {"url": f"https://example.com/{monitor_id}"}} if active
+                                    else {"schedule": {"interval": "1h"}})}
+        await core.create_monitor(parse_monitor_spec(body, clock()), "team-a", None)
+
+    async def schedule() -> tuple[dict, set]:
+        probes = await raw_redis.hgetall(f"{prefix}:probes")
+        return probes, {m for m, _ in await raw_redis.zrange(f"{prefix}:probes:schedule", 0, -1, withscores=True)}
+
+    for step, (monitor_id, active) in enumerate([("a1", True), ("a2", True), ("p1", False), ("a3", True)]):
+        await create(monitor_id, active)
+        await prober.sync()
+        assert sent[-1] == (1 if active else 0, [] if active else ["p1"]), step
+    api_only = core.registry.monitors["a2"]
+    await core.delete_monitor(api_only)
+    await prober.sync()
+    assert sent[-1] == (0, ["a2"])
+    incremental = await schedule()
+    assert set(incremental[0]) == {f"y{i}" for i in range(30)} | {"a1", "a3"}
+    assert incremental[1] == set(incremental[0])
+
+    # What a full sync of the same registry leaves: the same entries.
+    await raw_redis.delete(f"{prefix}:probes", f"{prefix}:probes:schedule")
+    fresh = Prober(core, clock=clock)
+    await fresh.sync()
+    assert sent[-1][1] is None
+    full = await schedule()
+    assert full[0] == incremental[0] and full[1] == incremental[1]
+
+    # A registry not made from the synced one by an API change: all again.
+    prober._synced = None
+    await prober.sync()
+    assert sent[-1] == (32, None)
