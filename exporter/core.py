@@ -118,8 +118,10 @@ class Registry:
     # (weakly: a chain of registries must not stay alive) and the ids.
     _derived_from: weakref.ref[Registry] | None = field(init=False, repr=False, default=None, compare=False)
     _derived_ids: tuple[str, ...] = field(init=False, repr=False, default=(), compare=False)
-    # name -> a lookup table an adapter derived from `monitors` (see index).
-    _indexes: dict[str, Mapping[str, str]] = field(init=False, repr=False, default_factory=dict)
+    # name -> (how keys are found, the lookup table an adapter derived from `monitors`): see index.
+    _indexes: dict[str, tuple[Callable[[Monitor], Iterable[str]], dict[str, str]]] = field(
+        init=False, repr=False, default_factory=dict
+    )
     # with_api's hint: the registry this one follows and the API monitor ids
     # that changed since (in the order `api` re-inserted them); None: build all.
     previous: InitVar[Registry | None] = None
@@ -185,6 +187,9 @@ class Registry:
         object.__setattr__(self, "_api_served", api_served)
         object.__setattr__(self, "_yaml_served", yaml_served)
         object.__setattr__(self, "_api_digests", api_digests)
+        if same_yaml and changed is not None:
+            assert previous is not None
+            self._carry_indexes(previous, changed)
 
     def _served(self, monitor: Monitor) -> Monitor:
         """`monitor` with the optional series its YAML group opts into."""
@@ -215,16 +220,33 @@ class Registry:
             return None
         return self._derived_ids
 
-    def index(self, name: str, build: Callable[[Mapping[str, Monitor]], Mapping[str, str]]) -> Mapping[str, str]:
+    def index(self, name: str, keys_of: Callable[[Monitor], Iterable[str]]) -> Mapping[str, str]:
         """A lookup table (key -> monitor id) an adapter derives from the
-        monitors, such as CrossCheck's flight id -> monitor: built by
-        `build` on first use and kept with this registry, so a reload or an
-        API change (a new registry) rebuilds it and a lookup costs a dict
-        access, not a scan of every monitor."""
-        table = self._indexes.get(name)
-        if table is None:
-            table = self._indexes[name] = build(self.monitors)
-        return table
+        monitors, such as CrossCheck's flight id -> monitor: `keys_of(m)`
+        gives a monitor's keys (none for most). Built on first use and kept
+        with this registry, so a lookup costs a dict access, not a scan of
+        every monitor; a registry made by an API change carries it over,
+        redoing only the changed monitors' keys (see __post_init__)."""
+        built = self._indexes.get(name)
+        if built is None:
+            built = self._indexes[name] = (keys_of, {key: m.id for m in self.monitors.values() for key in keys_of(m)})
+        return built[1]
+
+    def _carry_indexes(self, previous: Registry, changed: Sequence[str]) -> None:
+        """previous's adapter indexes, with the keys of the `changed`
+        monitors redone: what index() would build from scratch."""
+        for name, (keys_of, earlier) in previous._indexes.items():
+            table = dict(earlier)
+            for monitor_id in changed:
+                gone = previous.monitors.get(monitor_id)
+                for key in keys_of(gone) if gone is not None else ():
+                    if table.get(key) == monitor_id:
+                        del table[key]
+            for monitor_id in changed:
+                monitor = self.monitors.get(monitor_id)
+                for key in keys_of(monitor) if monitor is not None else ():
+                    table[key] = monitor_id
+            self._indexes[name] = (keys_of, table)
 
     def by_uuid_digest(self, uuid_digest: bytes) -> Monitor | None:
         monitor_id = self._uuid_index.get(uuid_digest)

@@ -1,7 +1,7 @@
 """Registry.with_api redoes only the API monitors that changed: its tables
 must equal a registry built from scratch, whatever the sequence of
 creates, updates and deletes (YAML monitors with the same id, group
-metrics and derived UUIDs included)."""
+metrics, derived UUIDs and adapters' indexes included)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,15 @@ def api_monitor(monitor_id: str, version: int, group: str | None):
     return monitor_from_definition(monitor_id, {"spec": spec, "owner": "o"}, T0)
 
 
+def version_key(monitor) -> tuple[str, ...]:
+    """An adapter index's keys (as CrossCheck's flight ids): API monitors of
+    an even version and YAML monitors have one, the others none."""
+    if monitor.from_yaml:
+        return (f"yaml:{monitor.id}",)
+    hours = int(monitor.schedule.seconds // 3600)
+    return (f"{monitor.id}:v{hours}",) if hours % 2 else ()
+
+
 def tables(registry: Registry) -> tuple:
     return (list(registry.monitors.items()), dict(registry._uuid_index))
 
@@ -53,6 +62,7 @@ def test_incremental_registry_equals_a_full_rebuild(tmp_path_factory, batches):
     base = registry_from(write_config(tmp, YAML), tmp)
     assert base.secrets is not None and base.secrets.uuid_key_digest is not None
     base.by_secret("api_key", "warm")  # a built secret index, carried into each registry after it
+    base.index("versions", version_key)  # an adapter's index, likewise
     registry, api = base, {}
     for batch in batches:
         # As Core.sync_api_monitors applies a feed of changes: each changed
@@ -75,6 +85,9 @@ def test_incremental_registry_equals_a_full_rebuild(tmp_path_factory, batches):
                 presented = derive_secret(base.secrets.uuid_key_digest, kind, monitor_id)
                 assert registry.by_secret(kind, presented) == full.by_secret(kind, presented), (kind, monitor_id)
         assert registry._derived_index == full._derived_index
+        # The adapter index: derived from the previous registry's (built
+        # in the step before), equal to one built from scratch.
+        assert registry.index("versions", version_key) == full.index("versions", version_key)
     key = base.secrets.uuid_key_digest
     for monitor_id in IDS:
         found = registry.by_uuid_digest(derived_uuid_digest(key, monitor_id))

@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -229,15 +228,16 @@ def visible_flights(request: web.Request, token: ApiToken) -> list[Monitor]:
 def find_flight(request: web.Request, token: ApiToken, flight_id: str | None = None) -> Monitor:
     wanted = (flight_id or request.match_info["id"]).lower()
     registry = request.app[CORE].registry
-    monitor_id = registry.index("crosscheck-flight-id", _flight_ids).get(wanted)
+    monitor_id = registry.index("crosscheck-flight-id", _flight_id).get(wanted)
     monitor = registry.monitors.get(monitor_id) if monitor_id is not None else None
     if monitor is None or not can_see(token, monitor):
         raise Problem(404, "Not found.")
     return monitor
 
 
-def _flight_ids(monitors: Mapping[str, Monitor]) -> dict[str, str]:
-    return {flight_fields(m)["id"]: m.id for m in monitors.values() if is_flight(m)}
+def _flight_id(monitor: Monitor) -> tuple[str, ...]:
+    """A flight's id, as the key of the registry's flight index."""
+    return (flight_fields(monitor)["id"],) if is_flight(monitor) else ()
 
 
 def writable_flight(request: web.Request, token: ApiToken) -> Monitor:
