@@ -14,9 +14,9 @@ N active monitors in the schedule and one of them changed, made two ways:
 
 It prints the script's time in Redis (INFO commandstats; Redis answers no
 other client meanwhile, so this is also what a ping can wait behind) and
-the wall time of the call. Starts a private redis-server (the embedded
-binary, unix socket, AOF as the embedded default) in a temp dir; nothing
-else is contacted.
+the wall time of the call. Starts a private redis-server (bench/record_cost.py's
+start_redis: the embedded binary, unix socket, AOF as the embedded
+default) in a temp dir; nothing else is contacted.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,16 +31,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "bench"))
 
 import redis.asyncio as redis  # noqa: E402
+from record_cost import start_redis  # noqa: E402
 
-from exporter.embedded import find_redis_server  # noqa: E402
 from exporter.store import Store, connect  # noqa: E402
 
 
-async def measure(sock: Path, monitors: int, calls: int) -> None:
-    store = Store(connect(f"unix://{sock}"))
-    admin = redis.Redis.from_url(f"unix://{sock}")
+async def measure(url: str, monitors: int, calls: int) -> None:
+    store = Store(connect(url))
+    admin = redis.Redis.from_url(url)
     try:
         now = time.time()
         entries = [(f"m{i:05d}", f'{{"i": 60, "u": "https://example.com/{i}"}}', now + i % 60)
@@ -69,32 +69,21 @@ async def measure(sock: Path, monitors: int, calls: int) -> None:
         await admin.aclose()
 
 
-def main() -> int:
+async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--monitors", type=int, default=10000)
     parser.add_argument("--calls", type=int, default=5)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cronmon-probe-sync-"))
-    sock = tmp / "redis.sock"
-    server = subprocess.Popen(
-        [find_redis_server(), "--port", "0", "--unixsocket", str(sock), "--dir", str(tmp),
-         "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    server, url = await start_redis(tmp)  # as bench/record_cost.py: the embedded binary, AOF on
     try:
-        deadline = time.monotonic() + 20
-        while not sock.exists():
-            if time.monotonic() > deadline or server.poll() is not None:
-                print("redis-server did not start", file=sys.stderr)
-                return 1
-            time.sleep(0.05)
-        asyncio.run(measure(sock, args.monitors, args.calls))
+        await measure(url, args.monitors, args.calls)
     finally:
         server.terminate()
-        server.wait(20)
+        await server.wait()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(asyncio.run(main()))

@@ -138,8 +138,11 @@ class Registry:
             yaml_served = previous._yaml_served
         else:
             yaml_served = {k: self._served(m) for k, m in self.yaml.items()} if self.group_metrics else self.yaml
-        if same_yaml and changed is not None:
-            assert previous is not None
+        # with_api with the changed ids, over the same YAML monitors: only
+        # those ids are redone (previous is held here; see _derived_from).
+        incremental = same_yaml and changed is not None
+        if incremental:
+            assert previous is not None and changed is not None
             # One API monitor created, changed or deleted costs the same at
             # 10 or 10,000 API monitors: the previous registry's tables are
             # copied (C-level dict copies) and only the changed ids redone.
@@ -169,8 +172,8 @@ class Registry:
                     index[monitor_digest] = monitor_id
         shadowed = api_served.keys() & yaml_served.keys()
         api_part = {k: m for k, m in api_served.items() if k not in shadowed} if shadowed else api_served
-        if same_yaml and changed is not None and key_digest is not None:
-            assert previous is not None
+        if incremental and key_digest is not None:
+            assert previous is not None and changed is not None
             # The secret indexes previous built (CrossCheck's API keys and
             # shortcodes), carried over the same way.
             for kind, previous_index in previous._derived_index.items():
@@ -187,8 +190,8 @@ class Registry:
         object.__setattr__(self, "_api_served", api_served)
         object.__setattr__(self, "_yaml_served", yaml_served)
         object.__setattr__(self, "_api_digests", api_digests)
-        if same_yaml and changed is not None:
-            assert previous is not None
+        if incremental:
+            assert previous is not None and changed is not None
             self._carry_indexes(previous, changed)
 
     def _served(self, monitor: Monitor) -> Monitor:
@@ -414,14 +417,11 @@ class Core:
         """Redis servers the store found beyond its URL (a cluster's nodes)."""
         return self.store.servers()
 
-    async def publish_probes(self, probes: list[tuple[str, str, float]]) -> int:
+    async def publish_probes(self, probes: list[tuple[str, str, float]], removed: list[str] | None = None) -> int:
         """Make the shared schedule hold exactly these active monitors:
-        (monitor id, check fingerprint json with the interval as "i", first due)."""
-        return await self.store.sync_probes(probes)
-
-    async def update_probes(self, probes: list[tuple[str, str, float]], removed: list[str]) -> int:
-        """Put these active monitors in the shared schedule (as publish_probes
-        does) and take `removed` out of it; leave every other entry."""
+        (monitor id, check fingerprint json with the interval as "i", first
+        due); with `removed`, put these in, take those out and leave every
+        other entry."""
         return await self.store.sync_probes(probes, removed)
 
     async def claim_probes(self, now: float, limit: int) -> list[tuple[str, float]]:

@@ -329,7 +329,7 @@ class Prober:
             # active monitor, and a scan of all of them here, per change).
             active = [m for m in map(registry.monitors.get, changed) if m is not None and is_active(m)]
             kept = {m.id for m in active}
-            await self.core.update_probes([_entry(m, now) for m in active], [i for i in changed if i not in kept])
+            await self.core.publish_probes([_entry(m, now) for m in active], [i for i in changed if i not in kept])
         else:
             await self.core.publish_probes([_entry(m, now) for m in registry.monitors.values() if is_active(m)])
         self._synced = registry
@@ -368,7 +368,7 @@ class Prober:
         claimed = await self.core.claim_probes(now, free)
         for monitor_id, due in claimed:
             monitor = self.core.registry.monitors.get(monitor_id)
-            if monitor is None or monitor.probe is None or monitor.retired:
+            if monitor is None or not is_active(monitor):
                 continue  # another replica's config; ours will re-sync
             if self.on_lag is not None:
                 self.on_lag(max(0.0, now - due))

@@ -46,8 +46,8 @@ class Reloader:
 
     def load(self, parsed: tuple[Config, bytes] | None = None) -> Registry:
         """Parse config and resolve its secrets; ConfigError on any problem.
-        `parsed`: the config already parsed (by parse_in_child), with the
-        digest of the files it was parsed from.
+        `parsed`: the config (parsed by parse_in_child, or the running one
+        when the files are unchanged) and the digest of its files.
 
         The cyclic garbage collector is off meanwhile: parsing 10,000
         monitors allocates half a million objects that all live on, and
@@ -124,16 +124,16 @@ class Reloader:
                      " (unchanged)" if registry is previous else "")
             return registry
 
-    async def _parse_if_changed(self) -> tuple[Config, bytes] | None:
-        """The config parsed in a child process (config_child: a serving
-        process never parses YAML itself), or None when the files are the
-        ones already loaded (nothing to parse). Files that change between
-        the digest and the parse are parsed in their newer form, and parsed
-        again by the next reload (their digest differs): never a stale
-        config kept as current."""
+    async def _parse_if_changed(self) -> tuple[Config, bytes]:
+        """The config and the digest of its files: parsed in a child process
+        (config_child: a serving process never parses YAML itself), or the
+        running one when the files are the ones already loaded. Files that
+        change between the digest and the parse are parsed in their newer
+        form, and parsed again by the next reload (their digest differs):
+        never a stale config kept as current."""
         digest = await asyncio.to_thread(config_digest, self.settings.config_path)
         if digest == self._config_digest and self._config is not None:
-            return None
+            return self._config, digest
         return await parse_in_child(self.settings.config_path, self.clock()), digest
 
     def request_reload(self) -> None:

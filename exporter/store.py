@@ -46,7 +46,7 @@ import ipaddress
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
@@ -136,26 +136,18 @@ class _Batcher:
     or may not have run, exactly as for a single call whose reply is lost).
     """
 
-    def __init__(
-        self, client: redis.Redis | RedisCluster, limit: int = 256, wait: bool = True, lane: ScriptLane | None = None
-    ):
+    def __init__(self, client: redis.Redis | RedisCluster, limit: int = 256, wait: bool = True):
         self.client = client
         self.limit = limit
         # Sentinel and cluster: how many replicas must hold a batch's writes
         # before they are acknowledged (WAIT); None on one server and for
         # a batcher of reads.
         self._wait = _wait_policy(client) if wait else None
-        # One server without TLS: the scripts go through the fast lane
-        # (redis_lane.py), which batches the same way at a fraction of the
-        # CPU. Never where a batch must WAIT for replicas.
-        self._lane = lane if self._wait is None else None
         self._pending: list[tuple[Any, list, list, asyncio.Future]] = []
         self._scheduled = False
         self._sending: set[asyncio.Task] = set()  # the loop keeps only weak references
 
-    def call(self, script: Any, keys: list, args: list) -> Awaitable[Any]:
-        if self._lane is not None:
-            return self._lane_call(script, keys, args)
+    def call(self, script: Any, keys: list, args: list) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((script, keys, args, future))
@@ -163,19 +155,6 @@ class _Batcher:
             self._scheduled = True
             loop.call_soon(self._flush)
         return future
-
-    async def _lane_call(self, script: Any, keys: list, args: list) -> Any:
-        assert self._lane is not None
-        try:
-            reply = await self._lane.call(script.sha, keys, args)
-            if _is_noscript(reply):  # it did not run: load it, call again
-                await self.client.script_load(script.script)
-                reply = await self._lane.call(script.sha, keys, args)
-        except Exception as exc:
-            raise _translate(exc) from exc
-        if isinstance(reply, Exception):
-            raise _translate(reply)
-        return reply
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -249,6 +228,29 @@ class _Batcher:
                         f"only {acked} of {replicas} replica(s) confirmed the write within {timeout_ms} ms"
                     )
             return replies
+
+
+class _LaneCalls:
+    """_Batcher's contract over the store's fast lane (redis_lane.py), for
+    one server without TLS: the calls of one loop turn leave in one write
+    at a fraction of redis-py's CPU. Never where a batch must WAIT for
+    replicas (ScriptLane.for_client gives no lane for Sentinel or a
+    cluster)."""
+
+    def __init__(self, client: redis.Redis, lane: ScriptLane):
+        self.client, self.lane = client, lane
+
+    async def call(self, script: Any, keys: list, args: list) -> Any:
+        try:
+            reply = await self.lane.call(script.sha, keys, args)
+            if _is_noscript(reply):  # it did not run: load it, call again
+                await self.client.script_load(script.script)
+                reply = await self.lane.call(script.sha, keys, args)
+        except Exception as exc:
+            raise _translate(exc) from exc
+        if isinstance(reply, Exception):
+            raise _translate(reply)
+        return reply
 
 
 class _RoutedReads:
@@ -339,10 +341,15 @@ class Store:
             "idempotency_keys": limits.idempotency_keys, "idempotency_window": limits.idempotency_window,
         })
         self._lane = ScriptLane.for_client(client)
-        self._batch = _Batcher(client, lane=self._lane)
-        # Reads, and the writes that need no replica's word (heartbeats,
-        # the active-check schedule): batched the same way, without WAIT.
-        self._unwaited = _Batcher(client, wait=False, lane=self._lane)
+        self._batch: _Batcher | _LaneCalls
+        self._unwaited: _Batcher | _LaneCalls
+        if self._lane is not None:
+            self._batch = self._unwaited = _LaneCalls(cast(redis.Redis, client), self._lane)
+        else:
+            self._batch = _Batcher(client)
+            # Reads, and the writes that need no replica's word (heartbeats,
+            # the active-check schedule): batched the same way, without WAIT.
+            self._unwaited = _Batcher(client, wait=False)
         self._facts = client.register_script(_script("facts"))
         self._settings_cache: dict[str, tuple[Monitor, str]] = {}
 

@@ -142,7 +142,6 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
                 histogram.observe(time.perf_counter() - started)
 
         handle.instrumented_as = name  # type: ignore[attr-defined]
-        handle.__wrapped__ = getattr(handler, "func", handler)  # type: ignore[attr-defined]  # inspect.unwrap
         return handle
 
     auth = _web_config_auth(settings)
@@ -150,11 +149,9 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     def wrap(name: str, handler: Handler) -> Handler:
         """What every route runs: the web config's auth (if any) inside
         the instrumentation, so its 401s and 403s are counted too."""
-        if auth is not None:
-            wrapped = instrumented(name, functools.partial(auth, handler=handler))
-            wrapped.__wrapped__ = handler  # type: ignore[attr-defined]  # the route's own handler
-            return wrapped
-        return instrumented(name, handler)
+        wrapped = instrumented(name, handler if auth is None else functools.partial(auth, handler=handler))
+        wrapped.__wrapped__ = handler  # type: ignore[attr-defined]  # the route's own (inspect.unwrap)
+        return wrapped
 
     quiet_client_errors()
     with warnings.catch_warnings():
@@ -241,6 +238,7 @@ class _Router(web.UrlDispatcher):
     def __init__(self, wrap: Callable[[str, Handler], Handler]) -> None:
         super().__init__()
         self._wrap = wrap
+        self._unmatched = wrap("unmatched", _raise_unmatched)  # once, not per request
 
     def _add(self, methods: tuple[str, ...], path: str, handler: Any, name: str | None, **kwargs: Any) -> AbstractRoute:
         resource = self.add_resource(path, name=name)
@@ -285,7 +283,7 @@ class _Router(web.UrlDispatcher):
             raise refusal
         found = await super().resolve(request)
         if isinstance(found, MatchInfoError):
-            return _Unmatched(found.http_exception, self._wrap("unmatched", found.handler))
+            return _Unmatched(found.http_exception, self._unmatched)
         return found
 
 
@@ -299,6 +297,13 @@ class _Unmatched(MatchInfoError):
     @property
     def handler(self) -> Handler:
         return self._wrapped
+
+
+async def _raise_unmatched(request: web.Request) -> web.StreamResponse:
+    """The answer _Unmatched carries (aiohttp's 404 or 405)."""
+    match_info = request.match_info
+    assert isinstance(match_info, MatchInfoError)
+    raise match_info.http_exception
 
 
 async def _embedded_redis(app: web.Application) -> AsyncIterator[None]:
