@@ -465,6 +465,8 @@ async def run_until_stopped(
     done: nothing is cancelled, so nothing can be lost."""
     from aiohttp import web
 
+    from .web import fast_ping
+
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -475,11 +477,18 @@ async def run_until_stopped(
     # idle_timeout seconds at most.
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout)
     await runner.setup()
+    listener = None
     try:
+        # Each connection starts on the ping fast path, which hands it to
+        # aiohttp at its first request that is not a plain ping (fast_ping).
         # reuse_port: the workers of a supervisor share the address.
-        await web.TCPSite(runner, host, port, reuse_port=worker_index() is not None, ssl_context=ssl_context).start()
+        listener = await fast_ping.listen(
+            app, runner, host, port, ssl_context=ssl_context, reuse_port=worker_index() is not None
+        )
         await stopping.wait()
     finally:
+        if listener is not None:
+            await listener.close()
         await runner.cleanup()
 
 

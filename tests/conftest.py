@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from yarl import URL
 
 from exporter import credentials
 from exporter.config import load_config
@@ -26,6 +29,7 @@ from exporter.core import Core, Registry
 from exporter.embedded import find_redis_server
 from exporter.settings import Settings
 from exporter.store import Store, StoreLimits, connect
+from exporter.web import fast_ping
 
 # A fixed, ordinary instant (2026-06-15 12:00:00 UTC) for tests that inject `now`.
 T0 = 1781524800.0
@@ -227,3 +231,60 @@ async def app_dump(test_client) -> dict:
     app = test_client.app
     await wait_for(lambda: app[SWEEPER].passes > 0)
     return await redis_dump(app[CORE].store.client, app[CORE].store.prefix)
+
+
+class CronmonTestServer(TestServer):
+    """An app served the way `cronmon serve` serves it (fast_ping.listen:
+    connections start on the ping fast path), on 127.0.0.1."""
+
+    listener: fast_ping.Listener | None = None
+
+    async def start_server(self, loop=None, **kwargs) -> None:
+        if self.runner:
+            return
+        self.runner = await self._make_runner(**kwargs)
+        await self.runner.setup()
+        assert isinstance(self.runner, web.AppRunner)
+        self.listener = await fast_ping.listen(self.app, self.runner, self.host, self.port or 0)
+        assert self.listener.fast is not None, "the app's settings rule the fast path out"
+        self.port = self.listener.port
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+    async def close(self) -> None:
+        if self.listener is not None:
+            await self.listener.close(timeout=5)
+            self.listener = None
+        await super().close()
+
+
+@pytest.fixture
+async def cronmon_server():
+    """`await cronmon_server(app)`: a started CronmonTestServer, closed
+    after the test."""
+    started: list[CronmonTestServer] = []
+
+    async def start(app: web.Application) -> CronmonTestServer:
+        server = CronmonTestServer(app, host="127.0.0.1")
+        await server.start_server()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.close()
+
+
+@pytest.fixture(params=["fast path", "aiohttp"])
+def serve(request, aiohttp_server, cronmon_server):
+    """`await serve(app)`: a started test server for `app`, once as
+    `cronmon serve` runs it (plain pings answered by the fast path), once
+    by aiohttp alone: a test using this runs against both, so the two
+    must answer and record alike."""
+
+    async def start(app: web.Application) -> TestServer:
+        if request.param == "aiohttp":
+            return await aiohttp_server(app, host="127.0.0.1")
+        return await cronmon_server(app)
+
+    return start

@@ -37,6 +37,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.probes import NetworkPolicy
+from exporter.web import fast_ping
 from exporter.web.app import create_app
 from exporter.web.keys import PROBER, SWEEPER
 
@@ -93,8 +94,9 @@ CASES: Counter = Counter()
 
 
 class LiveApp:
-    """create_app served by a real aiohttp server in a thread of its own,
-    so the synchronous hypothesis test can talk HTTP to it."""
+    """create_app served as `cronmon serve` serves it (the ping fast path in
+    front of aiohttp: fast_ping.listen), in a thread of its own, so the
+    synchronous hypothesis test can talk HTTP to it."""
 
     def __init__(self, settings):
         self.port = free_port()
@@ -107,7 +109,7 @@ class LiveApp:
         self.app = create_app(settings)
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.listener = await fast_ping.listen(self.app, self.runner, "127.0.0.1", self.port)
         prober = self.app[PROBER]
         # Generated active monitors point anywhere: in this test no check
         # may leave the machine, and none may even ask DNS.
@@ -130,9 +132,14 @@ class LiveApp:
             await asyncio.sleep(0.02)
 
     def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+    async def _stop(self) -> None:
+        await self.listener.close(timeout=10)
+        await self.runner.cleanup()
 
 
 class Errors(logging.Handler):
@@ -166,6 +173,8 @@ def live(tmp_path_factory, redis_server):
     yield app
     app.http.close()
     app.close()
+    # The plain pings among the cases were answered by the fast path.
+    assert app.listener.fast is not None and app.listener.fast.answered > 0
     logging.getLogger().removeHandler(errors)
     for k, v in saved.items():
         if v is None:

@@ -87,8 +87,8 @@ def app(app_settings, tmp_path, env, clock):
 
 
 @pytest.fixture
-async def server(aiohttp_server, app):
-    return await aiohttp_server(app, host="127.0.0.1")
+async def server(serve, app):
+    return await serve(app)
 
 
 @pytest.fixture

@@ -45,10 +45,10 @@ def env(monkeypatch):
 
 
 @pytest.fixture
-async def client(aiohttp_client, app_settings, tmp_path, env, clock):
+async def client(aiohttp_client, serve, app_settings, tmp_path, env, clock):
     settings = app_settings(write_config(tmp_path, CONFIG), max_body_bytes=2000, log_limit_bytes=16)
     app = create_app(settings, clock=clock)
-    return await aiohttp_client(app)
+    return await aiohttp_client(await serve(app))
 
 
 async def facts(client, monitor_id="backup"):
@@ -181,9 +181,9 @@ async def test_status_follows_pings(client, clock):
     assert evaluate(monitor, await facts(client), clock.now).status is Status.FAILED
 
 
-async def test_store_down_is_503_and_ready_fails(aiohttp_client, app_settings, tmp_path, env, clock):
+async def test_store_down_is_503_and_ready_fails(aiohttp_client, serve, app_settings, tmp_path, env, clock):
     settings = app_settings(write_config(tmp_path, CONFIG), redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    client = await aiohttp_client(create_app(settings, clock=clock))
+    client = await aiohttp_client(await serve(create_app(settings, clock=clock)))
     response = await client.get(f"/ping/{KEY}/backup")
     assert response.status == 503
     assert "store unavailable" in await response.text()
@@ -195,9 +195,9 @@ async def test_store_down_is_503_and_ready_fails(aiohttp_client, app_settings, t
     assert "cronmon_monitor_status" not in metrics.replace("# HELP cronmon_monitor_status", "")
 
 
-async def test_create_1_auto_provisions_when_allowed(aiohttp_client, app_settings, tmp_path, env, clock):
+async def test_create_1_auto_provisions_when_allowed(aiohttp_client, serve, app_settings, tmp_path, env, clock):
     settings = app_settings(write_config(tmp_path, CONFIG), auto_provision=True)
-    client = await aiohttp_client(create_app(settings, clock=clock))
+    client = await aiohttp_client(await serve(create_app(settings, clock=clock)))
     response = await client.get(f"/ping/{KEY}/new-job?create=1")
     assert (response.status, await response.text()) == (201, "Created")
     monitor = client.app[CORE].registry.monitors["new-job"]
@@ -236,13 +236,13 @@ async def test_a_retry_with_the_same_idempotency_key_is_recorded_once(client, cl
     assert (await facts(client)).checkins == {"fail": 4}
 
 
-async def test_a_duplicate_does_not_use_up_the_rate_limit(aiohttp_client, app_settings, tmp_path, env, clock):
+async def test_a_duplicate_does_not_use_up_the_rate_limit(aiohttp_client, serve, app_settings, tmp_path, env, clock):
     config = write_config(
         tmp_path,
         "ping_keys: [{name: ops, env: TEST_OPS_KEY}]\n"
         "monitors: [{id: job, schedule: {interval: 1h}, rate_limit: 2/1m}]",
     )
-    client = await aiohttp_client(create_app(app_settings(config), clock=clock))
+    client = await aiohttp_client(await serve(create_app(app_settings(config), clock=clock)))
     headers = {"Idempotency-Key": "k1"}
     for _ in range(5):
         assert (await client.get(f"/ping/{KEY}/job", headers=headers)).status == 200

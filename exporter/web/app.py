@@ -42,7 +42,7 @@ from ..sweeper import Sweeper
 from ..workers import MULTIPROC_ENV
 from . import api_v1, boxwatch, crontify, crosscheck, crosscheck_checkin, healthchecks, ops, sentry
 from .client import bearer_token
-from .keys import BRIDGE, CORE, EMBEDDED, PROBER, RELOADER, SCRAPER, SELF_REGISTRY, SETTINGS, SWEEPER
+from .keys import BRIDGE, CORE, EMBEDDED, OBSERVE_REQUEST, PROBER, RELOADER, SCRAPER, SELF_REGISTRY, SETTINGS, SWEEPER
 from .logs import quiet_client_errors
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,17 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     counted: dict[tuple[str, int], Counter] = {}
     timed: dict[str, Histogram] = {}
 
+    def observe(name: str, code: int, seconds: float) -> None:
+        """Count and time one request to the route named `name`."""
+        counter = counted.get((name, code))
+        if counter is None:
+            counter = counted[(name, code)] = requests_total.labels(name, str(code))
+        counter.inc()
+        histogram = timed.get(name)
+        if histogram is None:
+            histogram = timed[name] = request_seconds.labels(name)
+        histogram.observe(seconds)
+
     def instrumented(name: str, handler: Handler) -> Handler:
         """`handler`, counted and timed as `name` (its route's canonical path)."""
 
@@ -132,14 +143,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
                 code = exc.status
                 raise
             finally:
-                counter = counted.get((name, code))
-                if counter is None:
-                    counter = counted[(name, code)] = requests_total.labels(name, str(code))
-                counter.inc()
-                histogram = timed.get(name)
-                if histogram is None:
-                    histogram = timed[name] = request_seconds.labels(name)
-                histogram.observe(time.perf_counter() - started)
+                observe(name, code, time.perf_counter() - started)
 
         handle.instrumented_as = name  # type: ignore[attr-defined]
         return handle
@@ -178,6 +182,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     app[SWEEPER] = sweeper
     app[PROBER] = prober
     app[BRIDGE] = bridge
+    app[OBSERVE_REQUEST] = observe
     app[EMBEDDED] = embedded
     app[SELF_REGISTRY] = self_registry
     app[SCRAPER] = Scraper(core, settings.base_url)

@@ -18,25 +18,31 @@ from typing import Any
 import brotli
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
+from multidict import MultiMapping
 
 from ..credentials import ApiToken, match_api_token
 from ..model import in_networks
+from ..settings import IPNetwork
 from .keys import CORE, SETTINGS
 
 
 def client_ip(request: web.Request) -> str | None:
+    """The address a request came from (see `source_address`)."""
+    return source_address(request.remote, request.headers, request.app[SETTINGS].trusted_proxies)
+
+
+def source_address(peer: str | None, headers: MultiMapping[str], trusted: tuple[IPNetwork, ...]) -> str | None:
     """The peer address; behind a trusted reverse proxy, the right-most
-    X-Forwarded-For address that is not itself a trusted proxy.
+    X-Forwarded-For address that is not itself a trusted proxy. `headers`
+    is a multidict (every X-Forwarded-For header counts).
 
     Right-most, not left-most: every proxy appends the address it saw, so
     only the entries added by our own proxies can be believed; anything
     left of them was written by the client and may be forged.
     """
-    peer = request.remote
-    trusted = request.app[SETTINGS].trusted_proxies
     if not trusted or not in_networks(peer, trusted):
         return peer
-    hops = [hop.strip() for header in request.headers.getall("X-Forwarded-For", []) for hop in header.split(",")]
+    hops = [hop.strip() for header in headers.getall("X-Forwarded-For", []) for hop in header.split(",")]
     for hop in reversed([h for h in hops if h]):
         if not in_networks(hop, trusted):
             return hop if _parses(hop) else None
@@ -287,11 +293,11 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
-def idempotency_key(request: web.Request) -> str | None:
-    """The request's Idempotency-Key (None without one); BodyError(400)
+def idempotency_key(headers: Mapping[str, str]) -> str | None:
+    """A request's Idempotency-Key (None without one); BodyError(400)
     for one cronmon cannot keep: over 255 characters, or anything but
     visible ASCII (a UUID is what clients usually send)."""
-    raw = request.headers.get(IDEMPOTENCY_HEADER)
+    raw = headers.get(IDEMPOTENCY_HEADER)
     if raw is None:
         return None
     value = raw.strip()

@@ -30,15 +30,19 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from ..config import SpecError, parse_monitor_spec
+from ..core import Core
 from ..credentials import digest, key_allows, match_ping_key
 from ..errors import MonitorExists, QuotaExceeded, RateLimited, SourceNotAllowed, StoreUnavailable, UnknownMonitor
 from ..model import CheckIn, Kind, Monitor
-from .client import BodyError, client_ip, idempotency_key, read_body
+from ..settings import Settings
+from .client import BodyError, idempotency_key, read_body, source_address
 from .keys import CORE, SETTINGS
 
 _SUFFIXES = {"start": Kind.START, "fail": Kind.FAIL, "log": Kind.LOG}
@@ -106,9 +110,93 @@ def _action(text: str) -> tuple[Kind, int | None]:
     return (Kind.SUCCESS if code == 0 else Kind.FAIL), code
 
 
-async def _find_monitor(request: web.Request, path: PingPath) -> tuple[Monitor, bool]:
+@dataclass(frozen=True)
+class PingAnswer:
+    """What a ping is answered, whichever server read it (the aiohttp
+    route below, or fast_ping's protocol for the plain GETs and HEADs)."""
+
+    status: int
+    text: str
+    headers: Mapping[str, str] = field(default_factory=lambda: _HEADERS)
+
+
+BodyReader = Callable[[], Awaitable[bytes]]
+
+
+async def answer_ping(
+    core: Core,
+    settings: Settings,
+    method: str,
+    tail: str,
+    query: MultiMapping[str],
+    headers: MultiMapping[str],
+    peer: str | None,
+    read_body: BodyReader | None,
+) -> PingAnswer:
+    """Record the ping `method` /ping/`tail` (`query` and `headers` as
+    decoded multidicts, `peer` the connection's address) and say what to
+    answer. `read_body` reads a POST's body, bounded by
+    settings.max_body_bytes; None means there is none."""
+    received_at = core.clock()
+    try:
+        path = parse_path(tail)
+        rid = query.get("rid")
+        if rid is not None and not _is_uuid(rid):
+            raise BadPing(400, "invalid uuid format")
+        exit_code, duration = _exit_and_duration(query, path)
+        try:
+            retry_key = idempotency_key(headers)
+        except BodyError as exc:
+            raise BadPing(exc.status, exc.reason) from None
+        monitor, created = await _find_monitor(core, settings, path, query)
+        body = b""
+        if method == "POST" and read_body is not None:
+            try:
+                body = await read_body()
+            except BodyError as exc:
+                raise BadPing(exc.status, exc.reason) from None
+        log_text, truncated = cut_log(body, settings.log_limit_bytes) if body else (None, False)
+        checkin = CheckIn(
+            monitor_id=monitor.id,
+            kind=path.kind,
+            received_at=received_at,
+            run_id=rid.lower() if rid else None,
+            exit_code=exit_code,
+            duration=duration,
+            log=log_text,
+            log_truncated=truncated,
+            source_ip=source_address(peer, headers, settings.trusted_proxies),
+            user_agent=headers.get("User-Agent"),
+            idempotency_key=retry_key,
+        )
+        await core.record(checkin)
+    except UnknownMonitor:  # removed, or soft-deleted, since it was looked up
+        return _NOT_FOUND
+    except BadPing as exc:
+        return PingAnswer(exc.status, exc.text)
+    except StoreUnavailable:
+        # Not "not recorded": a check-in a Sentinel replica did not confirm
+        # (WAIT) was written to the primary; its retry is then a duplicate.
+        return PingAnswer(503, "store unavailable: the ping was not acknowledged; retry it")
+    except SourceNotAllowed:
+        return PingAnswer(403, "forbidden: pings from this address are not allowed for this monitor")
+    except RateLimited as exc:
+        return PingAnswer(
+            429, f"rate limited: retry in {exc.retry_after} seconds",
+            {**_HEADERS, "Retry-After": str(exc.retry_after)},
+        )
+    return _CREATED if created else _OK
+
+
+_OK = PingAnswer(200, "OK")
+_CREATED = PingAnswer(201, "Created")
+_NOT_FOUND = PingAnswer(404, "not found")
+
+
+async def _find_monitor(
+    core: Core, settings: Settings, path: PingPath, query: MultiMapping[str]
+) -> tuple[Monitor, bool]:
     """The monitor a ping is for, and whether this ping created it."""
-    core = request.app[CORE]
     registry = core.registry
     if path.uuid is not None:
         monitor = registry.by_uuid_digest(digest(path.uuid))
@@ -121,18 +209,17 @@ async def _find_monitor(request: web.Request, path: PingPath) -> tuple[Monitor, 
             monitor = None
         if (
             monitor is None and key_name and path.slug not in registry.monitors
-            and request.query.get("create") == "1" and request.app[SETTINGS].auto_provision
+            and query.get("create") == "1" and settings.auto_provision
         ):
-            return await _provision(request, path.slug, key_name), True
+            return await _provision(core, path.slug, key_name), True
     if monitor is None:
         raise BadPing(404, "not found")
     return monitor, False
 
 
-async def _provision(request: web.Request, slug: str, key_name: str) -> Monitor:
+async def _provision(core: Core, slug: str, key_name: str) -> Monitor:
     """Healthchecks' auto-provisioning: its defaults (1 day, 1 hour grace),
     owned by the ping key, so tokens of owner `ping-key:<name>` manage it."""
-    core = request.app[CORE]
     try:
         spec = parse_monitor_spec({"id": slug, "schedule": {"interval": "1d"}, "grace": "1h"}, core.clock())
     except SpecError:
@@ -154,76 +241,26 @@ def cut_log(body: bytes, limit: int) -> tuple[str, bool]:
 
 
 async def ping(request: web.Request) -> web.Response:
+    """The aiohttp route (every ping fast_ping does not answer itself)."""
     settings = request.app[SETTINGS]
-    core = request.app[CORE]
-    received_at = core.clock()
-    try:
-        path = parse_path(request.match_info["tail"])
-        rid = request.query.get("rid")
-        if rid is not None and not _is_uuid(rid):
-            raise BadPing(400, "invalid uuid format")
-        exit_code, duration = _exit_and_duration(request, path)
-        try:
-            retry_key = idempotency_key(request)
-        except BodyError as exc:
-            raise BadPing(exc.status, exc.reason) from None
-        monitor, created = await _find_monitor(request, path)
-        body = b""
-        if request.method == "POST":
-            try:
-                body = await read_body(request, settings.max_body_bytes)
-            except BodyError as exc:
-                raise BadPing(exc.status, exc.reason) from None
-        log_text, truncated = cut_log(body, settings.log_limit_bytes) if body else (None, False)
-        checkin = CheckIn(
-            monitor_id=monitor.id,
-            kind=path.kind,
-            received_at=received_at,
-            run_id=rid.lower() if rid else None,
-            exit_code=exit_code,
-            duration=duration,
-            log=log_text,
-            log_truncated=truncated,
-            source_ip=client_ip(request),
-            user_agent=request.headers.get("User-Agent"),
-            idempotency_key=retry_key,
-        )
-        await core.record(checkin)
-    except UnknownMonitor:  # removed, or soft-deleted, since it was looked up
-        return web.Response(status=404, text="not found", headers=_HEADERS)
-    except BadPing as exc:
-        return web.Response(status=exc.status, text=exc.text, headers=_HEADERS)
-    except StoreUnavailable:
-        # Not "not recorded": a check-in a Sentinel replica did not confirm
-        # (WAIT) was written to the primary; its retry is then a duplicate.
-        return web.Response(
-            status=503, text="store unavailable: the ping was not acknowledged; retry it", headers=_HEADERS
-        )
-    except SourceNotAllowed:
-        return web.Response(status=403, text="forbidden: pings from this address are not allowed for this monitor",
-                            headers=_HEADERS)
-    except RateLimited as exc:
-        return web.Response(
-            status=429,
-            text=f"rate limited: retry in {exc.retry_after} seconds",
-            headers={**_HEADERS, "Retry-After": str(exc.retry_after)},
-        )
-    if created:
-        return web.Response(status=201, text="Created", headers=_HEADERS)
-    return web.Response(text="OK", headers=_HEADERS)
+    answer = await answer_ping(
+        request.app[CORE], settings, request.method, request.match_info["tail"], request.query,
+        request.headers, request.remote, lambda: read_body(request, settings.max_body_bytes),
+    )
+    return web.Response(status=answer.status, text=answer.text, headers=answer.headers)
 
 
-def _exit_and_duration(request: web.Request, path: PingPath) -> tuple[int | None, float | None]:
+def _exit_and_duration(query: MultiMapping[str], path: PingPath) -> tuple[int | None, float | None]:
     """Boxwatch-style `?exit_code=N&duration=S` (also accepted on every
     form); an exit status in the path wins."""
     exit_code = path.exit_code
-    raw = request.query.get("exit_code")
+    raw = query.get("exit_code")
     if raw is not None and exit_code is None:
         if not _DIGITS.match(raw) or int(raw) > 255:
             raise BadPing(400, "invalid exit_code: use 0-255")
         exit_code = int(raw)
     duration = None
-    raw = request.query.get("duration")
+    raw = query.get("duration")
     if raw is not None:
         try:
             duration = float(raw)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -27,3 +29,6 @@ EMBEDDED: web.AppKey[EmbeddedRedis | None] = web.AppKey("embedded")
 SELF_REGISTRY = web.AppKey("self_registry", CollectorRegistry)
 # /metrics' cache of rendered monitors (see scrape.py).
 SCRAPER = web.AppKey("scraper", Scraper)
+# Counts and times one request: (route name, status code, seconds), for
+# answers written outside aiohttp's routes (fast_ping).
+OBSERVE_REQUEST: web.AppKey[Callable[[str, int, float], None]] = web.AppKey("observe_request")

@@ -1,0 +1,454 @@
+"""The ping fast path: plain Healthchecks pings answered without aiohttp's
+request machinery, on the same port as everything else.
+
+Why: a ping's own work is small (find the monitor, one Redis round trip),
+and aiohttp's per-request machinery (Request, URL and match objects, the
+response writer) cost more than it: 40-50 µs of a worker's CPU per request
+against about 10 µs for a bare asyncio protocol with the same HTTP parser
+(llhttp, through httptools). Measured with `bench/compare.py`, the
+workers' CPU per ping fell from ~140 to ~80 µs. See README "Performance".
+
+What this answers itself — every condition must hold, else the request
+and the rest of its connection are aiohttp's:
+
+- a GET or HEAD, HTTP/1.1, without a body (no Transfer-Encoding, no
+  Content-Length but 0), without Expect or Upgrade;
+- to /ping/<tail> or one of hc-ping.com's root forms (healthchecks.py),
+  in origin form, with no percent-escape, non-ASCII byte or fragment in
+  the target and no "+" in its query (so its decoded path and query are
+  its bytes, as aiohttp decodes them);
+- the request head complete within MAX_HEAD bytes, and llhttp finds it
+  well-formed.
+
+The answer is healthchecks.answer_ping's, the function aiohttp's ping
+route calls, rendered with the headers aiohttp would send; the request is
+counted in cronmon_http_requests_total under the route's own name.
+
+Handing off. A connection starts here. At the first request this does not
+answer, that request's bytes (from its first byte) and all that follows
+are replayed to a new aiohttp RequestHandler, which owns the connection
+from then on, as if it had accepted it: every other route, every error
+answer (400, 413, 431, 505) and every protocol feature is aiohttp's.
+Requests are framed here by their head's end (CRLF CRLF), and a request
+this answers has no body, so the byte where the next request starts is
+always known; a head with a body, or one llhttp refuses, is handed off
+whole. Answers go out in request order: a hand-off waits for the answers
+already in progress.
+
+Not used with --web.config.file (TLS, basic auth, response headers): those
+are applied by aiohttp's routes only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import email.utils
+import logging
+import re
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httptools
+from aiohttp import web, web_server
+from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.tcp_helpers import tcp_keepalive
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
+
+from ..core import Core
+from ..settings import Settings
+from .healthchecks import ROOT_SLUG_TAIL, ROOT_UUID_TAIL, PingAnswer, answer_ping
+from .keys import CORE, OBSERVE_REQUEST, SETTINGS
+
+log = logging.getLogger(__name__)
+
+# aiohttp's own limit on a request line or header field (8190 bytes): a
+# longer head is aiohttp's to refuse.
+MAX_HEAD = 8190
+# Requests of one connection parsed ahead of their answers (HTTP
+# pipelining) before reading from it pauses.
+MAX_QUEUED = 16
+# How long a shutdown waits for answers in progress (aiohttp's AppRunner
+# default shutdown_timeout, which bounds its own connections' wait).
+SHUTDOWN_TIMEOUT = 60.0
+# The request metrics' handler labels: the canonical paths of
+# healthchecks.add_routes' and add_root_routes' resources.
+PING_ROUTE = "/ping/{tail}"
+ROOT_ROUTE = "/{tail}"
+
+_ROOT = re.compile(f"/({ROOT_UUID_TAIL}|{ROOT_SLUG_TAIL})")
+_REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+            413: "Request Entity Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
+            503: "Service Unavailable"}
+_INTERNAL_ERROR = PingAnswer(500, "500 Internal Server Error\n\nServer got itself in trouble")
+
+Observe = Callable[[str, int, float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Ping:
+    """A plain ping read off a connection, waiting for its answer."""
+
+    method: str
+    route: str
+    tail: str
+    query: MultiDictProxy[str]
+    headers: CIMultiDictProxy[str]
+    keep_alive: bool
+
+
+class FastPing:
+    """The listening socket's protocol factory: makes a PingProtocol per
+    connection, and knows them all for a graceful shutdown."""
+
+    def __init__(self, core: Core, settings: Settings, observe: Observe, aiohttp_server: web_server.Server) -> None:
+        self.core = core
+        self.settings = settings
+        self.observe = observe
+        self.aiohttp_server = aiohttp_server
+        self.idle_timeout = settings.idle_timeout
+        self.connections: set[PingProtocol] = set()
+        self.stopping = False
+        # Requests answered here, and connections handed to aiohttp.
+        self.answered = 0
+        self.handed_off = 0
+        self._date = (0, "")
+
+    def __call__(self) -> PingProtocol:
+        return PingProtocol(self)
+
+    def date(self) -> str:
+        """The Date header's value, formatted once a second."""
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, email.utils.formatdate(now, usegmt=True))
+        return self._date[1]
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop reading new requests, let those in progress be answered
+        (for at most `timeout` seconds), then close every connection this
+        still holds. Connections already handed to aiohttp are its own
+        (runner.cleanup shuts them)."""
+        self.stopping = True
+        for connection in list(self.connections):
+            connection.stop()
+        deadline = time.monotonic() + timeout
+        while any(c.busy for c in self.connections) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            connection.close()
+
+
+class PingProtocol(asyncio.Protocol):
+    """One client connection, until it is closed or handed to aiohttp."""
+
+    def __init__(self, front: FastPing) -> None:
+        self.front = front
+        self.transport: asyncio.Transport | None = None
+        self.peer: str | None = None
+        self.buffer = bytearray()  # received, not yet taken as a request
+        self.queue: collections.deque[_Ping] = collections.deque()
+        self.busy = False  # a request's answer is in progress
+        self.answering: asyncio.Task[None] | None = None
+        self.handing_off = False  # buffer starts with a request that is aiohttp's
+        self.closed = False
+        self.stopping = False
+        self.last_taken = False  # a request asked to close the connection after it
+        self.paused: set[str] = set()  # why reading is paused: "queue", "writing"
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        # What llhttp reports about the head being parsed.
+        self._url = b""
+        self._headers: CIMultiDict[str] = CIMultiDict()
+        self._complete = False
+        self._keep_alive = False
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        tcp_keepalive(transport)  # as aiohttp does for its connections
+        peername = transport.get_extra_info("peername")
+        self.peer = peername[0] if isinstance(peername, (tuple, list)) else None
+        self.front.connections.add(self)
+        if self.front.stopping:
+            self.close()
+            return
+        self._arm_idle_timer()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not (self.handing_off or self.stopping or self.last_taken):
+            self._take_requests()
+
+    def eof_received(self) -> None:
+        pass  # as aiohttp: the transport closes; answers in progress are dropped
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        # A ping already being recorded is recorded (as with aiohttp, whose
+        # handlers are not cancelled when their client goes away).
+        self.closed = True
+        self._cancel_idle_timer()
+        self.queue.clear()
+        self.front.connections.discard(self)
+
+    def pause_writing(self) -> None:
+        self._pause("writing")  # the client does not read its answers
+
+    def resume_writing(self) -> None:
+        self._resume("writing")
+
+    # llhttp's callbacks (httptools), during parser.feed_data
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # aiohttp's decoding of header bytes.
+        self._headers.add(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+
+    def on_headers_complete(self) -> None:
+        # Read here: once the message is complete, llhttp has moved on.
+        self._keep_alive = self.parser.should_keep_alive()
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    # Reading
+
+    def _take_requests(self) -> None:
+        """Take every complete request head off the buffer: queue the plain
+        pings, and stop at the first request that is aiohttp's."""
+        while not self.handing_off:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buffer) > MAX_HEAD:
+                    self._hand_off()
+                return
+            if end + 4 > MAX_HEAD:
+                self._hand_off()
+                return
+            ping = self._read_head(bytes(self.buffer[: end + 4]))
+            if ping is None:
+                self._hand_off()
+                return
+            del self.buffer[: end + 4]
+            self._cancel_idle_timer()
+            self.queue.append(ping)
+            if not ping.keep_alive:
+                # Connection: close. Whatever follows is not read (llhttp
+                # would refuse it anyway); the connection closes after this.
+                self.last_taken = True
+                self.buffer.clear()
+            if len(self.queue) >= MAX_QUEUED:
+                self._pause("queue")
+            if not self.busy:
+                self._answer_next()
+            if self.last_taken:
+                return
+
+    def _read_head(self, head: bytes) -> _Ping | None:
+        """The plain ping `head` is, or None if it is aiohttp's."""
+        self._url, self._headers, self._complete = b"", CIMultiDict(), False
+        try:
+            self.parser.feed_data(head)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # malformed, or an Upgrade
+            return None
+        parser = self.parser
+        if not self._complete or parser.get_http_version() != "1.1" or parser.should_upgrade():
+            return None  # a body follows; or HTTP/1.0, or an upgrade
+        method = parser.get_method()
+        if method not in (b"GET", b"HEAD"):
+            return None
+        headers = self._headers
+        if "Expect" in headers or "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0":
+            return None
+        target = self._url
+        if not target.startswith(b"/") or not target.isascii() or b"%" in target or b"#" in target:
+            return None
+        path_bytes, _, query_bytes = target.partition(b"?")
+        if b"+" in query_bytes:
+            return None  # a space, in a query
+        path = path_bytes.decode("ascii")
+        if path.startswith("/ping/") and len(path) > 6:
+            route, tail = PING_ROUTE, path[6:]
+        else:
+            match = _ROOT.fullmatch(path)
+            if match is None:
+                return None
+            route, tail = ROOT_ROUTE, match.group(1)
+        query: MultiDict[str] = MultiDict()
+        for pair in query_bytes.decode("ascii").split("&"):
+            if pair:
+                name, _, value = pair.partition("=")
+                query.add(name, value)
+        return _Ping(method.decode("ascii"), route, tail, MultiDictProxy(query), CIMultiDictProxy(headers),
+                     self._keep_alive)
+
+    # Answering
+
+    def _answer_next(self) -> None:
+        if self.queue and not self.closed:
+            self.busy = True
+            # Held: the loop keeps only weak references to tasks.
+            self.answering = asyncio.get_running_loop().create_task(self._answer(self.queue.popleft()))
+            self._resume("queue")
+            return
+        self.busy = False
+        if self.handing_off:
+            self._complete_hand_off()
+        elif self.stopping:
+            self.close()
+        elif not self.closed:
+            self._arm_idle_timer()
+
+    async def _answer(self, ping: _Ping) -> None:
+        front = self.front
+        started = time.perf_counter()
+        try:
+            answer = await answer_ping(front.core, front.settings, ping.method, ping.tail, ping.query,
+                                       ping.headers, self.peer, None)
+        except Exception:
+            log.exception("ping %s %s failed", ping.method, ping.tail)
+            answer = _INTERNAL_ERROR
+        front.observe(ping.route, answer.status, time.perf_counter() - started)
+        front.answered += 1
+        keep_alive = ping.keep_alive and not self.stopping
+        if not self.closed:
+            assert self.transport is not None
+            self.transport.write(self._render(answer, ping.method == "HEAD", keep_alive))
+            if not keep_alive:
+                self.close()
+                return
+        self._answer_next()
+
+    def _render(self, answer: PingAnswer, head_only: bool, keep_alive: bool) -> bytes:
+        """The response aiohttp's web.Response(text=...) would send."""
+        body = answer.text.encode("utf-8")
+        lines = [f"HTTP/1.1 {answer.status} {_REASONS.get(answer.status, 'Unknown')}",
+                 "Content-Type: text/plain; charset=utf-8"]
+        lines += [f"{name}: {value}" for name, value in answer.headers.items()]
+        lines += [f"Content-Length: {len(body)}", f"Date: {self.front.date()}", f"Server: {SERVER_SOFTWARE}"]
+        if not keep_alive:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return head if head_only else head + body
+
+    # Hand-off, timers, closing
+
+    def _hand_off(self) -> None:
+        """The buffer starts with a request that is aiohttp's: give it the
+        connection once the answers in progress are written."""
+        self.handing_off = True
+        self._cancel_idle_timer()
+        if not self.busy:
+            self._complete_hand_off()
+
+    def _complete_hand_off(self) -> None:
+        if self.closed:
+            return
+        transport = self.transport
+        assert transport is not None
+        self.front.connections.discard(self)
+        self.front.handed_off += 1
+        handler = self.front.aiohttp_server()
+        transport.set_protocol(handler)
+        if self.paused:
+            self.paused.clear()
+            transport.resume_reading()
+        handler.connection_made(transport)
+        if self.buffer:
+            data, self.buffer = bytes(self.buffer), bytearray()
+            handler.data_received(data)
+
+    def _arm_idle_timer(self) -> None:
+        """aiohttp's keepalive_timeout: a connection that has no request
+        in progress and sends no complete request head within
+        idle_timeout seconds is closed (so a slow client cannot hold it)."""
+        self._cancel_idle_timer()
+        self.idle_timer = asyncio.get_running_loop().call_later(self.front.idle_timeout, self.close)
+
+    def _cancel_idle_timer(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+
+    def _pause(self, why: str) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.paused.add(why)
+
+    def _resume(self, why: str) -> None:
+        if why in self.paused:
+            self.paused.discard(why)
+            if not self.paused and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def stop(self) -> None:
+        """Shutting down: answer what is in progress, take no more."""
+        self.stopping = True
+        self.queue.clear()
+        if not self.busy and not self.handing_off:
+            self.close()
+
+    def close(self) -> None:
+        self._cancel_idle_timer()
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+
+def front(app: web.Application, server: web_server.Server) -> FastPing | None:
+    """The listening socket's protocol factory for `app` (whose connections
+    it hands to `server`, aiohttp's), or None where the fast path must not
+    be used: with --web.config.file, whose TLS, auth and response headers
+    only aiohttp's routes apply."""
+    settings = app[SETTINGS]
+    if settings.web_config is not None:
+        return None
+    return FastPing(app[CORE], settings, app[OBSERVE_REQUEST], server)
+
+
+@dataclass
+class Listener:
+    """A listening socket serving an app: connections start on the fast
+    path where it may be used (`fast`), else on aiohttp's protocol."""
+
+    server: asyncio.Server
+    fast: FastPing | None
+
+    @property
+    def port(self) -> int:
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
+        """Stop listening and end the fast path's connections (answers in
+        progress get `timeout` seconds). Those handed to aiohttp are the
+        runner's: call runner.cleanup() after this."""
+        self.server.close()
+        if self.fast is not None:
+            await self.fast.shutdown(timeout)
+
+
+async def listen(
+    app: web.Application,
+    runner: web.AppRunner,
+    host: str | None,
+    port: int,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    reuse_port: bool = False,
+) -> Listener:
+    """Listen on host:port for `app`, whose `runner` is set up. (What
+    aiohttp's TCPSite does, with the fast path in front; backlog 128 is
+    TCPSite's.)"""
+    assert runner.server is not None, "call runner.setup() first"
+    fast = front(app, runner.server)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        fast or runner.server, host, port, ssl=ssl_context, backlog=128, reuse_port=reuse_port
+    )
+    return Listener(server, fast)
