@@ -49,6 +49,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable
+from typing import cast
 from dataclasses import dataclass
 
 import httptools
@@ -168,8 +169,7 @@ class PingProtocol(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # (uvloop's are not subclasses)
         tcp_keepalive(transport)  # as aiohttp does for its connections
         peername = transport.get_extra_info("peername")
         self.peer = peername[0] if isinstance(peername, (tuple, list)) else None
