@@ -49,8 +49,8 @@ import re
 import ssl
 import time
 from collections.abc import Callable
-from typing import cast
 from dataclasses import dataclass
+from typing import cast
 
 import httptools
 from aiohttp import web, web_server
@@ -223,6 +223,11 @@ class PingProtocol(asyncio.Protocol):
         """Take every complete request head off the buffer: queue the plain
         pings, and stop at the first request that is aiohttp's."""
         while not self.handing_off:
+            if len(self.queue) >= MAX_QUEUED:
+                # Pipelined faster than answered: the rest waits in the
+                # buffer (and the socket), parsed as the queue drains.
+                self._pause("queue")
+                return
             end = self.buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(self.buffer) > MAX_HEAD:
@@ -243,8 +248,6 @@ class PingProtocol(asyncio.Protocol):
                 # would refuse it anyway); the connection closes after this.
                 self.last_taken = True
                 self.buffer.clear()
-            if len(self.queue) >= MAX_QUEUED:
-                self._pause("queue")
             if not self.busy:
                 self._answer_next()
             if self.last_taken:
@@ -295,7 +298,9 @@ class PingProtocol(asyncio.Protocol):
             self.busy = True
             # Held: the loop keeps only weak references to tasks.
             self.answering = asyncio.get_running_loop().create_task(self._answer(self.queue.popleft()))
-            self._resume("queue")
+            if "queue" in self.paused:
+                self._resume("queue")
+                self._take_requests()  # what waited in the buffer
             return
         self.busy = False
         if self.handing_off:
