@@ -170,7 +170,7 @@ class PingProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # (uvloop's are not subclasses)
-        tcp_keepalive(transport)  # as aiohttp does for its connections
+        tcp_keepalive(self.transport)  # as aiohttp does for its connections
         peername = transport.get_extra_info("peername")
         self.peer = peername[0] if isinstance(peername, (tuple, list)) else None
         self.front.connections.add(self)
