@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The least an aiohttp ping server can do, for bench/ingest_floor.py.
 
-    python bench/floor_server.py --port P --workers N --mode empty|redis|script|raw [--redis unix:///path]
+    python bench/floor_server.py --port P --workers N --mode MODE [--redis unix:///path]
 
 Answers GET /ping/<anything> with 200 "OK" from N processes sharing one
 listening socket (bound before the fork, as `cronmon serve --workers`
@@ -13,11 +13,14 @@ shares its port), doing per request:
 - script: the same, but one EVALSHA of a three-command Lua script;
 - raw: that EVALSHA over a bare asyncio protocol with hiredis, the calls
   of one turn in one write (as cronmon's store on one server:
-  exporter/redis_lane.py), instead of redis-py's pipeline.
+  exporter/redis_lane.py), instead of redis-py's pipeline;
+- protocol, protocol-raw: no aiohttp either: a bare asyncio protocol with
+  httptools (llhttp) answers, as cronmon's ping fast path does
+  (exporter/web/fast_ping.py), with nothing or with raw's EVALSHA.
 
 No cronmon code runs: this measures the cost of the stack cronmon is
-built on (aiohttp, redis-py with hiredis, a Lua script per check-in),
-the floor below which no ping handler on it can go.
+built on (aiohttp or httptools, redis-py with hiredis, a Lua script per
+check-in), the floor below which no ping handler on it can go.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import socket
 import sys
 
 import hiredis
+import httptools
 import redis.asyncio as redis
 from aiohttp import web
 
@@ -109,6 +113,58 @@ class RawLane(asyncio.Protocol):
         self.transport.write(b"".join(out))
 
 
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\n\r\nOK"
+
+
+class PingServer(asyncio.Protocol):
+    """GET /ping/<anything> -> 200 "OK" on a bare protocol: llhttp parses,
+    each request is answered (after its EVALSHA with a lane) in order."""
+
+    def __init__(self, lane: RawLane | None) -> None:
+        self.lane = lane
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.transport = None
+        self.pending: collections.deque = collections.deque()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_message_complete(self) -> None:
+        name, self.url = self.url.decode().rsplit("/", 1)[-1], b""
+        if self.lane is None:
+            self.transport.write(OK)
+            return
+        future = self.lane.call(name)
+        self.pending.append(future)
+        future.add_done_callback(self.answered)
+
+    def answered(self, _future) -> None:
+        while self.pending and self.pending[0].done():
+            self.pending.popleft()
+            if not self.transport.is_closing():
+                self.transport.write(OK)
+
+
+async def serve_protocol(sock: socket.socket, mode: str, redis_url: str | None) -> None:
+    loop = asyncio.get_running_loop()
+    lane = None
+    if mode == "protocol-raw":
+        client = redis.Redis.from_url(redis_url)
+        sha = await client.script_load(SCRIPT)
+        await client.aclose()
+        _, lane = await loop.create_unix_connection(RawLane, redis_url.removeprefix("unix://"))
+        lane.sha = sha.encode() if isinstance(sha, str) else sha
+    server = await loop.create_server(lambda: PingServer(lane), sock=sock)
+    await server.serve_forever()
+
+
 def make_app(mode: str, redis_url: str | None) -> web.Application:
     app = web.Application()
     state: dict[str, Batch] = {}
@@ -147,11 +203,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--mode", choices=("empty", "redis", "script", "raw"), default="empty")
+    parser.add_argument("--mode", choices=("empty", "redis", "script", "raw", "protocol", "protocol-raw"),
+                        default="empty")
     parser.add_argument("--redis")
     opts = parser.parse_args()
-    if opts.mode != "empty" and not opts.redis:
-        sys.exit("--redis is needed with --mode redis, script or raw")
+    if opts.mode not in ("empty", "protocol") and not opts.redis:
+        sys.exit("--redis is needed with --mode redis, script, raw or protocol-raw")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", opts.port))
@@ -159,7 +216,10 @@ def main() -> None:
     for _ in range(opts.workers - 1):
         if os.fork() == 0:
             break
-    web.run_app(make_app(opts.mode, opts.redis), sock=sock, print=None, access_log=None)
+    if opts.mode.startswith("protocol"):
+        asyncio.run(serve_protocol(sock, opts.mode, opts.redis))
+    else:
+        web.run_app(make_app(opts.mode, opts.redis), sock=sock, print=None, access_log=None)
 
 
 if __name__ == "__main__":

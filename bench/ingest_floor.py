@@ -15,15 +15,19 @@ bench/compare.py, each round in turn:
 5. --mode raw: the same EVALSHA over a bare asyncio protocol with hiredis
    instead of redis-py's pipeline (what cronmon's store does on one server,
    exporter/redis_lane.py);
-6. cronmon with its record step stubbed (bench/variant/sitecustomize.py,
-   `http-only`): routing, request metrics, authentication, the check-in parsed;
-7. cronmon with a one-line script in place of record.lua
+6. --mode protocol: no aiohttp: a bare asyncio protocol with httptools
+   answering "OK" (what cronmon's ping fast path is built on);
+7. --mode protocol-raw: that protocol with raw's EVALSHA per ping;
+8. cronmon with its record step stubbed (bench/variant/sitecustomize.py,
+   `http-only`): the fast path, request metrics, authentication, the
+   check-in parsed;
+9. cronmon with a one-line script in place of record.lua
    (`no-record-script`): all of a ping's Python, none of its Redis work;
-8. cronmon itself (`cronmon serve`, embedded Redis, 1,000 monitors).
+10. cronmon itself (`cronmon serve`, embedded Redis, 1,000 monitors).
 
-2-5 use `--workers` processes on one socket, as cronmon does. They run no
-cronmon code: they are the floor of aiohttp + a Redis client + a Lua script per
-check-in on this machine, which cronmon's ping can only add to; 6-8 show
+2-7 use `--workers` processes on one socket, as cronmon does. They run no
+cronmon code: they are the floor of the HTTP server + a Redis client + a Lua
+script per check-in on this machine, which cronmon's ping can only add to; 8-10 show
 what each layer of cronmon's ping adds. The report gives each one's
 pings/s, p99 and ratio to the Pushgateway of the same round (the machine
 is shared: only same-round ratios mean anything).
@@ -101,8 +105,10 @@ def main() -> int:
     print(compare.machine_line())
     children = compare.Children()
     tmp = Path(tempfile.mkdtemp(prefix="cronmon-floor-"))
-    names = ["pushgateway", "aiohttp, empty handler", "aiohttp + 1 HINCRBY", "aiohttp + 1 EVALSHA (3 commands)",
-             "aiohttp + 1 EVALSHA, bare protocol", "cronmon, record stubbed", "cronmon, no record.lua", "cronmon ping"]
+    floors = {"aiohttp, empty handler": "empty", "aiohttp + 1 HINCRBY": "redis",
+              "aiohttp + 1 EVALSHA (3 commands)": "script", "aiohttp + 1 EVALSHA, bare Redis protocol": "raw",
+              "httptools protocol, empty": "protocol", "httptools protocol + 1 EVALSHA, bare": "protocol-raw"}
+    names = ["pushgateway", *floors, "cronmon, record stubbed", "cronmon, no record.lua", "cronmon ping"]
     variants = {"cronmon, record stubbed": "http-only", "cronmon, no record.lua": "no-record-script",
                 "cronmon ping": ""}
     results: dict[str, list[dict]] = {name: [] for name in names}
@@ -116,7 +122,7 @@ def main() -> int:
         for round_ in range(1, args.rounds + 1):
             compare.log(f"round {round_}: pushgateway")
             results[names[0]].append(compare.wrk_pushes(children, pgw, N, args.seconds, 32))
-            for name, mode in zip(names[1:5], ("empty", "redis", "script", "raw")):
+            for name, mode in floors.items():
                 compare.log(f"round {round_}: {name}")
                 proc, base = start_floor(children, mode, args.workers, redis_url)
                 try:

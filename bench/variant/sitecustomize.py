@@ -6,8 +6,8 @@ Python imports this module at start-up in every process, so `cronmon
 serve --workers N` and each worker it starts get the same variant:
 
 - http-only: Core.record returns at once. A ping still goes through
-  cronmon's router, middleware, authentication and check-in parsing; no
-  Redis is touched.
+  cronmon's HTTP front (the ping fast path), request metrics,
+  authentication and check-in parsing; no Redis is touched.
 - no-record-script: the store sends a one-line script instead of
   record.lua. Everything in Python runs as for a real ping (the core's
   rules, the store's arguments, the batched pipeline); only Redis's work
