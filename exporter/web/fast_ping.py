@@ -50,6 +50,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import cast
 
 import httptools
@@ -80,9 +81,7 @@ PING_ROUTE = "/ping/{tail}"
 ROOT_ROUTE = "/{tail}"
 
 _ROOT = re.compile(f"/({ROOT_UUID_TAIL}|{ROOT_SLUG_TAIL})")
-_REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-            413: "Request Entity Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+_REASONS = {status.value: status.phrase for status in HTTPStatus}  # as aiohttp's
 _INTERNAL_ERROR = PingAnswer(500, "500 Internal Server Error\n\nServer got itself in trouble")
 
 Observe = Callable[[str, int, float], None]
@@ -317,7 +316,8 @@ class PingProtocol(asyncio.Protocol):
             answer = await answer_ping(front.core, front.settings, ping.method, ping.tail, ping.query,
                                        ping.headers, self.peer, None)
         except Exception:
-            log.exception("ping %s %s failed", ping.method, ping.tail)
+            # Not the target: it holds the ping key or UUID.
+            log.exception("%s %s: unexpected error", ping.method, ping.route)
             answer = _INTERNAL_ERROR
         front.observe(ping.route, answer.status, time.perf_counter() - started)
         front.answered += 1
