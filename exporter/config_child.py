@@ -55,19 +55,30 @@ _BOOT = (
 )
 
 
-async def parse_in_child(path: str | Path, now: float) -> Config:
+async def parse_in_child(path: str | Path, now: float, *, collector_stays_off: bool = False) -> Config:
     """`load_config(path, now=now)`, computed in a child process.
 
     Raises ConfigError exactly as load_config does (the same problems, in
     the same words), and also when the child could not parse at all (it
     crashed, was killed, or timed out): the reload then fails and the
-    running config stays."""
+    running config stays.
+
+    The cyclic garbage collector is off while the answer is unpickled.
+    `collector_stays_off`: it is left off on return (whatever the
+    outcome), for a caller that freezes the new config (heap.py) before it
+    turns it back on; else it is back as it was."""
     out, err, status = await _run_child(path, now)
     if status != 0:
         lines = err.decode("utf-8", "replace").strip().splitlines()
         why = f": {lines[-1]}" if lines else ""
         raise ConfigError([f"{path}: the config parser process failed (exit status {status}){why}"])
-    return await _read(io.BytesIO(out))
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return await _read(io.BytesIO(out))
+    finally:
+        if was_enabled and not collector_stays_off:
+            gc.enable()
 
 
 async def _run_child(path: str | Path, now: float) -> tuple[bytes, bytes, int]:
@@ -94,24 +105,17 @@ async def _run_child(path: str | Path, now: float) -> tuple[bytes, bytes, int]:
 
 
 async def _read(stream: io.BytesIO) -> Config:
-    # The collector stays off while the new config's objects are made: its
-    # passes would walk them (all long-lived) over and over. Reloader.load
-    # freezes them before it is back on.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        head = pickle.load(stream)
-        if head[0] == "error":
-            raise ConfigError(list(head[1]))
-        _, config, chunks = head
-        monitors: list = []
-        for _ in range(chunks):
-            await asyncio.sleep(0)  # let pings through between chunks
-            monitors.extend(pickle.load(stream))
-        return replace(config, monitors=tuple(monitors))
-    finally:
-        if was_enabled:
-            gc.enable()
+    # Call with the collector off: its passes would walk the new config's
+    # objects (all long-lived) over and over.
+    head = pickle.load(stream)
+    if head[0] == "error":
+        raise ConfigError(list(head[1]))
+    _, config, chunks = head
+    monitors: list = []
+    for _ in range(chunks):
+        await asyncio.sleep(0)  # let pings through between chunks
+        monitors.extend(pickle.load(stream))
+    return replace(config, monitors=tuple(monitors))
 
 
 def write_parsed(path: str, now: float, out: IO[bytes]) -> None:

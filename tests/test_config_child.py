@@ -166,3 +166,63 @@ def children_running(needle: str) -> list[int]:
         if ppid == os.getpid() and needle.encode() in cmdline:
             found.append(int(entry))
     return found
+
+
+async def test_no_collector_pass_walks_a_reloaded_config_before_it_is_frozen(tmp_path, monkeypatch):
+    """The cyclic collector is off from the first unpickled object of a
+    reload until Reloader.load has frozen the new config (heap.py), even
+    while the event loop keeps allocating meanwhile (pings); on again
+    afterwards. A pass in between walked the whole new config: 40-85 ms of
+    the event loop at 10,000 monitors."""
+    import gc
+    import time
+
+    import exporter.reloader as reloader_module
+    from exporter.reloader import Reloader
+    from exporter.settings import Settings
+
+    path = tmp_path / "fleet.yaml"
+    path.write_text(fleet(1500))
+    reloader = Reloader(Settings(config_path=path, data_dir=tmp_path / "data"), lambda: T0)
+    reloader.load_initial()
+    path.write_text(fleet(1500) + "# changed\n")
+
+    events: list[tuple[str, float]] = []
+    read, freeze = config_child._read, reloader_module.freeze_long_lived
+
+    async def reading(stream):
+        events.append(("read", time.monotonic()))
+        return await read(stream)
+
+    def freezing(*args, **kwargs):
+        events.append(("freeze", time.monotonic()))
+        return freeze(*args, **kwargs)
+
+    def collected(phase, info):
+        if phase == "start":
+            events.append(("gc", time.monotonic()))
+
+    monkeypatch.setattr(config_child, "_read", reading)
+    monkeypatch.setattr(reloader_module, "freeze_long_lived", freezing)
+    stop = asyncio.Event()
+
+    async def allocate():  # cyclic garbage, as a busy event loop makes
+        while not stop.is_set():
+            for _ in range(2000):
+                cycle: list = []
+                cycle.append(cycle)
+            await asyncio.sleep(0)
+
+    allocator = asyncio.create_task(allocate())
+    gc.callbacks.append(collected)
+    try:
+        await reloader.reload()
+    finally:
+        gc.callbacks.remove(collected)
+        stop.set()
+        await allocator
+    names = [name for name, _ in events]
+    start, end = names.index("read"), names.index("freeze")
+    assert "gc" not in names[start:end], names
+    assert "gc" in names[:start]  # the allocator does make the collector run
+    assert gc.isenabled()
