@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import os
 import re
+import weakref
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -274,6 +276,32 @@ async def test_pipelining_is_bounded_and_answered_in_order(server, raw_redis):
     assert await checkins(server.app) == {"success": 50, "fail": 50}
     assert connection.paused == set()
     wire.close()
+
+
+@pytest.mark.parametrize("ending", ["closed", "handed off"])
+async def test_a_finished_connection_is_freed_by_refcounting_alone(server, ending):
+    """A reload freezes the live connections out of the cyclic
+    collector's reach (heap.py): a protocol in a reference cycle would
+    then never be freed. Closed or handed to aiohttp, it is freed with the
+    collector off."""
+    fast = server.listener.fast
+    wire = await Wire.open(server.port)
+    wire.send(get(f"/ping/{KEY}/backup"))
+    await wire.response()
+    (protocol,) = fast.connections
+    gone = weakref.ref(protocol)
+    del protocol
+    gc.disable()
+    try:
+        if ending == "closed":
+            wire.close()
+        else:
+            wire.send(get("/-/healthy"))
+            await wire.response()
+        await asyncio.wait_for(_until(lambda: gone() is None), 5)
+    finally:
+        gc.enable()
+        wire.close()
 
 
 async def _until(predicate) -> None:

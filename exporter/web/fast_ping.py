@@ -158,7 +158,11 @@ class PingProtocol(asyncio.Protocol):
         self.last_taken = False  # a request asked to close the connection after it
         self.paused: set[str] = set()  # why reading is paused: "queue", "writing"
         self.idle_timer: asyncio.TimerHandle | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        # The parser calls back into this object: a reference cycle, broken
+        # when the connection ends or is handed off, so that refcounting
+        # frees both (the cyclic collector never sees what heap.py froze,
+        # and a reload freezes the connections open then).
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         # What llhttp reports about the head being parsed.
         self._url = b""
         self._headers: CIMultiDict[str] = CIMultiDict()
@@ -193,6 +197,7 @@ class PingProtocol(asyncio.Protocol):
         self._cancel_idle_timer()
         self.queue.clear()
         self.front.connections.discard(self)
+        self.parser = None
 
     def pause_writing(self) -> None:
         self._pause("writing")  # the client does not read its answers
@@ -211,6 +216,7 @@ class PingProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         # Read here: once the message is complete, llhttp has moved on.
+        assert self.parser is not None
         self._keep_alive = self.parser.should_keep_alive()
 
     def on_message_complete(self) -> None:
@@ -255,11 +261,12 @@ class PingProtocol(asyncio.Protocol):
     def _read_head(self, head: bytes) -> _Ping | None:
         """The plain ping `head` is, or None if it is aiohttp's."""
         self._url, self._headers, self._complete = b"", CIMultiDict(), False
+        parser = self.parser
+        assert parser is not None
         try:
-            self.parser.feed_data(head)
+            parser.feed_data(head)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # malformed, or an Upgrade
             return None
-        parser = self.parser
         if not self._complete or parser.get_http_version() != "1.1" or parser.should_upgrade():
             return None  # a body follows; or HTTP/1.0, or an upgrade
         method = parser.get_method()
@@ -359,6 +366,7 @@ class PingProtocol(asyncio.Protocol):
         assert transport is not None
         self.front.connections.discard(self)
         self.front.handed_off += 1
+        self.parser = None
         handler = self.front.aiohttp_server()
         transport.set_protocol(handler)
         if self.paused:
