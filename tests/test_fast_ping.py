@@ -304,6 +304,26 @@ async def test_a_finished_connection_is_freed_by_refcounting_alone(server, endin
         wire.close()
 
 
+async def test_what_follows_a_hand_off_is_not_buffered_while_answers_are_in_progress(server, raw_redis):
+    """A ping, then a POST with a 20 MB body, while Redis holds the ping's
+    write: the fast path stops reading at the POST (aiohttp reads it, within
+    its limits, once it owns the connection): its buffer stays small."""
+    fast = server.listener.fast
+    wire = await Wire.open(server.port)
+    await raw_redis.execute_command("CLIENT", "PAUSE", "500", "WRITE")
+    body = 20 * 1024 * 1024
+    wire.send(get(f"/ping/{KEY}/backup") + get(f"/ping/{KEY}/backup", f"Content-Length: {body}", method="POST"))
+    await asyncio.wait_for(_until(lambda: any(c.busy for c in fast.connections)), 10)
+    (connection,) = fast.connections
+    wire.send(b"x" * body)
+    await asyncio.sleep(0.3)
+    assert connection.handing_off and len(connection.buffer) < 1024 * 1024
+    assert (await wire.response())[::2] == (200, b"OK")
+    assert (await wire.response())[0] == 413  # aiohttp's answer to a body over max_body_bytes
+    assert fast.handed_off == 1
+    wire.writer.transport.abort()  # the rest of the body is not for anyone
+
+
 async def _until(predicate) -> None:
     while not predicate():
         await asyncio.sleep(0.01)

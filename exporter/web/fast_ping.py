@@ -156,7 +156,7 @@ class PingProtocol(asyncio.Protocol):
         self.closed = False
         self.stopping = False
         self.last_taken = False  # a request asked to close the connection after it
-        self.paused: set[str] = set()  # why reading is paused: "queue", "writing"
+        self.paused: set[str] = set()  # why reading is paused: "queue", "writing", "hand-off"
         self.idle_timer: asyncio.TimerHandle | None = None
         # The parser calls back into this object: a reference cycle, broken
         # when the connection ends or is handed off, so that refcounting
@@ -183,8 +183,10 @@ class PingProtocol(asyncio.Protocol):
         self._arm_idle_timer()
 
     def data_received(self, data: bytes) -> None:
+        if self.last_taken or self.stopping:
+            return  # the connection closes after the answer in progress
         self.buffer += data
-        if not (self.handing_off or self.stopping or self.last_taken):
+        if not self.handing_off:
             self._take_requests()
 
     def eof_received(self) -> None:
@@ -358,6 +360,10 @@ class PingProtocol(asyncio.Protocol):
         self._cancel_idle_timer()
         if not self.busy:
             self._complete_hand_off()
+        else:
+            # Until then nothing more is read: what follows (a large body,
+            # say) is aiohttp's to read, within its limits, not a buffer here.
+            self._pause("hand-off")
 
     def _complete_hand_off(self) -> None:
         if self.closed:
