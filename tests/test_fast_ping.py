@@ -337,6 +337,48 @@ async def _big_body_behind_a_ping(server, raw_redis) -> None:
     wire.close()
 
 
+async def test_a_pause_of_writing_carries_over_to_aiohttp(server, raw_redis):
+    """The transport says "pause writing" once, to the protocol it has
+    then: handed a connection whose client does not read, aiohttp's
+    handler must know (its writes wait; its resume_writing asserts it)."""
+    fast = server.listener.fast
+    wire = await Wire.open(server.port)
+    await raw_redis.execute_command("CLIENT", "PAUSE", "300", "WRITE")
+    wire.send(get(f"/ping/{KEY}/backup") + get("/-/healthy"))
+    await asyncio.wait_for(_until(lambda: any(c.busy and c.handing_off for c in fast.connections)), 10)
+    (protocol,) = fast.connections
+    protocol.pause_writing()  # what the transport does when its buffer is full
+    await asyncio.wait_for(_until(lambda: fast.handed_off == 1), 10)
+    handler = protocol.transport.get_protocol()
+    assert handler is not protocol and handler.writing_paused
+    assert (await wire.response())[::2] == (200, b"OK")
+    handler.resume_writing()  # what the transport does once it drained
+    assert (await wire.response())[0] == 200
+    wire.close()
+
+
+async def test_an_unexpected_error_is_answered_as_aiohttp_does(server, monkeypatch):
+    """A 500 in aiohttp's shape (HTML for a browser), and the connection closes."""
+    import exporter.web.fast_ping as module
+
+    async def broken(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(module, "answer_ping", broken)
+    for accept, content_type, body in (
+        ("*/*", "text/plain", b"500 Internal Server Error\n\nServer got itself in trouble"),
+        ("text/html", "text/html",
+         b"<html><head><title>500 Internal Server Error</title></head><body>\n"
+         b"<h1>500 Internal Server Error</h1>\nServer got itself in trouble\n</body></html>\n"),
+    ):
+        wire = await Wire.open(server.port)
+        wire.send(get(f"/ping/{KEY}/backup", f"Accept: {accept}"))
+        status, headers, got = await wire.response()
+        assert (status, headers["content-type"], got) == (500, f"{content_type}; charset=utf-8", body)
+        assert headers["connection"] == "close" and "access-control-allow-origin" not in headers
+        assert await wire.closed_by_server()
+
+
 async def _until(predicate) -> None:
     while not predicate():
         await asyncio.sleep(0.01)
@@ -363,6 +405,9 @@ def test_the_fast_path_is_not_used_with_a_web_config(app_settings, tmp_path, env
     app = create_app(settings, clock=clock)
     without = create_app(app_settings(write_config(tmp_path, CONFIG)), clock=clock)
     assert fast_ping.front(without, object()) is not None  # type: ignore[arg-type]
+    # --web.idle-timeout 0 is aiohttp's keepalive_timeout=0 (no keep-alive): its alone.
+    no_idle = create_app(app_settings(write_config(tmp_path, CONFIG), idle_timeout=0.0), clock=clock)
+    assert fast_ping.front(no_idle, object()) is None  # type: ignore[arg-type]
     assert fast_ping.front(app, object()) is None  # type: ignore[arg-type]
 
 
@@ -417,6 +462,9 @@ _HEADERS = st.lists(
         "User-Agent: curl/8.5.0", "Idempotency-Key: abc-123", "Idempotency-Key: \x7f", "Connection: keep-alive",
         "Connection: close",
         "Accept: */*", "X-Forwarded-For: 10.0.0.1",
+        # Where aiohttp's parser differs from llhttp: trailing blanks, a
+        # repeated Host or User-Agent, a WebSocket key.
+        "User-Agent: curl/8 \t", "User-Agent: wget", "Host: second.example", "Sec-WebSocket-Key1: x",
     ]),
     max_size=3,
     unique=True,
@@ -463,6 +511,7 @@ _OTHER_REQUESTS = st.sampled_from([
     (b"\r\n" + get(f"/ping/{KEY}/backup"), False),
     (b"GET http://127.0.0.1/ping/" + KEY.encode() + b"/backup HTTP/1.1\r\nHost: x\r\n\r\n", False),
     (get(f"/{HC_UUID}/start", method="HEAD"), True),
+    (get(f"/ping/{KEY}/backup").replace(b"Host: 127.0.0.1\r\n", b"Host: x\r\nUser-Agent: \xff\xfe\r\n"), False),
 ])
 # Requests after which aiohttp answers 400 and closes the connection: only
 # ever the last of a stream (bytes sent after them would meet a reset).
@@ -475,6 +524,10 @@ _LAST_REQUESTS = st.sampled_from([
     get(f"/ping/{KEY}/backup", "Idempotency-Key: \x7f"),
     f"GET /ping/{KEY}/backup HTTP/1.1\r\nHost: x\r\nUser-Agent: a\r\n b\r\n\r\n".encode(),  # obs-fold
     b"GET /ping/" + KEY.encode() + b"/backup HTTP/1.1\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+    b"GET /ping/" + KEY.encode() + b"/backup HTTP/1.1\r\nUser-Agent: no-host\r\n\r\n",
+    get(f"/ping/{KEY}/backup", *(f"X-{i}: y" for i in range(130))),
+    b"GET /ping/" + KEY.encode() + b"/backup HTTP/1.1\nHost: x\n\n",  # bare LFs
+    b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(range(32)),  # a TLS ClientHello's start
 ])
 _STREAM_HEADERS = st.lists(
     st.sampled_from(["User-Agent: curl/8.5.0", "Idempotency-Key: abc-123", "Accept: */*", "X-Forwarded-For: 10.0.0.1"]),

@@ -1,6 +1,7 @@
 """The Healthchecks-compatible ping API over HTTP (pytest-aiohttp), against
 the real test redis-server."""
 
+import asyncio
 import uuid
 
 import pytest
@@ -106,6 +107,22 @@ async def test_post_body_becomes_the_log_cut_and_flagged(client):
     assert await core.store.log("backup", newest["log"]) == "abcdefghijklmno"
     assert newest["log_truncated"] is True
     assert newest["ua"].startswith("Python") and newest["ip"] == "127.0.0.1"
+
+
+async def test_a_user_agent_that_is_not_utf8_is_kept_readable(client):
+    """Header bytes that are not UTF-8 are kept as U+FFFD (aiohttp
+    surrogate-escapes them, and a lone surrogate cannot go to Redis: that
+    was a 500)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(
+        b"GET /ping/" + KEY.encode() + b"/backup HTTP/1.1\r\nHost: x\r\nUser-Agent: curl \xff\xfe\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    (newest,) = await client.app[CORE].store.history("backup", 0, 1)
+    assert newest["ua"] == "curl \ufffd\ufffd"
 
 
 async def test_uuid_from_env_is_accepted_and_derived_one_is_not(client):

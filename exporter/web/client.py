@@ -49,6 +49,15 @@ def source_address(peer: str | None, headers: MultiMapping[str], trusted: tuple[
     return peer
 
 
+def header_text(value: str | None) -> str | None:
+    """A header's value as text that can be stored and shown: bytes that
+    are not UTF-8 (aiohttp surrogate-escapes them) become U+FFFD. (A lone
+    surrogate cannot be encoded for Redis: it made a 500.)"""
+    if value is None or value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _parses(value: str) -> bool:
     try:
         ipaddress.ip_address(value)

@@ -59,7 +59,7 @@ from ..access import can_check_in, can_see, check_in_refusal
 from ..credentials import match_api_token
 from ..errors import RateLimited, SourceNotAllowed, StoreUnavailable, UnknownMonitor
 from ..model import CheckIn, Kind, iso_utc
-from .client import BodyError, client_ip, read_json
+from .client import BodyError, client_ip, header_text, read_json
 from .keys import CORE, SETTINGS
 
 log = logging.getLogger(__name__)
@@ -299,7 +299,7 @@ async def ping(request: web.Request) -> web.Response:
         log_truncated=sent.log_truncated,
         meta=sent.meta,
         source_ip=client_ip(request),
-        user_agent=request.headers.get("User-Agent"),
+        user_agent=header_text(request.headers.get("User-Agent")),
     )
     try:
         result = await core.record(checkin)

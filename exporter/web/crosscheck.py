@@ -55,7 +55,7 @@ from ..errors import (
 )
 from ..model import CheckIn, Details, Kind, Monitor, iso_utc, iso_utc_or_none
 from . import client
-from .client import ParamError, answering, bearer_token, client_ip, int_param, slugify
+from .client import ParamError, answering, bearer_token, client_ip, header_text, int_param, slugify
 from .keys import CORE, PROBER, SETTINGS
 
 FLIGHT_TYPES = ("PASSIVE", "ACTIVE", "QUICK_PASSIVE")
@@ -669,7 +669,7 @@ async def test_now(request: web.Request) -> web.Response:
         received_at=core.clock(),
         message="test_now",
         source_ip=client_ip(request),
-        user_agent=request.headers.get("User-Agent"),
+        user_agent=header_text(request.headers.get("User-Agent")),
         annotations=annotations,
     )
     result = await core.record(checkin)

@@ -23,7 +23,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, field_validator
 
 from ..model import CheckIn, Kind, Monitor
-from .client import client_ip
+from .client import client_ip, header_text
 from .crosscheck import Problem, field_errors, flight_fields, handles_problems, landing_json, read_body
 from .keys import CORE
 
@@ -99,7 +99,7 @@ def _checkin(request: web.Request, monitor: Monitor, body: CheckInBody) -> Check
         meta={k: v for k, v in metadata.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
         metadata=metadata,
         source_ip=client_ip(request),
-        user_agent=request.headers.get("User-Agent"),
+        user_agent=header_text(request.headers.get("User-Agent")),
         annotations=annotations,
     )
 

@@ -72,6 +72,8 @@ MAX_HEAD = 8190
 # Requests of one connection parsed ahead of their answers (HTTP
 # pipelining) before reading from it pauses.
 MAX_QUEUED = 16
+# More headers than this: aiohttp's to judge (it refuses over 128).
+MAX_HEADERS = 64
 # How long a shutdown waits for answers in progress (aiohttp's AppRunner
 # default shutdown_timeout, which bounds its own connections' wait).
 SHUTDOWN_TIMEOUT = 60.0
@@ -82,7 +84,17 @@ ROOT_ROUTE = "/{tail}"
 
 _ROOT = re.compile(f"/({ROOT_UUID_TAIL}|{ROOT_SLUG_TAIL})")
 _REASONS = {status.value: status.phrase for status in HTTPStatus}  # as aiohttp's
-_INTERNAL_ERROR = PingAnswer(500, "500 Internal Server Error\n\nServer got itself in trouble")
+_STARTS = (b"GET /", b"HEAD /")
+
+
+def _may_be_a_ping(buffer: bytearray) -> bool:
+    """Whether the request at the start of `buffer` may still be one the
+    fast path answers: a GET or HEAD of an origin-form target, and no LF
+    without its CR (llhttp waits for more; aiohttp refuses at once)."""
+    start = bytes(buffer[:6])
+    if not any(start.startswith(prefix) or prefix.startswith(start) for prefix in _STARTS):
+        return False
+    return buffer.count(b"\n") == buffer.count(b"\r\n")
 
 Observe = Callable[[str, int, float], None]
 
@@ -213,8 +225,11 @@ class PingProtocol(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # aiohttp's decoding of header bytes.
-        self._headers.add(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        # aiohttp's reading of header bytes: trailing blanks dropped (llhttp
+        # keeps them), undecodable bytes surrogate-escaped.
+        self._headers.add(
+            name.decode("utf-8", "surrogateescape"), value.rstrip(b" \t").decode("utf-8", "surrogateescape")
+        )
 
     def on_headers_complete(self) -> None:
         # Read here: once the message is complete, llhttp has moved on.
@@ -234,6 +249,11 @@ class PingProtocol(asyncio.Protocol):
                 # Pipelined faster than answered: the rest waits in the
                 # buffer (and the socket), parsed as the queue drains.
                 self._pause("queue")
+                return
+            if not _may_be_a_ping(self.buffer):
+                # Not ours, and aiohttp may answer before the head ends (a
+                # TLS handshake on the plain port, a bare LF): at once.
+                self._hand_off()
                 return
             end = self.buffer.find(b"\r\n\r\n")
             if end < 0:
@@ -276,6 +296,14 @@ class PingProtocol(asyncio.Protocol):
             return None
         headers = self._headers
         if "Expect" in headers or "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0":
+            return None
+        # aiohttp's parser refuses more than llhttp (no Host, a repeated
+        # Host or User-Agent, Sec-WebSocket-Key1, too many headers): any
+        # of those, and any repeated header, is aiohttp's to judge.
+        names = {name.lower() for name in headers}  # (iterating a multidict skips repeats)
+        if "host" not in names or len(names) != len(headers) or len(headers) > MAX_HEADERS:
+            return None
+        if any(name.startswith("sec-websocket-") for name in names):
             return None
         target = self._url
         if not target.startswith(b"/") or not target.isascii() or b"%" in target or b"#" in target:
@@ -321,29 +349,32 @@ class PingProtocol(asyncio.Protocol):
     async def _answer(self, ping: _Ping) -> None:
         front = self.front
         started = time.perf_counter()
+        failed = False
         try:
             answer = await answer_ping(front.core, front.settings, ping.method, ping.tail, ping.query,
                                        ping.headers, self.peer, None)
+            content_type = "text/plain"
         except Exception:
             # Not the target: it holds the ping key or UUID.
             log.exception("%s %s: unexpected error", ping.method, ping.route)
-            answer = _INTERNAL_ERROR
+            answer, content_type = _internal_error(ping.headers)
+            failed = True  # and the connection closes, as aiohttp's does
         front.observe(ping.route, answer.status, time.perf_counter() - started)
         front.answered += 1
-        keep_alive = ping.keep_alive and not self.stopping
+        keep_alive = ping.keep_alive and not self.stopping and not failed
         if not self.closed:
             assert self.transport is not None
-            self.transport.write(self._render(answer, ping.method == "HEAD", keep_alive))
+            self.transport.write(self._render(answer, ping.method == "HEAD", keep_alive, content_type))
             if not keep_alive:
                 self.close()
                 return
         self._answer_next()
 
-    def _render(self, answer: PingAnswer, head_only: bool, keep_alive: bool) -> bytes:
+    def _render(self, answer: PingAnswer, head_only: bool, keep_alive: bool, content_type: str) -> bytes:
         """The response aiohttp's web.Response(text=...) would send."""
         body = answer.text.encode("utf-8")
         lines = [f"HTTP/1.1 {answer.status} {_REASONS.get(answer.status, 'Unknown')}",
-                 "Content-Type: text/plain; charset=utf-8"]
+                 f"Content-Type: {content_type}; charset=utf-8"]
         lines += [f"{name}: {value}" for name, value in answer.headers.items()]
         lines += [f"Content-Length: {len(body)}", f"Date: {self.front.date()}", f"Server: {SERVER_SOFTWARE}"]
         if not keep_alive:
@@ -375,10 +406,15 @@ class PingProtocol(asyncio.Protocol):
         self.parser = None
         handler = self.front.aiohttp_server()
         transport.set_protocol(handler)
+        writing_paused = "writing" in self.paused
         if self.paused:
             self.paused.clear()
             transport.resume_reading()
         handler.connection_made(transport)
+        if writing_paused:
+            # The transport signals only changes: aiohttp must hear that
+            # its client does not read (else its writes never wait).
+            handler.pause_writing()
         if self.buffer:
             data, self.buffer = bytes(self.buffer), bytearray()
             handler.data_received(data)
@@ -420,14 +456,25 @@ class PingProtocol(asyncio.Protocol):
             self.transport.close()
 
 
+def _internal_error(headers: CIMultiDictProxy[str]) -> tuple[PingAnswer, str]:
+    """aiohttp's answer to a handler's unexpected exception (its
+    RequestHandler.handle_error, without debug): HTML for a browser."""
+    title = f"{HTTPStatus.INTERNAL_SERVER_ERROR.value} {HTTPStatus.INTERNAL_SERVER_ERROR.phrase}"
+    message = HTTPStatus.INTERNAL_SERVER_ERROR.description
+    if "text/html" in headers.get("Accept", ""):
+        html = f"<html><head><title>{title}</title></head><body>\n<h1>{title}</h1>\n{message}\n</body></html>\n"
+        return PingAnswer(500, html, {}), "text/html"
+    return PingAnswer(500, f"{title}\n\n{message}", {}), "text/plain"
+
+
 def front(app: web.Application, server: web_server.Server) -> FastPing | None:
     """The listening socket's protocol factory for `app` (whose connections
     it hands to `server`, aiohttp's), or None where the fast path must not
     be used: with --web.config.file, whose TLS, auth and response headers
-    only aiohttp's routes apply."""
+    only aiohttp's routes apply; with --web.idle-timeout 0."""
     settings = app[SETTINGS]
-    if settings.web_config is not None:
-        return None
+    if settings.web_config is not None or settings.idle_timeout <= 0:
+        return None  # (an idle timeout of 0: aiohttp's keepalive_timeout=0, no keep-alive)
     return FastPing(app[CORE], settings, app[OBSERVE_REQUEST], server)
 
 

@@ -42,7 +42,7 @@ from ..credentials import digest, key_allows, match_ping_key
 from ..errors import MonitorExists, QuotaExceeded, RateLimited, SourceNotAllowed, StoreUnavailable, UnknownMonitor
 from ..model import CheckIn, Kind, Monitor
 from ..settings import Settings
-from .client import BodyError, idempotency_key, read_body, source_address
+from .client import BodyError, header_text, idempotency_key, read_body, source_address
 from .keys import CORE, SETTINGS
 
 _SUFFIXES = {"start": Kind.START, "fail": Kind.FAIL, "log": Kind.LOG}
@@ -166,7 +166,7 @@ async def answer_ping(
             log=log_text,
             log_truncated=truncated,
             source_ip=source_address(peer, headers, settings.trusted_proxies),
-            user_agent=headers.get("User-Agent"),
+            user_agent=header_text(headers.get("User-Agent")),
             idempotency_key=retry_key,
         )
         await core.record(checkin)

@@ -84,7 +84,7 @@ from ..errors import (
     UnknownMonitor,
 )
 from ..model import CheckIn, Kind, Monitor
-from .client import BodyError, client_ip, parse_json, read_body
+from .client import BodyError, client_ip, header_text, parse_json, read_body
 from .keys import CORE, SETTINGS
 
 log = logging.getLogger(__name__)
@@ -459,7 +459,7 @@ async def _record(request: web.Request, monitor: Monitor, payload: dict) -> None
         release=payload.get("release") if isinstance(payload.get("release"), str) else None,
         environment=payload.get("environment") if isinstance(payload.get("environment"), str) else None,
         source_ip=client_ip(request),
-        user_agent=request.headers.get("User-Agent"),
+        user_agent=header_text(request.headers.get("User-Agent")),
     )
     try:
         await core.record(checkin)
