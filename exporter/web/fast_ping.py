@@ -13,6 +13,10 @@ and the rest of its connection are aiohttp's:
 
 - a GET or HEAD, HTTP/1.1, without a body (no Transfer-Encoding, no
   Content-Length but 0), without Expect or Upgrade;
+- with one Host header, no header name twice, no Sec-WebSocket-* header
+  and at most MAX_HEADERS headers (what aiohttp's parser checks beyond
+  llhttp: such a request is aiohttp's to refuse or accept), and only CRLF
+  line ends;
 - to /ping/<tail> or one of hc-ping.com's root forms (healthchecks.py),
   in origin form, with no percent-escape, non-ASCII byte or fragment in
   the target and no "+" in its query (so its decoded path and query are
