@@ -91,14 +91,15 @@ _REASONS = {status.value: status.phrase for status in HTTPStatus}  # as aiohttp'
 _STARTS = (b"GET /", b"HEAD /")
 
 
-def _may_be_a_ping(buffer: bytearray) -> bool:
-    """Whether the request at the start of `buffer` may still be one the
-    fast path answers: a GET or HEAD of an origin-form target, and no LF
-    without its CR (llhttp waits for more; aiohttp refuses at once)."""
+def _may_be_a_ping(buffer: bytearray, head_end: int) -> bool:
+    """Whether the request at the start of `buffer` (its head, or what has
+    come of it, ends at `head_end`) may still be one the fast path answers:
+    a GET or HEAD of an origin-form target, and no LF without its CR
+    (llhttp waits for more; aiohttp refuses at once)."""
     start = bytes(buffer[:6])
     if not any(start.startswith(prefix) or prefix.startswith(start) for prefix in _STARTS):
         return False
-    return buffer.count(b"\n") == buffer.count(b"\r\n")
+    return buffer.count(b"\n", 0, head_end) == buffer.count(b"\r\n", 0, head_end)
 
 Observe = Callable[[str, int, float], None]
 
@@ -254,12 +255,12 @@ class PingProtocol(asyncio.Protocol):
                 # buffer (and the socket), parsed as the queue drains.
                 self._pause("queue")
                 return
-            if not _may_be_a_ping(self.buffer):
+            end = self.buffer.find(b"\r\n\r\n")
+            if not _may_be_a_ping(self.buffer, end + 4 if end >= 0 else len(self.buffer)):
                 # Not ours, and aiohttp may answer before the head ends (a
                 # TLS handshake on the plain port, a bare LF): at once.
                 self._hand_off()
                 return
-            end = self.buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(self.buffer) > MAX_HEAD:
                     self._hand_off()
