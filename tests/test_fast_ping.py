@@ -169,6 +169,22 @@ async def test_connection_close_is_honoured_and_nothing_after_it_is_read(server)
     assert await checkins(server.app) == {"success": 1}
 
 
+async def test_a_connection_close_behind_a_ping_in_progress_ends_the_connection_after_both(server, raw_redis):
+    """The earlier ping is answered as kept alive, the closing one with
+    Connection: close; then the connection ends."""
+    fast = server.listener.fast
+    wire = await Wire.open(server.port)
+    await raw_redis.execute_command("CLIENT", "PAUSE", "200", "WRITE")
+    wire.send(get(f"/ping/{KEY}/backup"))
+    await asyncio.wait_for(_until(lambda: any(c.busy for c in fast.connections)), 10)
+    wire.send(get(f"/ping/{KEY}/backup/fail", "Connection: close"))
+    first, second = await wire.response(), await wire.response()
+    assert (first[0], "connection" in first[1]) == (200, False)
+    assert (second[0], second[1]["connection"]) == (200, "close")
+    assert await wire.closed_by_server()
+    assert await checkins(server.app) == {"success": 1, "fail": 1}
+
+
 @pytest.mark.parametrize(
     "request_bytes, status",
     [

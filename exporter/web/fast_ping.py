@@ -47,18 +47,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import email.utils
 import logging
 import re
 import ssl
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import cast
 
 import httptools
 from aiohttp import web, web_server
+from aiohttp.helpers import rfc822_formatted_time  # aiohttp's Date header, formatted once a second
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.tcp_helpers import tcp_keepalive
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
@@ -66,7 +65,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from ..core import Core
 from ..settings import Settings
 from .healthchecks import ROOT_SLUG_TAIL, ROOT_UUID_TAIL, PingAnswer, answer_ping
-from .keys import CORE, OBSERVE_REQUEST, SETTINGS
+from .keys import CORE, OBSERVE_REQUEST, SETTINGS, ObserveRequest
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +100,6 @@ def _may_be_a_ping(buffer: bytearray, head_end: int) -> bool:
         return False
     return buffer.count(b"\n", 0, head_end) == buffer.count(b"\r\n", 0, head_end)
 
-Observe = Callable[[str, int, float], None]
-
 
 @dataclass(frozen=True, slots=True)
 class _Ping:
@@ -120,28 +117,21 @@ class FastPing:
     """The listening socket's protocol factory: makes a PingProtocol per
     connection, and knows them all for a graceful shutdown."""
 
-    def __init__(self, core: Core, settings: Settings, observe: Observe, aiohttp_server: web_server.Server) -> None:
+    def __init__(
+        self, core: Core, settings: Settings, observe: ObserveRequest, aiohttp_server: web_server.Server
+    ) -> None:
         self.core = core
         self.settings = settings
         self.observe = observe
         self.aiohttp_server = aiohttp_server
-        self.idle_timeout = settings.idle_timeout
         self.connections: set[PingProtocol] = set()
         self.stopping = False
         # Requests answered here, and connections handed to aiohttp.
         self.answered = 0
         self.handed_off = 0
-        self._date = (0, "")
 
     def __call__(self) -> PingProtocol:
         return PingProtocol(self)
-
-    def date(self) -> str:
-        """The Date header's value, formatted once a second."""
-        now = int(time.time())
-        if self._date[0] != now:
-            self._date = (now, email.utils.formatdate(now, usegmt=True))
-        return self._date[1]
 
     async def shutdown(self, timeout: float) -> None:
         """Stop reading new requests, let those in progress be answered
@@ -381,7 +371,7 @@ class PingProtocol(asyncio.Protocol):
         lines = [f"HTTP/1.1 {answer.status} {_REASONS.get(answer.status, 'Unknown')}",
                  f"Content-Type: {content_type}; charset=utf-8"]
         lines += [f"{name}: {value}" for name, value in answer.headers.items()]
-        lines += [f"Content-Length: {len(body)}", f"Date: {self.front.date()}", f"Server: {SERVER_SOFTWARE}"]
+        lines += [f"Content-Length: {len(body)}", f"Date: {rfc822_formatted_time()}", f"Server: {SERVER_SOFTWARE}"]
         if not keep_alive:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -429,7 +419,7 @@ class PingProtocol(asyncio.Protocol):
         in progress and sends no complete request head within
         idle_timeout seconds is closed (so a slow client cannot hold it)."""
         self._cancel_idle_timer()
-        self.idle_timer = asyncio.get_running_loop().call_later(self.front.idle_timeout, self.close)
+        self.idle_timer = asyncio.get_running_loop().call_later(self.front.settings.idle_timeout, self.close)
 
     def _cancel_idle_timer(self) -> None:
         if self.idle_timer is not None:

@@ -31,4 +31,5 @@ SELF_REGISTRY = web.AppKey("self_registry", CollectorRegistry)
 SCRAPER = web.AppKey("scraper", Scraper)
 # Counts and times one request: (route name, status code, seconds), for
 # answers written outside aiohttp's routes (fast_ping).
-OBSERVE_REQUEST: web.AppKey[Callable[[str, int, float], None]] = web.AppKey("observe_request")
+ObserveRequest = Callable[[str, int, float], None]
+OBSERVE_REQUEST: web.AppKey[ObserveRequest] = web.AppKey("observe_request")
