@@ -109,13 +109,6 @@ class Reloader:
         """Load and swap; on failure keep the running config and re-raise."""
         async with self._lock:  # two reloads at once would race on the swap
             previous = self._current
-            # The cyclic garbage collector goes off once the new config's
-            # objects are being made (_parse_if_changed) and stays off until
-            # load() has frozen them (heap.py). Turned back on in between,
-            # its first young pass walked them all: 40-85 ms of the event
-            # loop at 10,000 monitors, measured with gc.callbacks, the
-            # longest stall of a reload.
-            was_enabled = gc.isenabled()
             try:
                 registry = await asyncio.to_thread(self.load, await self._parse_if_changed())
             except ConfigError as exc:
@@ -123,9 +116,6 @@ class Reloader:
                 self.state.last_error = str(exc)
                 log.error("config reload failed, keeping the running config:\n%s", exc)
                 raise
-            finally:
-                if was_enabled:
-                    gc.enable()
             if registry is not previous:
                 for callback in self.on_swap:
                     callback(registry)
@@ -144,8 +134,7 @@ class Reloader:
         digest = await asyncio.to_thread(config_digest, self.settings.config_path)
         if digest == self._config_digest and self._config is not None:
             return self._config, digest
-        # The collector stays off for reload() (see there).
-        return await parse_in_child(self.settings.config_path, self.clock(), collector_stays_off=True), digest
+        return await parse_in_child(self.settings.config_path, self.clock()), digest
 
     def request_reload(self) -> None:
         """Reload soon (SIGHUP). Requests that arrive while one waits for

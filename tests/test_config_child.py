@@ -170,7 +170,7 @@ def children_running(needle: str) -> list[int]:
 
 async def test_no_collector_pass_walks_a_reloaded_config_before_it_is_frozen(tmp_path, monkeypatch):
     """The cyclic collector is off from the first unpickled object of a
-    reload until Reloader.load has frozen the new config (heap.py), even
+    reload until the new config is frozen (heap.py), even
     while the event loop keeps allocating meanwhile (pings); on again
     afterwards. A pass in between walked the whole new config: 40-85 ms of
     the event loop at 10,000 monitors."""
@@ -203,6 +203,7 @@ async def test_no_collector_pass_walks_a_reloaded_config_before_it_is_frozen(tmp
             events.append(("gc", time.monotonic()))
 
     monkeypatch.setattr(config_child, "_read", reading)
+    monkeypatch.setattr(config_child, "freeze_long_lived", freezing)
     monkeypatch.setattr(reloader_module, "freeze_long_lived", freezing)
     stop = asyncio.Event()
 
