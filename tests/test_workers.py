@@ -7,6 +7,7 @@ workers.
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import time
@@ -69,22 +70,28 @@ def test_runs_through_two_workers_are_recorded_exactly_once(server):
     before = {pid: cpu_ticks(pid) for pid in workers}
     rids = [str(uuid.uuid4()) for _ in range(400)]
 
-    # 16 threads, a new connection per request: the kernel spreads them
-    # over both workers, so a run's start and finish often meet different
-    # workers.
-    client = httpx.Client(limits=httpx.Limits(max_connections=16, max_keepalive_connections=0))
+    # 16 threads, a new connection per request (as cron jobs' curl makes):
+    # the kernel spreads them over both workers, so a run's start and
+    # finish often meet different workers. (httpx's pool with no keep-alive
+    # raced itself across threads: "Bad file descriptor".)
+    host, port = server.base.removeprefix("http://").rsplit(":", 1)
+
+    def get(path: str) -> int:
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            connection.request("GET", path)
+            return connection.getresponse().status
+        finally:
+            connection.close()
 
     def run(index: int) -> tuple[int, int]:
-        url = f"{server.base}/ping/{KEY}/job{index % 20}"
-        start = client.get(f"{url}/start?rid={rids[index]}").status_code
-        finish = client.get(f"{url}?rid={rids[index]}").status_code
-        return start, finish
+        path = f"/ping/{KEY}/job{index % 20}"
+        return get(f"{path}/start?rid={rids[index]}"), get(f"{path}?rid={rids[index]}")
 
-    with client, ThreadPoolExecutor(16) as pool:
+    with ThreadPoolExecutor(16) as pool:
         statuses = list(pool.map(run, range(400)))
         # Every finish sent again (a job's retry): recorded once already.
-        retried = list(pool.map(lambda i: client.get(f"{server.base}/ping/{KEY}/job{i % 20}?rid={rids[i]}").status_code,
-                                range(400)))
+        retried = list(pool.map(lambda i: get(f"/ping/{KEY}/job{i % 20}?rid={rids[i]}"), range(400)))
     assert statuses == [(200, 200)] * 400 and retried == [200] * 400
     # Both workers took their share (each spent CPU time on it).
     assert all(cpu_ticks(pid) - before[pid] >= 3 for pid in workers), {p: cpu_ticks(p) - before[p] for p in workers}
