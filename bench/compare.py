@@ -27,8 +27,9 @@ Europe/Berlin) and a Pushgateway (no persistence), then measures:
 7. burst: wrk -t2 -c1000 on both.
 
 --quick (smoke test, < 2 minutes): 3 s phases and 1,000 monitors for the
-"10,000" phases too. --workers N (default: the core count) is passed to
-`cronmon serve` if it knows the flag. The report goes to stdout (progress to
+"10,000" phases too. --workers N (default: cronmon's own default for this
+machine with its embedded Redis, cli.default_workers: one per core less one
+for Redis, at least 1) is passed to `cronmon serve` if it knows the flag. The report goes to stdout (progress to
 stderr), optionally also as JSON to --json PATH. Load generator, cronmon,
 redis-server and the Pushgateway share the machine's cores: treat figures
 as relative. Only 127.0.0.1 is contacted.
@@ -213,6 +214,18 @@ def cronmon_knows_workers() -> bool:
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     ).stdout
     return "--workers" in out
+
+
+def documented_workers() -> int:
+    """The worker count `cronmon serve` picks on this machine with its
+    embedded Redis (the cores, for a checkout older than the rule)."""
+    if str(ROOT) not in sys.path:
+        sys.path.append(str(ROOT))
+    try:
+        from exporter.cli import default_workers
+    except ImportError:
+        return os.cpu_count() or 1
+    return default_workers(os.cpu_count(), embedded_redis=True)
 
 
 def start_cronmon(children: Children, tmp: Path, config: Path, workers: int | None,
@@ -794,7 +807,7 @@ def run(args: argparse.Namespace, children: Children, tmp: Path, rep: dict) -> N
     sizes = [1000] if args.quick else [1000, 10000]
     config = tmp / "monitors.yaml"
     write_config(config, sizes[0])
-    workers = args.workers
+    workers = args.workers if args.workers is not None else documented_workers()
     if not cronmon_knows_workers():
         log(f"WARNING: `cronmon serve --help` has no --workers; starting without --workers {workers}")
         rep["notes"].append(f"cronmon serve has no --workers flag: ran single-process (asked for {workers})")
@@ -880,7 +893,8 @@ def server_logs(tmp: Path) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="length of each timed phase (default 10)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="cronmon serve --workers (default: cores)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="cronmon serve --workers (default: cronmon's default here, see documented_workers)")
     parser.add_argument("--quick", action="store_true", help="3 s phases, 1,000 monitors throughout (< 2 minutes)")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     args = parser.parse_args()

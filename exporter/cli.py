@@ -205,11 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         type=_workers,
-        default=_workers(os.environ.get("CRONMON_WORKERS") or str(os.cpu_count() or 1)),
+        default=_workers(os.environ["CRONMON_WORKERS"]) if os.environ.get("CRONMON_WORKERS") else None,
         metavar="N",
         help=(
             "serve with N processes on one port (SO_REUSEPORT) that share the one Redis; "
-            "default: one per CPU core; env CRONMON_WORKERS"
+            "default: one per CPU core, less one for the embedded Redis (at least 1); env CRONMON_WORKERS"
         ),
     )
     serve.add_argument(
@@ -289,6 +289,18 @@ def _add_public_url(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="base URL jobs use to reach cronmon, for the ping URLs printed (env CRONMON_PUBLIC_URL)",
     )
+
+
+def default_workers(cores: int | None, embedded_redis: bool) -> int:
+    """How many worker processes `serve` runs unless told: one per core,
+    but one fewer when cronmon runs its embedded Redis on the same cores.
+    redis-server runs every check-in's record script, about as much CPU
+    per ping as a worker's Python, on one thread of its own: N workers
+    plus Redis on N cores take turns on them, and the one worker and
+    Redis of a 2-core machine record ~20% more pings than two workers and
+    Redis do (bench/compare.py; README "Performance")."""
+    cores = cores or 1
+    return max(1, cores - 1) if embedded_redis else cores
 
 
 def _workers(text: str) -> int:
@@ -417,8 +429,9 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
         bridge_enabled=worker_index() in (None, 0),
         web_config=web_config,
     )
-    if args.workers > 1 and worker_index() is None:
-        return _serve_workers(settings, argv, args.workers)
+    workers = args.workers or default_workers(os.cpu_count(), embedded_redis=settings.redis_url is None)
+    if workers > 1 and worker_index() is None:
+        return _serve_workers(settings, argv, workers)
     from .web.app import create_app
     from .web.keys import CORE, RELOADER
 

@@ -351,15 +351,23 @@ class Store:
             # the active-check schedule): batched the same way, without WAIT.
             self._unwaited = _Batcher(client, wait=False)
         self._facts = client.register_script(_script("facts"))
-        self._settings_cache: dict[str, tuple[Monitor, str]] = {}
+        self._record_cache: dict[str, tuple[Monitor, list[str], str]] = {}
 
-    def _settings_json(self, monitor: Monitor) -> str:
-        """record.lua's monitor table, encoded once per Monitor object (a
-        reload or API change makes a new object, so this never goes stale)."""
-        cached = self._settings_cache.get(monitor.id)
+    def _record_constants(self, monitor: Monitor) -> tuple[list[str], str]:
+        """record.lua's keys and monitor table for `monitor`, made once per
+        Monitor object (a reload or API change makes a new object, so they
+        never go stale): a ping would otherwise format 16 key names anew."""
+        cached = self._record_cache.get(monitor.id)
         if cached is None or cached[0] is not monitor:
-            cached = self._settings_cache[monitor.id] = (monitor, _monitor_settings(monitor))
-        return cached[1]
+            k, m = self.key, monitor.id
+            keys = [
+                k(m, "state"), k(m, "runs"), k(m, "tmo"), k(m, "closed"), k(m, "counters"),
+                k(m, "history"), k(m, "logs"), k(m, "logids"), k(m, "meta"), *self._indexes(m, "due"),
+                k(m, "ratelimit"), k(m, "uptime"), *self._indexes(m, "changes", "changes:seq"), k(m, "abandoned"),
+                k(m, "idem"),
+            ]
+            cached = self._record_cache[monitor.id] = (monitor, keys, _monitor_settings(monitor))
+        return cached[1], cached[2]
 
     def key(self, monitor_id: str, part: str) -> str:
         return self.keys.monitor(monitor_id, part)
@@ -417,7 +425,6 @@ class Store:
     ) -> RecordResult:
         """Record `checkin`; `outcome` is what a completion records (see
         rules.completion_outcome), None for a start or a log."""
-        k = self.key
         m = monitor.id
         extra: dict[str, Any] = {
             name: value
@@ -453,17 +460,13 @@ class Store:
             fields["short_outcome"], fields["short_bad"] = short.value, is_bad(short)
         if checkin.log_truncated:
             fields["log_truncated"] = True
+        keys, settings = self._record_constants(monitor)
         reply = await self._batch.call(
             self._record,
-            [
-                k(m, "state"), k(m, "runs"), k(m, "tmo"), k(m, "closed"), k(m, "counters"),
-                k(m, "history"), k(m, "logs"), k(m, "logids"), k(m, "meta"), *self._indexes(m, "due"),
-                k(m, "ratelimit"), k(m, "uptime"), *self._indexes(m, "changes", "changes:seq"), k(m, "abandoned"),
-                k(m, "idem"),
-            ],
+            keys,
             # allow_nan=False: a NaN must never reach the script (Python
             # refuses it here, before anything is written).
-            [json.dumps(fields, allow_nan=False), self._settings_json(monitor), self._limits_json, checkin.log or ""],
+            [json.dumps(fields, allow_nan=False), settings, self._limits_json, checkin.log or ""],
         )
         status = reply[0]
         if status == "ok":

@@ -990,3 +990,22 @@ async def test_quotas_hold_exactly_and_a_refusal_takes_no_place(make_core, store
     await core.create_monitor(spec("q-again"), "alice", None, quotas={"plan": 4})
     with pytest.raises(QuotaExceeded):
         await core.create_monitor(spec("q-again2"), "alice", None)
+
+
+def test_generated_run_ids_are_random_version_4_uuids():
+    """A start without a run id gets one (returned to Sentry and CrossCheck
+    clients, which send it back): it must read as a UUID of version 4,
+    in canonical form, and never repeat."""
+    import uuid
+
+    from exporter.core import _random_run_id
+
+    ids = [_random_run_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    # Every hex digit outside the fixed version and variant bits varies.
+    for position in (0, 9, 15, 20, 35):
+        assert len({text[position] for text in ids}) > 8

@@ -129,3 +129,28 @@ def test_a_killed_worker_is_started_again_and_nothing_acknowledged_is_lost(serve
     wait_until(lambda: len(children(server.process.pid)) == 2 and victim not in children(server.process.pid))
     assert acknowledged == 100
     assert metric_sum(server.base, "cronmon_runs_total", monitor="job1", outcome="ok") == 100
+
+
+def test_the_default_leaves_the_embedded_redis_a_core():
+    from exporter.cli import default_workers
+
+    assert [default_workers(cores, embedded_redis=True) for cores in (None, 1, 2, 4, 16)] == [1, 1, 1, 3, 15]
+    assert [default_workers(cores, embedded_redis=False) for cores in (None, 1, 2, 4, 16)] == [1, 1, 2, 4, 16]
+
+
+@pytest.mark.parametrize(("env", "expected"), [({"CRONMON_WORKERS": "2"}, 2), ({}, None)],
+                         ids=["CRONMON_WORKERS=2", "default"])
+def test_serve_runs_as_many_workers_as_the_environment_or_the_default_says(tmp_path, env, expected):
+    from exporter.cli import default_workers
+
+    if expected is None:
+        expected = default_workers(os.cpu_count(), embedded_redis=True)
+    server = Server(write_config(tmp_path, CONFIG), tmp_path / "data", {"CRONMON_PING_KEY": KEY, **env})
+    try:
+        server.wait_ready()
+        # A single process serves by itself; N > 1 are the supervisor's children.
+        wait_until(lambda: len(children(server.process.pid)) == (expected if expected > 1 else 0), timeout=20)
+        assert httpx.get(f"{server.base}/ping/{KEY}/job0").status_code == 200
+    finally:
+        output = server.stop()
+    assert (f"serving with {expected} worker processes" in output) == (expected > 1)

@@ -88,6 +88,8 @@ ROOT_ROUTE = "/{tail}"
 _ROOT = re.compile(f"/({ROOT_UUID_TAIL}|{ROOT_SLUG_TAIL})")
 _REASONS = {status.value: status.phrase for status in HTTPStatus}  # as aiohttp's
 _STARTS = (b"GET /", b"HEAD /")
+# Distinct responses kept for the current second.
+_RENDERED_MAX = 64
 
 
 def _may_be_a_ping(buffer: bytearray, head_end: int) -> bool:
@@ -128,6 +130,9 @@ class FastPing:
         self.stopping = False
         # Requests answered here, and connections handed to aiohttp.
         self.answered = 0
+        # Responses made in the second of rendered_date (see PingProtocol._render).
+        self.rendered_date = ""
+        self.rendered: dict[tuple, bytes] = {}
         self.handed_off = 0
 
     def __call__(self) -> PingProtocol:
@@ -366,16 +371,28 @@ class PingProtocol(asyncio.Protocol):
         self._answer_next()
 
     def _render(self, answer: PingAnswer, head_only: bool, keep_alive: bool, content_type: str) -> bytes:
-        """The response aiohttp's web.Response(text=...) would send."""
-        body = answer.text.encode("utf-8")
-        lines = [f"HTTP/1.1 {answer.status} {_REASONS.get(answer.status, 'Unknown')}",
-                 f"Content-Type: {content_type}; charset=utf-8"]
-        lines += [f"{name}: {value}" for name, value in answer.headers.items()]
-        lines += [f"Content-Length: {len(body)}", f"Date: {rfc822_formatted_time()}", f"Server: {SERVER_SOFTWARE}"]
-        if not keep_alive:
-            lines.append("Connection: close")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        return head if head_only else head + body
+        """The response aiohttp's web.Response(text=...) would send. Only
+        its Date changes within a second, so each distinct response is
+        made once a second, not once a ping."""
+        front = self.front
+        date = rfc822_formatted_time()
+        if date != front.rendered_date:
+            front.rendered_date, front.rendered = date, {}
+        key = (answer.status, answer.text, tuple(answer.headers.items()), head_only, keep_alive, content_type)
+        response = front.rendered.get(key)
+        if response is None:
+            if len(front.rendered) >= _RENDERED_MAX:  # texts vary (a 429's "retry in N seconds")
+                front.rendered.clear()
+            body = answer.text.encode("utf-8")
+            lines = [f"HTTP/1.1 {answer.status} {_REASONS.get(answer.status, 'Unknown')}",
+                     f"Content-Type: {content_type}; charset=utf-8"]
+            lines += [f"{name}: {value}" for name, value in answer.headers.items()]
+            lines += [f"Content-Length: {len(body)}", f"Date: {date}", f"Server: {SERVER_SOFTWARE}"]
+            if not keep_alive:
+                lines.append("Connection: close")
+            head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            response = front.rendered[key] = head if head_only else head + body
+        return response
 
     # Hand-off, timers, closing
 

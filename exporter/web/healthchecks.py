@@ -90,11 +90,15 @@ def parse_path(tail: str) -> PingPath:
 
 
 def _is_uuid(text: str) -> bool:
+    # The length first: most pings name a slug, and a refused uuid.UUID()
+    # costs a raised exception.
+    if len(text) != 36:
+        return False
     try:
         uuid.UUID(text)
     except ValueError:
         return False
-    return len(text) == 36
+    return True
 
 
 def _is_action(text: str) -> bool:
