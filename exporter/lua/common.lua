@@ -61,11 +61,13 @@ end
 -- Keep the sweeper's deadline index exact: the monitor is due at the
 -- earlier of its next deadline and its first pending run timeout.
 -- `upcoming`: the state's next slot, if the caller has it (else read).
-local function update_due(state, tmo, due, monitor, miss_after, upcoming)
+-- `no_runs`: true if the caller knows the monitor has no open run, so no
+-- run timeout either (tmo holds open runs only: a run leaves both at once).
+local function update_due(state, tmo, due, monitor, miss_after, upcoming, no_runs)
   local at = nil
   if upcoming == nil then upcoming = num(redis.call('HGET', state, 'next')) end
   if upcoming then at = upcoming + miss_after end
-  local first = redis.call('ZRANGE', tmo, 0, 0, 'WITHSCORES')
+  local first = no_runs and {} or redis.call('ZRANGE', tmo, 0, 0, 'WITHSCORES')
   if first[2] then
     local t = tonumber(first[2])
     if at == nil or t < at then at = t end

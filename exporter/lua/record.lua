@@ -293,6 +293,8 @@ end
 
 redis.call('HSET', state, unpack(flatten(put)))
 push_history(history, entry, history_cap)
-update_due(state, tmo, due, monitor, miss_after, num(put.next or st.next))
+-- open_runs, if still held, is the runs hash as it is now (every change
+-- to it drops the copy): empty means no run timeout to look up.
+update_due(state, tmo, due, monitor, miss_after, num(put.next or st.next), open_runs ~= nil and #open_runs == 0)
 mark_changed(KEYS[13], KEYS[14], monitor)
 return {'ok', seq, result_run, duration and fmt(duration) or ''}
