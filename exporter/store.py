@@ -464,9 +464,9 @@ class Store:
         reply = await self._batch.call(
             self._record,
             keys,
-            # allow_nan=False: a NaN must never reach the script (Python
-            # refuses it here, before anything is written).
-            [json.dumps(fields, allow_nan=False), settings, self._limits_json, checkin.log or ""],
+            # A NaN must never reach the script: _strict_json refuses it
+            # here, before anything is written.
+            [_strict_json(fields), settings, self._limits_json, checkin.log or ""],
         )
         status = reply[0]
         if status == "ok":
@@ -816,7 +816,7 @@ class Store:
         (monitor id, fingerprint json with the interval as "i", first due);
         with `removed`, only put these in and take those out."""
         try:
-            wanted = json.dumps([[m, fp, first] for m, fp, first in probes], allow_nan=False)
+            wanted = _strict_json([[m, fp, first] for m, fp, first in probes])
             args = [wanted] if removed is None else [wanted, json.dumps(list(removed))]
             return int(await self._unwaited.call(
                 self._probe_sync, [self._probes_key, self._probe_schedule_key], args
@@ -925,11 +925,17 @@ class Store:
 _SWEEP_BAD = {o.value: is_bad(o) for o in (Outcome.MISSED, Outcome.TIMEOUT)}
 
 
+# json.dumps(value, allow_nan=False), without making an encoder per call
+# (a check-in's arguments are encoded on every ping): a NaN or an infinity
+# raises ValueError.
+_strict_json = json.JSONEncoder(allow_nan=False).encode
+
+
 def _named(fields: dict[str, Any]) -> str:
     """A script's named argument table as json, absent (None) fields left
     out: Lua sees them as nil (cjson turns a null into a value that is
-    true). allow_nan=False: a NaN must never reach a script."""
-    return json.dumps({name: value for name, value in fields.items() if value is not None}, allow_nan=False)
+    true). A NaN must never reach a script (_strict_json refuses it)."""
+    return _strict_json({name: value for name, value in fields.items() if value is not None})
 
 # Every per-monitor key (see the layout at the top).
 _MONITOR_PARTS = (

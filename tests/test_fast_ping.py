@@ -241,6 +241,25 @@ async def test_an_idle_or_slow_connection_is_closed_after_idle_timeout(cronmon_s
         assert await wire.closed_by_server()
 
 
+async def test_the_idle_clock_restarts_at_each_answer(cronmon_server, make_app):
+    """A connection whose pings come more often than idle_timeout stays
+    open past it (one timer per connection checks the clock, it is not
+    remade per ping), and closes idle_timeout after its last answer."""
+    timeout = 0.4
+    server = await cronmon_server(make_app(idle_timeout=timeout))
+    wire = await Wire.open(server.port)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while loop.time() - started < 3 * timeout:
+        wire.send(get(f"/ping/{KEY}/backup"))
+        assert (await wire.response())[0] == 200
+        await asyncio.sleep(timeout / 3)
+    last_answer = loop.time()
+    assert await wire.closed_by_server()
+    assert loop.time() - last_answer >= timeout - timeout / 3 - 0.05
+    assert server.listener.fast.answered >= 6
+
+
 async def test_request_metrics_count_fast_pings_under_the_routes_names(server):
     """The fast path's labels are its routes' canonical paths, as the
     aiohttp routes' would be."""
