@@ -451,6 +451,7 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
     app.on_startup.append(handle_sighup)
     if worker_index() is None:
         print_banner(settings, app[CORE].registry)
+        print("serving with 1 process (--workers N for more)", flush=True)
     # The scrape cache renders in a worker thread; a 1 ms switch interval
     # (default 5 ms) gives the event loop the GIL back sooner: the worst
     # ping during 10,000-monitor scrapes went from 107 ms to 66 ms.
