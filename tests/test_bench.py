@@ -1,0 +1,30 @@
+"""The benchmark scripts' own logic that could silently go stale."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def test_record_sections_finds_every_cut_point_in_record_lua():
+    """bench/record_sections.py cuts record.lua before named top-level
+    statements; an edit of the script that renames one must fail here,
+    not in a benchmark run months later. Each copy ends in `return 1` and
+    is a prefix of the script, one longer than the one before."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import record_sections
+    finally:
+        sys.path.remove(str(BENCH))
+    from exporter.store import _script
+
+    full = _script("record")
+    copies = record_sections.cut_copies(full)
+    assert [label for label, _ in copies] == [label for label, _ in record_sections.CUTS]
+    bodies = [source.removesuffix("\nreturn 1\n") for _, source in copies]
+    assert all(full.startswith(body) for body in bodies)
+    assert all(len(a) < len(b) for a, b in zip(bodies, bodies[1:]))
+    # The first cut is past the shared prelude: the prelude is never cut.
+    assert "local function push_history" in bodies[0]
