@@ -37,7 +37,7 @@ from exporter import credentials  # noqa: E402
 from exporter.config import load_config  # noqa: E402
 from exporter.core import Core, Registry  # noqa: E402
 from exporter.model import CheckIn, Kind  # noqa: E402
-from exporter.store import Store, StoreLimits, _script, connect  # noqa: E402
+from exporter.store import Store, StoreLimits, connect, record_script  # noqa: E402
 
 MONITORS = 1000
 # Top-level statements of record.lua: the script is cut just before the
@@ -106,7 +106,7 @@ async def main() -> None:
             store._batch.call = send  # type: ignore[method-assign]
             await store.close()
 
-            full = _script("record")
+            full = record_script(StoreLimits())
             client = redis.from_url(url)
             results = []
             for label, source in [*cut_copies(full), ("all of record.lua", full)]:

@@ -18,9 +18,9 @@ def test_record_sections_finds_every_cut_point_in_record_lua():
         import record_sections
     finally:
         sys.path.remove(str(BENCH))
-    from exporter.store import _script
+    from exporter.store import StoreLimits, record_script
 
-    full = _script("record")
+    full = record_script(StoreLimits())
     copies = record_sections.cut_copies(full)
     assert [label for label, _ in copies] == [label for label, _ in record_sections.CUTS]
     bodies = [source.removesuffix("\nreturn 1\n") for _, source in copies]

@@ -336,6 +336,20 @@ class TestCapsAndMeta:
         history = await core.store.history("job", 0, 100)
         assert len(history) == 20 and history[0]["seq"] == seqs[-1]
         assert [await core.store.log("job", s) for s in seqs[-4:]] == [None, "line 22", "line 23", "line 24"]
+        # The list is trimmed once a tenth over the cap (push_history), but
+        # nothing past the cap is ever read: by offset, in pages, in details.
+        length = await core.store.client.llen(core.store.key("job", "history"))
+        assert 20 < length <= 22
+        assert [e["seq"] for e in history] == seqs[:4:-1]
+        assert await core.store.history("job", 19, 10) == history[19:]
+        assert await core.store.history("job", 20, 10) == []
+        page, more = await core.store.history_page("job", limit=100)
+        assert page == history and not more
+        details = await core.store.details(["job"], history=100)
+        assert details["job"].history == history
+        for i in range(25, 40):  # past cap + a tenth: trimmed back to the cap
+            await core.record(ci(Kind.LOG, T0 + i))
+        assert await core.store.client.llen(core.store.key("job", "history")) <= 22
 
     async def test_truncated_log_is_flagged(self, make_core):
         core = make_core(HOURLY)
@@ -1009,3 +1023,28 @@ def test_generated_run_ids_are_random_version_4_uuids():
     # Every hex digit outside the fixed version and variant bits varies.
     for position in (0, 9, 15, 20, 35):
         assert len({text[position] for text in ids}) > 8
+
+
+def test_a_forked_child_does_not_repeat_its_parents_run_ids():
+    """Run ids come from random bytes read ahead in bulk: a child forked
+    with some of them unused must read its own, not hand out the ids its
+    parent is about to."""
+    import os
+
+    from exporter.core import _random_run_id
+
+    _random_run_id()  # the parent now holds unused random bytes
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        try:
+            os.write(write, " ".join(_random_run_id() for _ in range(4)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child_ids = set(pipe.read().split())
+    os.waitpid(pid, 0)
+    parent_ids = {_random_run_id() for _ in range(4)}
+    assert len(child_ids) == 4
+    assert not child_ids & parent_ids

@@ -84,8 +84,9 @@ end
 local UPTIME_HOURS, UPTIME_DAYS = 48, 31
 local function count_uptime(uptime, outcome, n, now)
   local hour, day = math.floor(now / 3600), math.floor(now / 86400)
-  redis.call('HINCRBY', uptime, 'h' .. hour .. ':' .. outcome, n)
-  redis.call('HINCRBY', uptime, 'd' .. day .. ':' .. outcome, n)
+  -- ('%d': a number in a string otherwise goes through printf's float code.)
+  redis.call('HINCRBY', uptime, string.format('h%d:', hour) .. outcome, n)
+  redis.call('HINCRBY', uptime, string.format('d%d:', day) .. outcome, n)
   local pruned = tonumber(redis.call('HGET', uptime, 'hour') or '0')
   if hour > pruned then
     -- At most once an hour per monitor, over at most ~200 fields.
@@ -107,7 +108,13 @@ local function mark_changed(feed, feed_seq, monitor)
   redis.call('ZADD', feed, redis.call('INCR', feed_seq), monitor)
 end
 
+-- The history holds the newest `cap` events, and up to a tenth more
+-- waiting to be trimmed: LPUSH says the new length, and LTRIM runs once
+-- per cap/10 pushes instead of on each (a write, propagated to the AOF,
+-- on every check-in of a monitor whose history is full). Readers never
+-- look past `cap` (store.py, history.lua).
 local function push_history(history, entry, cap)
-  redis.call('LPUSH', history, cjson.encode(entry))
-  redis.call('LTRIM', history, 0, cap - 1)
+  if redis.call('LPUSH', history, cjson.encode(entry)) > cap + math.floor(cap / 10) then
+    redis.call('LTRIM', history, 0, cap - 1)
+  end
 end

@@ -21,10 +21,11 @@
 --         plus the clock skew allowance: when a slot counts as missed), max_runtime, min_runtime,
 --         failure_threshold, recovery_threshold, rate_count (0: no limit),
 --         rate_window (seconds)
---       3 the store's limits (json object): history, logs, meta_keys,
---         open_runs, closed_runs, idempotency_keys, idempotency_window
---         (seconds), buckets (array)
---       4 the log body ('' for none), kept apart from the json
+--       3 the log body ('' for none), kept apart from the json
+-- Constants (written in by store.record_script): LIMITS, the store's
+--       limits: history, logs, meta_keys, open_runs, closed_runs,
+--       idempotency_keys, idempotency_window (seconds); duration_buckets(),
+--       the duration histogram's bucket bounds
 -- Returns {'ok', seq, run_id, duration} | {'duplicate', run_id}
 --       | {'sweep'}: a deadline passed unrecorded; sweep, then call again
 --       | {'slot', s}: the arrival is for slot s, which the plan lacks
@@ -34,10 +35,13 @@
 -- beyond its command's own work (more for a write, which is propagated to
 -- the AOF and replicas), so the state hash is read once (HMGET) and
 -- written once (HSET) at the end; `st` is what it held, `put` what changes.
+-- A Lua number passed to redis.call is formatted by printf's float code
+-- (and a score parsed back by strtod): constant counts are passed as
+-- strings ('1'), times as the strings already made (now_s).
 local state, runs, tmo, closed, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local history, logs, logids, meta, due = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local a, c, lim = cjson.decode(ARGV[1]), cjson.decode(ARGV[2]), cjson.decode(ARGV[3])
-local log_body = ARGV[4]
+local a, c, lim = cjson.decode(ARGV[1]), cjson.decode(ARGV[2]), LIMITS
+local log_body = ARGV[3]
 local monitor, now, kind, run_id = a.monitor, a.now, a.kind, a.run_id or ''
 local now_s = fmt(now)
 local exit_code, reported_duration = a.exit_code, a.duration
@@ -132,7 +136,7 @@ end
 
 local seq = (num(st.seq) or 0) + 1
 put.seq, put.v = seq, (num(st.v) or 0) + 1
-redis.call('HINCRBY', counters, 'c:' .. kind, 1)
+redis.call('HINCRBY', counters, 'c:' .. kind, '1')
 -- A log event says nothing about the job running (Healthchecks: /log does
 -- not change the status), so it does not end the monitor's "new" state.
 if kind ~= 'log' and not st.first then put.first = now_s end
@@ -241,19 +245,19 @@ elseif completes then
   if duration then
     entry.duration = duration
     put.last_duration = fmt(duration)
-    local buckets, index = lim.buckets, nil
+    local buckets, index = duration_buckets(), nil
     for i, bound in ipairs(buckets) do
       if duration <= bound then index = i; break end
     end
-    redis.call('HINCRBY', counters, 'b:' .. (index or 'inf'), 1)
+    redis.call('HINCRBY', counters, 'b:' .. (index or 'inf'), '1')
     redis.call('HINCRBYFLOAT', counters, 'dsum', duration)
-    redis.call('HINCRBY', counters, 'dcount', 1)
+    redis.call('HINCRBY', counters, 'dcount', '1')
   end
-  redis.call('HINCRBY', counters, 'o:' .. outcome, 1)
+  redis.call('HINCRBY', counters, 'o:' .. outcome, '1')
   for name, value in pairs(outcome_fields(num(st.cbad), num(st.cgood), outcome, 1, bad, fthr, rthr)) do
     put[name] = value
   end
-  count_uptime(KEYS[12], outcome, 1, now)
+  count_uptime(KEYS[12], outcome, '1', now)
 else
   result_run = run_id
 end

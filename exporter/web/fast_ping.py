@@ -90,6 +90,8 @@ _REASONS = {status.value: status.phrase for status in HTTPStatus}  # as aiohttp'
 _STARTS = (b"GET /", b"HEAD /")
 # Distinct responses kept for the current second.
 _RENDERED_MAX = 64
+# The query of a ping without one (most): read-only, so one serves all.
+_NO_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
 
 
 def _may_be_a_ping(buffer: bytearray, head_end: int) -> bool:
@@ -97,9 +99,11 @@ def _may_be_a_ping(buffer: bytearray, head_end: int) -> bool:
     come of it, ends at `head_end`) may still be one the fast path answers:
     a GET or HEAD of an origin-form target, and no LF without its CR
     (llhttp waits for more; aiohttp refuses at once)."""
-    start = bytes(buffer[:6])
-    if not any(start.startswith(prefix) or prefix.startswith(start) for prefix in _STARTS):
-        return False
+    if not buffer.startswith(_STARTS):
+        # Too short to tell yet: still possible if it is how one begins.
+        start = bytes(buffer[:6])
+        if not any(prefix.startswith(start) for prefix in _STARTS):
+            return False
     return buffer.count(b"\n", 0, head_end) == buffer.count(b"\r\n", 0, head_end)
 
 
@@ -181,6 +185,8 @@ class PingProtocol(asyncio.Protocol):
         # What llhttp reports about the head being parsed.
         self._url = b""
         self._headers: CIMultiDict[str] = CIMultiDict()
+        self._names: set[str] = set()  # the header names, lower-case
+        self._repeated = False  # a header name came twice
         self._complete = False
         self._keep_alive = False
 
@@ -230,9 +236,13 @@ class PingProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         # aiohttp's reading of header bytes: trailing blanks dropped (llhttp
         # keeps them), undecodable bytes surrogate-escaped.
-        self._headers.add(
-            name.decode("utf-8", "surrogateescape"), value.rstrip(b" \t").decode("utf-8", "surrogateescape")
-        )
+        text = name.decode("utf-8", "surrogateescape")
+        self._headers.add(text, value.rstrip(b" \t").decode("utf-8", "surrogateescape"))
+        # What _read_head judges by the names, noted as they come.
+        lowered = text.lower()
+        if lowered in self._names:
+            self._repeated = True
+        self._names.add(lowered)
 
     def on_headers_complete(self) -> None:
         # Read here: once the message is complete, llhttp has moved on.
@@ -253,6 +263,8 @@ class PingProtocol(asyncio.Protocol):
                 # buffer (and the socket), parsed as the queue drains.
                 self._pause("queue")
                 return
+            if not self.buffer:
+                return  # (the usual end: each request read whole)
             end = self.buffer.find(b"\r\n\r\n")
             if not _may_be_a_ping(self.buffer, end + 4 if end >= 0 else len(self.buffer)):
                 # Not ours, and aiohttp may answer before the head ends (a
@@ -286,6 +298,7 @@ class PingProtocol(asyncio.Protocol):
     def _read_head(self, head: bytes) -> _Ping | None:
         """The plain ping `head` is, or None if it is aiohttp's."""
         self._url, self._headers, self._complete = b"", CIMultiDict(), False
+        self._names, self._repeated = set(), False
         parser = self.parser
         assert parser is not None
         try:
@@ -303,8 +316,8 @@ class PingProtocol(asyncio.Protocol):
         # aiohttp's parser refuses more than llhttp (no Host, a repeated
         # Host or User-Agent, Sec-WebSocket-Key1, too many headers): any
         # of those, and any repeated header, is aiohttp's to judge.
-        names = {name.lower() for name in headers}  # (iterating a multidict skips repeats)
-        if "host" not in names or len(names) != len(headers) or len(headers) > MAX_HEADERS:
+        names = self._names
+        if "host" not in names or self._repeated or len(names) > MAX_HEADERS:
             return None
         if any(name.startswith("sec-websocket-") for name in names):
             return None
@@ -322,13 +335,15 @@ class PingProtocol(asyncio.Protocol):
             if match is None:
                 return None
             route, tail = ROOT_ROUTE, match.group(1)
-        query: MultiDict[str] = MultiDict()
-        for pair in query_bytes.decode("ascii").split("&"):
-            if pair:
-                name, _, value = pair.partition("=")
-                query.add(name, value)
-        return _Ping(method.decode("ascii"), route, tail, MultiDictProxy(query), CIMultiDictProxy(headers),
-                     self._keep_alive)
+        query = _NO_QUERY
+        if query_bytes:
+            pairs: MultiDict[str] = MultiDict()
+            for pair in query_bytes.decode("ascii").split("&"):
+                if pair:
+                    name, _, value = pair.partition("=")
+                    pairs.add(name, value)
+            query = MultiDictProxy(pairs)
+        return _Ping(method.decode("ascii"), route, tail, query, CIMultiDictProxy(headers), self._keep_alive)
 
     # Answering
 
