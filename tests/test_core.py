@@ -1048,3 +1048,50 @@ def test_a_forked_child_does_not_repeat_its_parents_run_ids():
     parent_ids = {_random_run_id() for _ in range(4)}
     assert len(child_ids) == 4
     assert not child_ids & parent_ids
+
+
+def test_checkin_json_is_strict_json_faster():
+    """record.lua's check-in argument: orjson's text must decode to what
+    the standard library's strict encoder makes, and whatever that encoder
+    refuses (NaN, infinities) must still be refused before any write;
+    what orjson cannot encode (a lone surrogate, a huge int) and a real
+    null still come out as the standard library writes them."""
+    import json
+    import math
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from exporter.store import _checkin_json, _strict_json
+
+    leaf = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+                     st.floats(), st.text())
+    values = st.recursive(leaf, lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)
+
+    def finite(value):
+        if isinstance(value, float):
+            return math.isfinite(value)
+        if isinstance(value, list):
+            return all(finite(v) for v in value)
+        if isinstance(value, dict):
+            return all(finite(v) for v in value.values())
+        return True
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.dictionaries(st.text(max_size=8), values, max_size=6))
+    def check(fields):
+        if not finite(fields):
+            with pytest.raises(ValueError):
+                _checkin_json(fields)
+            with pytest.raises(ValueError):
+                _strict_json(fields)
+            return
+        encoded = _checkin_json(fields)
+        assert json.loads(encoded) == json.loads(_strict_json(fields))
+
+    check()
+    assert isinstance(_checkin_json({"now": 1.5, "kind": "success"}), bytes)  # the fast way, usually
+    with pytest.raises(ValueError):
+        _checkin_json({"duration": float("nan")})
+    assert json.loads(_checkin_json({"ua": "bad \udcff byte"})) == {"ua": "bad \udcff byte"}
