@@ -351,6 +351,25 @@ class TestCapsAndMeta:
             await core.record(ci(Kind.LOG, T0 + i))
         assert await core.store.client.llen(core.store.key("job", "history")) <= 22
 
+    async def test_closed_runs_are_kept_to_their_cap_with_some_slack(self, make_core):
+        """record.lua trims the recently closed runs at every 16th check-in:
+        the set never holds more than 15 over the cap, and every run within
+        the cap is still known, so its retried completion is a duplicate."""
+        core = make_core(HOURLY)
+        cap = core.store.limits.closed_runs
+        closed_key = core.store.key("job", "closed")
+        sizes = []
+        for i in range(cap + 40):
+            result = await core.record(ci(Kind.SUCCESS, T0 + i, run_id=f"run-{i}"))
+            assert result.status == "ok"
+            sizes.append(await core.store.client.zcard(closed_key))
+        assert max(sizes) <= cap + 15 and min(sizes[cap:]) >= cap
+        for i in range(40, cap + 40, 37):  # the newest `cap` runs
+            again = await core.record(ci(Kind.SUCCESS, T0 + cap + 40, run_id=f"run-{i}"))
+            assert again.status == "duplicate"
+        first = await core.record(ci(Kind.SUCCESS, T0 + cap + 41, run_id="run-0"))
+        assert first.status == "ok"  # long forgotten: a new completion
+
     async def test_truncated_log_is_flagged(self, make_core):
         core = make_core(HOURLY)
         await core.record(ci(Kind.SUCCESS, T0, log="x" * 10, log_truncated=True))

@@ -105,7 +105,8 @@ end
 -- monitor stamps it with the next feed sequence number, so each replica's
 -- scrape cache asks "what changed since N" in one round trip.
 local function mark_changed(feed, feed_seq, monitor)
-  redis.call('ZADD', feed, redis.call('INCR', feed_seq), monitor)
+  -- ('%d': a Lua number passed as is goes through printf's float code.)
+  redis.call('ZADD', feed, string.format('%d', redis.call('INCR', feed_seq)), monitor)
 end
 
 -- The history holds the newest `cap` events, and up to a tenth more

@@ -177,9 +177,13 @@ local function arrive()
   end
 end
 
-local function close_recent(id)
-  redis.call('ZADD', closed, now, id)
-  redis.call('ZREMRANGEBYRANK', closed, 0, -closed_cap - 1)
+-- The recently closed runs, for telling a retried completion from a new
+-- one. Trimmed to closed_cap at every 16th check-in (by seq), not at each
+-- (a write, propagated to the AOF): between trims at most 15 more wait,
+-- which only remembers those runs a little longer.
+local function close_recent(id, seq)
+  redis.call('ZADD', closed, now_s, id)
+  if seq % 16 == 0 then redis.call('ZREMRANGEBYRANK', closed, 0, -closed_cap - 1) end
 end
 
 local result_run, duration = '', nil
@@ -226,7 +230,7 @@ elseif completes then
   end
   result_run = rid or run_id
   if result_run == '' then result_run = generated_run_id end
-  close_recent(result_run)
+  close_recent(result_run, seq)
   if duration and duration < 0 then duration = 0 end
   local outcome, bad = a.outcome, a.bad
   -- min_runtime: a success that ran shorter did not do its job. Judged
