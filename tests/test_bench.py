@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
@@ -28,3 +30,26 @@ def test_record_sections_finds_every_cut_point_in_record_lua():
     assert all(len(a) < len(b) for a, b in zip(bodies, bodies[1:]))
     # The first cut is past the shared prelude: the prelude is never cut.
     assert "local function push_history" in bodies[0]
+
+
+def test_instructions_reads_the_newest_callgrind_dump(tmp_path):
+    """bench/instructions.py takes its figure from the totals line of the
+    newest dump callgrind wrote (callgrind_control -d writes a new file
+    beside the first)."""
+    import os
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import instructions
+    finally:
+        sys.path.remove(str(BENCH))
+    prefix = tmp_path / "worker.callgrind"
+    first = tmp_path / "worker.callgrind"
+    first.write_text("# callgrind format\nversion: 1\nevents: Ir\nfn=main\n0 5\ntotals: 1000\n")
+    dump = tmp_path / "worker.callgrind.1"
+    dump.write_text("# callgrind format\nversion: 1\nevents: Ir\nsummary: 4200\nfn=main\n0 4200\n")
+    os.utime(first, (1, 1))  # older
+    assert instructions.total_instructions(prefix) == 4200
+    dump.write_text("# callgrind format\nevents: Ir\n")  # no totals: an error that says so
+    with pytest.raises(RuntimeError, match="no totals"):
+        instructions.total_instructions(prefix)
