@@ -829,9 +829,8 @@ class Store:
             self._queue_facts(pipe, monitor_id)
             pipe.hgetall(self.key(monitor_id, "uptime"))
             pipe.lrange(self.key(monitor_id, "audit"), 0, audit - 1) if audit else pipe.nothing()
-            # (Past limits.history: entries waiting to be trimmed, see push_history.)
-            newest = min(history, self.limits.history)
-            pipe.lrange(self.key(monitor_id, "history"), 0, newest - 1) if newest > 0 else pipe.nothing()
+            last = self._history_last(0, history)
+            pipe.lrange(self.key(monitor_id, "history"), 0, last) if last >= 0 else pipe.nothing()
 
         ids = list(monitor_ids)
         replies = await self._pipelined(ids, queue)
@@ -925,10 +924,15 @@ class Store:
             raise _translate(exc) from exc
         return {seq: cast(str, value) for seq, value in zip(seqs, values) if value is not None}
 
+    def _history_last(self, offset: int, count: int) -> int:
+        """The last index a read of `count` events from `offset` takes:
+        never past limits.history, beyond which entries only wait to be
+        trimmed (push_history in lua/common.lua). Below `offset`: none."""
+        return min(offset + count, self.limits.history) - 1
+
     async def history(self, monitor_id: str, offset: int = 0, count: int = 50) -> list[dict]:
         try:
-            # (Past limits.history: entries waiting to be trimmed, see push_history.)
-            last = min(offset + count, self.limits.history) - 1
+            last = self._history_last(offset, count)
             if last < offset:
                 return []
             raw = await self.client.lrange(self.key(monitor_id, "history"), offset, last)

@@ -181,7 +181,7 @@ end
 -- one. Trimmed to closed_cap at every 16th check-in (by seq), not at each
 -- (a write, propagated to the AOF): between trims at most 15 more wait,
 -- which only remembers those runs a little longer.
-local function close_recent(id, seq)
+local function close_recent(id)
   redis.call('ZADD', closed, now_s, id)
   if seq % 16 == 0 then redis.call('ZREMRANGEBYRANK', closed, 0, -closed_cap - 1) end
 end
@@ -230,7 +230,7 @@ elseif completes then
   end
   result_run = rid or run_id
   if result_run == '' then result_run = generated_run_id end
-  close_recent(result_run, seq)
+  close_recent(result_run)
   if duration and duration < 0 then duration = 0 end
   local outcome, bad = a.outcome, a.bad
   -- min_runtime: a success that ran shorter did not do its job. Judged
