@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import redis
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402  (the config, the ping key, children and readiness)
 
@@ -80,12 +82,49 @@ async def ping_load(port: int, pings: int, first: int) -> None:
     await asyncio.gather(*(connection() for _ in range(CONNECTIONS)))
 
 
-def measure(root: Path, pings: int, children: compare.Children) -> tuple[float, float]:
+def prefill(root: Path, tmp: Path, config: Path, seconds: int, children: compare.Children) -> None:
+    """Bring the store in tmp/data to a steady state: `seconds` of
+    compare.py's wrk ping load on a cronmon run without valgrind, then a
+    clean stop (its Redis saves). Without it every monitor's store is a few
+    pings old: its history, recently closed runs and uptime buckets are
+    small, and their cost a ping is not what a long-running server pays."""
+    port = compare.free_port()
+    args = [sys.executable, "-m", "exporter.cli", "serve", "--config", str(config),
+            "--listen", f"{compare.HOST}:{port}", "--data-dir", str(tmp / "data"),
+            "--log-level", "warning", "--workers", "1"]
+    env = {**os.environ, "CRONMON_PING_KEY": compare.KEY, "PYTHONPATH": str(root)}
+    serve = compare.start_session(children, args, cwd=root, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://{compare.HOST}:{port}"
+    try:
+        compare.wait_until(lambda: compare.ready(base + "/-/ready"), 120, "cronmon", serve)
+        result = compare.wrk_pings(children, base, N_MONITORS, seconds, CONNECTIONS)
+        if result["non2xx"] or result["socket_error_total"]:
+            raise RuntimeError(f"prefill: {result['non2xx']} non-2xx, {result['socket_error_total']} socket errors")
+        # A compact AOF (its RDB preamble) loads in seconds under valgrind;
+        # the tail of a long run takes minutes.
+        client = redis.Redis(unix_socket_path=str(tmp / "data" / "redis.sock"))
+        try:
+            compare.wait_until(lambda: not client.info("persistence")["aof_rewrite_in_progress"], 120,
+                               "an AOF rewrite in progress", serve)
+            client.bgrewriteaof()
+            time.sleep(0.2)
+            compare.wait_until(lambda: not client.info("persistence")["aof_rewrite_in_progress"], 120,
+                               "the AOF rewrite", serve)
+        finally:
+            client.close()
+    finally:
+        compare.stop(serve)
+
+
+def measure(root: Path, pings: int, children: compare.Children, prefill_seconds: int = 0) -> tuple[float, float]:
     """(worker, redis-server) instructions per ping for the checkout at `root`."""
     with tempfile.TemporaryDirectory(prefix="cronmon-instructions-") as tmp_name:
         tmp = Path(tmp_name)
         config = tmp / "monitors.yaml"
         compare.write_config(config, N_MONITORS)
+        if prefill_seconds:
+            prefill(root, tmp, config, prefill_seconds, children)
         worker_out, redis_out = tmp / "worker.callgrind", tmp / "redis.callgrind"
         # The embedded Redis runs under callgrind too, through a wrapper
         # named as its binary (CRONMON_REDIS_SERVER).
@@ -126,16 +165,20 @@ def measure(root: Path, pings: int, children: compare.Children) -> tuple[float, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pings", type=int, default=3000, help="measured pings (after 2,000 warm-up pings)")
+    parser.add_argument("--prefill", type=int, default=0, metavar="SECONDS",
+                        help="first bring the store to a steady state with SECONDS of wrk pings (compare.py's "
+                             "load) without valgrind; 20 fills every monitor's recently closed runs to their cap")
     parser.add_argument("--root", type=Path, action="append",
                         help="a cronmon checkout to measure (repeatable; default: this one)")
     args = parser.parse_args()
     roots = args.root or [compare.ROOT]
     print(f"instructions per plain ping (callgrind), {args.pings:,} pings over {CONNECTIONS} connections, "
-          f"{N_MONITORS:,} monitors, --workers 1, embedded Redis")
+          f"{N_MONITORS:,} monitors, --workers 1, embedded Redis"
+          + (f", after {args.prefill} s of wrk pings" if args.prefill else ""))
     children = compare.Children()
     try:
         for root in roots:
-            worker, redis_server = measure(root.resolve(), args.pings, children)
+            worker, redis_server = measure(root.resolve(), args.pings, children, args.prefill)
             print(f"  {str(root):<30} worker {worker:>10,.0f}   redis-server {redis_server:>10,.0f}   "
                   f"both {worker + redis_server:>10,.0f}")
     finally:

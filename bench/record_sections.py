@@ -95,6 +95,7 @@ async def main() -> None:
                 await core.record(ping(i))
             captured: list[tuple[list, list]] = []
             send = store._batch.call
+            store._lane_calls = None  # every check-in through _batch.call, with its keys and args
 
             async def capture(script, keys, args):
                 captured.append((keys, args))

@@ -39,6 +39,7 @@ from .model import (
     Schedule,
     Status,
     during_outage,
+    quick_init,
 )
 from .rules import Thresholds, after_outcomes
 from .schedule import latest_slot_at_or_before, missed_slots, next_slot
@@ -50,6 +51,7 @@ Outages = tuple[Outage, ...]
 SWEEP_BATCH = 1000
 
 
+@quick_init
 @dataclass(frozen=True)
 class ArrivalPlan:
     """Where an arrival may land in the schedule, computed before the store

@@ -8,13 +8,75 @@ Nothing here does I/O. All timestamps are float seconds since the Unix epoch
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import inspect
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
+
+_Frozen = TypeVar("_Frozen", bound=type)
+
+
+class _Factory:
+    """quick_init's default for a field with a default factory."""
+
+    def __repr__(self) -> str:
+        return "<factory>"  # as dataclasses shows it
+
+
+_FACTORY = _Factory()
+
+
+def quick_init(cls: _Frozen) -> _Frozen:
+    """Give the frozen dataclass `cls` (without slots) an __init__ that
+    fills the new instance's __dict__ in one step.
+
+    Why: the __init__ dataclasses writes for a frozen class sets each
+    field through object.__setattr__ (its own __setattr__ refuses), a call
+    per field: ~0.2 µs each, ~4 µs for a CheckIn, made on every ping.
+    Filling __dict__ is what those calls do, without the calls. The
+    parameters, defaults and default factories are the dataclass's own,
+    and the instance stays frozen (only its __init__ writes). A class with
+    __post_init__, InitVars, keyword-only or init=False fields is refused:
+    its __init__ does more than set its fields."""
+    if not dataclasses.is_dataclass(cls) or not cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+        raise TypeError(f"{cls.__name__}: quick_init is for frozen dataclasses")
+    if "__slots__" in cls.__dict__ or hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__}: quick_init cannot fill slots or run __post_init__")
+    namespace: dict[str, Any] = {"_MISSING": _FACTORY}
+    params: list[str] = []
+    items: list[str] = []
+    for spec in dataclasses.fields(cls):
+        name = spec.name
+        if not spec.init or spec.kw_only:
+            raise TypeError(f"{cls.__name__}.{name}: quick_init takes positional init fields only")
+        if spec.default is not dataclasses.MISSING:
+            namespace[f"_default_{name}"] = spec.default
+            params.append(f"{name}=_default_{name}")
+            items.append(f"{name!r}: {name}")
+        elif spec.default_factory is not dataclasses.MISSING:
+            namespace[f"_factory_{name}"] = spec.default_factory
+            params.append(f"{name}=_MISSING")
+            items.append(f"{name!r}: _factory_{name}() if {name} is _MISSING else {name}")
+        else:
+            params.append(name)
+            items.append(f"{name!r}: {name}")
+    source = f"def __init__(self, {', '.join(params)}):\n    self.__dict__.update({{{', '.join(items)}}})\n"
+    exec(source, namespace)  # noqa: S102  (built from the field names alone)
+    init = namespace["__init__"]
+    # The same parameters as the dataclass's __init__ (an InitVar would be
+    # one more there).
+    if list(inspect.signature(init).parameters) != list(inspect.signature(cls.__init__).parameters):
+        raise TypeError(f"{cls.__name__}: its __init__ takes more than its fields")
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__doc__ = cls.__init__.__doc__
+    init.__annotations__ = dict(cls.__init__.__annotations__)
+    cls.__init__ = init  # type: ignore[method-assign]
+    return cls
 
 
 class Kind(enum.StrEnum):
@@ -269,6 +331,7 @@ class Monitor:
         return cached
 
 
+@quick_init
 @dataclass(frozen=True)
 class CheckIn:
     """The one canonical event every ingest API produces.

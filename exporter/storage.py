@@ -29,7 +29,7 @@ from typing import Protocol
 
 from .evaluate import ArrivalPlan, SweepPlan
 from .keyspace import Cursor
-from .model import CheckIn, Details, Facts, Monitor, Outage, Outcome
+from .model import CheckIn, Details, Facts, Monitor, Outage, Outcome, quick_init
 
 # Run duration histogram buckets (seconds): cron jobs run from seconds to a
 # day, so the buckets span 1s .. 24h roughly logarithmically.
@@ -55,6 +55,7 @@ class StoreLimits:
     idempotency_window: float = 86400.0
 
 
+@quick_init
 @dataclass(frozen=True)
 class RecordResult:
     status: str  # "ok" | "duplicate" | "sweep" | "slot" | "limited"

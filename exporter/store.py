@@ -67,7 +67,7 @@ from .errors import StoreUnavailable
 from .evaluate import ArrivalPlan, SweepPlan
 from .keyspace import Cursor, Keyspace
 from .model import CheckIn, Details, Facts, Monitor, OpenRun, Outage, Outcome
-from .redis_lane import ScriptLane
+from .redis_lane import PreparedCall, ScriptLane
 from .rules import is_bad, too_short_outcome
 from .storage import DURATION_BUCKETS, Quota, RecordResult, StoreLimits
 
@@ -242,11 +242,19 @@ class _LaneCalls:
         self.client, self.lane = client, lane
 
     async def call(self, script: Any, keys: list, args: list) -> Any:
+        return await self._reply(script, lambda: self.lane.call(script.sha, keys, args))
+
+    async def call_prepared(self, script: Any, head: PreparedCall, args: tuple[bytes, ...]) -> Any:
+        """call() of the EVALSHA of `script` that `head` begins (made for
+        script.sha), completed by `args`."""
+        return await self._reply(script, lambda: self.lane.call_prepared(head, args))
+
+    async def _reply(self, script: Any, send: Callable[[], asyncio.Future]) -> Any:
         try:
-            reply = await self.lane.call(script.sha, keys, args)
+            reply = await send()
             if _is_noscript(reply):  # it did not run: load it, call again
                 await self.client.script_load(script.script)
-                reply = await self.lane.call(script.sha, keys, args)
+                reply = await send()
         except Exception as exc:
             raise _translate(exc) from exc
         if isinstance(reply, Exception):
@@ -369,22 +377,25 @@ class Store:
         self._lane = ScriptLane.for_client(client)
         self._batch: _Batcher | _LaneCalls
         self._unwaited: _Batcher | _LaneCalls
+        # With a lane, check-ins go as PreparedCalls (see _record_constants).
+        self._lane_calls: _LaneCalls | None = None
         if self._lane is not None:
-            self._batch = self._unwaited = _LaneCalls(cast(redis.Redis, client), self._lane)
+            self._batch = self._unwaited = self._lane_calls = _LaneCalls(cast(redis.Redis, client), self._lane)
         else:
             self._batch = _Batcher(client)
             # Reads, and the writes that need no replica's word (heartbeats,
             # the active-check schedule): batched the same way, without WAIT.
             self._unwaited = _Batcher(client, wait=False)
         self._facts = client.register_script(_script("facts"))
-        self._record_cache: dict[str, tuple[Monitor, list[str], str]] = {}
+        self._record_cache: dict[str, _RecordConstants] = {}
 
-    def _record_constants(self, monitor: Monitor) -> tuple[list[str], str]:
-        """record.lua's keys and monitor table for `monitor`, made once per
+    def _record_constants(self, monitor: Monitor) -> _RecordConstants:
+        """record.lua's keys and monitor table for `monitor` (and with a
+        lane, its EVALSHA up to the check-in, encoded), made once per
         Monitor object (a reload or API change makes a new object, so they
         never go stale): a ping would otherwise format 16 key names anew."""
         cached = self._record_cache.get(monitor.id)
-        if cached is None or cached[0] is not monitor:
+        if cached is None or cached.monitor is not monitor:
             k, m = self.key, monitor.id
             keys = [
                 k(m, "state"), k(m, "runs"), k(m, "tmo"), k(m, "closed"), k(m, "counters"),
@@ -392,8 +403,11 @@ class Store:
                 k(m, "ratelimit"), k(m, "uptime"), *self._indexes(m, "changes", "changes:seq"), k(m, "abandoned"),
                 k(m, "idem"),
             ]
-            cached = self._record_cache[monitor.id] = (monitor, keys, _monitor_settings(monitor))
-        return cached[1], cached[2]
+            settings = _monitor_settings(monitor)
+            # The check-in and its log follow: record.lua's ARGV 2 and 3.
+            prepared = PreparedCall.of(self._record.sha, keys, [settings], 2) if self._lane_calls else None
+            cached = self._record_cache[monitor.id] = _RecordConstants(monitor, keys, settings, prepared)
+        return cached
 
     def key(self, monitor_id: str, part: str) -> str:
         return self.keys.monitor(monitor_id, part)
@@ -495,14 +509,16 @@ class Store:
             fields["short_outcome"], fields["short_bad"] = short.value, is_bad(short)
         if checkin.log_truncated:
             fields["log_truncated"] = True
-        keys, settings = self._record_constants(monitor)
-        reply = await self._batch.call(
-            self._record,
-            keys,
-            # A NaN must never reach the script: _checkin_json refuses it
-            # here, before anything is written.
-            [_checkin_json(fields), settings, checkin.log or ""],
-        )
+        constants = self._record_constants(monitor)
+        # A NaN must never reach the script: _checkin_json refuses it here,
+        # before anything is written.
+        encoded = _checkin_json(fields)
+        if constants.prepared is not None and self._lane_calls is not None:
+            log = checkin.log.encode("utf-8") if checkin.log else b""
+            reply = await self._lane_calls.call_prepared(self._record, constants.prepared, (encoded, log))
+        else:
+            args = [constants.settings, encoded, checkin.log or ""]
+            reply = await self._batch.call(self._record, constants.keys, args)
         status = reply[0]
         if status == "ok":
             return RecordResult("ok", int(reply[1]), reply[2] or None, float(reply[3]) if reply[3] else None)
@@ -976,7 +992,7 @@ _SWEEP_BAD = {o.value: is_bad(o) for o in (Outcome.MISSED, Outcome.TIMEOUT)}
 _strict_json = json.JSONEncoder(allow_nan=False).encode
 
 
-def _checkin_json(fields: dict[str, Any]) -> bytes | str:
+def _checkin_json(fields: dict[str, Any]) -> bytes:
     """record.lua's check-in argument: what _strict_json makes (the same
     values for cjson), at a tenth of its CPU on every ping.
 
@@ -988,8 +1004,10 @@ def _checkin_json(fields: dict[str, Any]) -> bytes | str:
     try:
         encoded = orjson.dumps(fields)
     except TypeError:  # orjson.JSONEncodeError
-        return _strict_json(fields)
-    return _strict_json(fields) if b"null" in encoded else encoded
+        return _strict_json(fields).encode("utf-8")
+    if encoded.find(b"null") >= 0:  # (find, not `in`: see fast_ping._read_head)
+        return _strict_json(fields).encode("utf-8")
+    return encoded
 
 
 def _named(fields: dict[str, Any]) -> str:
@@ -1003,6 +1021,17 @@ _MONITOR_PARTS = (
     "state", "runs", "tmo", "closed", "counters", "history", "logs", "logids", "meta", "ratelimit", "uptime",
     "abandoned", "idem",
 )
+
+
+@dataclass(frozen=True)
+class _RecordConstants:
+    """What record.lua is sent for a monitor on every check-in
+    (Store._record_constants)."""
+
+    monitor: Monitor
+    keys: list[str]
+    settings: str
+    prepared: PreparedCall | None  # with a lane: EVALSHA up to the check-in
 
 
 def _monitor_settings(monitor: Monitor) -> str:

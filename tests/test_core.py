@@ -351,6 +351,25 @@ class TestCapsAndMeta:
             await core.record(ci(Kind.LOG, T0 + i))
         assert await core.store.client.llen(core.store.key("job", "history")) <= 22
 
+    async def test_only_run_ids_a_client_sent_are_remembered_as_closed(self, make_core):
+        """A retried start or completion is known by its run id, so the
+        recently closed runs hold the ids clients sent, also when the
+        completion that closed the run came without it. An id cronmon made
+        (a plain ping's, an anonymous start's) reaches no client to retry
+        with: not kept, and not a duplicate if a client ever sends it."""
+        core = make_core(HOURLY)
+        closed_key = core.store.key("job", "closed")
+        plain = await core.record(ci(Kind.SUCCESS, T0))  # a plain ping: the run id is made here
+        await core.record(ci(Kind.START, T0 + 10))  # an anonymous start ...
+        anonymous = await core.record(ci(Kind.SUCCESS, T0 + 20))  # ... closed without a run id
+        await core.record(ci(Kind.START, T0 + 30, run_id="client-run"))
+        await core.record(ci(Kind.SUCCESS, T0 + 40))  # closes client-run, without its id
+        assert plain.run_id and anonymous.run_id
+        assert await core.store.client.zrange(closed_key, 0, -1) == ["client-run"]
+        assert (await core.record(ci(Kind.START, T0 + 50, run_id="client-run"))).status == "duplicate"
+        assert (await core.record(ci(Kind.SUCCESS, T0 + 50, run_id="client-run"))).status == "duplicate"
+        assert (await core.record(ci(Kind.SUCCESS, T0 + 60, run_id=plain.run_id))).status == "ok"
+
     async def test_closed_runs_are_kept_to_their_cap_with_some_slack(self, make_core):
         """record.lua trims the recently closed runs at every 16th check-in:
         the set never holds more than 15 over the cap, and every run within
@@ -1085,8 +1104,9 @@ def test_checkin_json_is_strict_json_faster():
 
     leaf = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
                      st.floats(), st.text())
-    values = st.recursive(leaf, lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)
+    values = st.recursive(
+        leaf, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=12)
 
     def finite(value):
         if isinstance(value, float):
@@ -1110,7 +1130,10 @@ def test_checkin_json_is_strict_json_faster():
         assert json.loads(encoded) == json.loads(_strict_json(fields))
 
     check()
-    assert isinstance(_checkin_json({"now": 1.5, "kind": "success"}), bytes)  # the fast way, usually
+    import orjson
+
+    plain = {"now": 1.5, "kind": "success"}
+    assert _checkin_json(plain) == orjson.dumps(plain)  # the fast way, usually
     with pytest.raises(ValueError):
         _checkin_json({"duration": float("nan")})
     assert json.loads(_checkin_json({"ua": "bad \udcff byte"})) == {"ua": "bad \udcff byte"}

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as redis
 from redis import exceptions as redis_errors
 
-from exporter.redis_lane import ScriptLane
+from exporter.redis_lane import PreparedCall, ScriptLane
 from exporter.store import Store, connect
 
 ECHO = "return ARGV[1]"
@@ -50,6 +50,41 @@ async def test_calls_made_together_leave_in_one_write_and_reply_in_order(lane, a
     assert await lane.call(echo, [], ["again"]) == "again"
     assert await lane.call(echo, [], ["and again"]) == "and again"
     assert lane.writes == 3
+
+
+def test_a_prepared_call_is_the_command_hiredis_packs():
+    """PreparedCall + call_prepared's arguments: byte for byte what
+    hiredis.pack_command makes of the whole EVALSHA (str as UTF-8)."""
+    import hiredis
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    text = st.text(st.characters(blacklist_categories=["Cs"]), max_size=40)  # (no lone surrogates: not UTF-8)
+    arg = st.one_of(text, st.binary(max_size=40))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(text, max_size=17), st.lists(arg, max_size=3), st.lists(st.binary(max_size=40), max_size=3))
+    def check(keys, first, more):
+        head = PreparedCall.of("f" * 40, keys, first, len(more))
+        expected = hiredis.pack_command(("EVALSHA", "f" * 40, len(keys), *keys, *first, *more))
+        parts = [head.encoded] + [b"$%d\r\n%b\r\n" % (len(m), m) for m in more]
+        assert b"".join(parts) == expected
+
+    check()
+
+
+async def test_a_prepared_call_runs_as_the_same_call_would(lane, admin):
+    script = await admin.script_load("return {KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]}")
+    head = PreparedCall.of(script, ["k1", "kä"], ["fixed"], 2)
+    replies = await asyncio.gather(
+        lane.call_prepared(head, (b"one", "z\u00e9".encode())), lane.call(script, ["k1", "kä"], ["fixed", "x", ""]),
+        lane.call_prepared(head, (b"", b"\x00\r\n")),
+    )
+    assert replies == [["k1", "kä", "fixed", "one", "zé"], ["k1", "kä", "fixed", "x", ""],
+                       ["k1", "kä", "fixed", "", "\x00\r\n"]]
+    assert lane.writes == 1
+    with pytest.raises(ValueError, match="takes 2 more arguments, not 1"):
+        lane.call_prepared(head, (b"one",))
 
 
 async def test_an_error_reply_is_the_result_of_its_call_only(lane, admin):

@@ -6,7 +6,13 @@
 --       run id -> start of a timed-out run with a client run id that was
 --       given up when the job ran again; its late completion still counts),
 --       16 idempotency keys (zset: key -> when its check-in was recorded)
--- ARGV: 1 the check-in (json object): monitor, now, kind, run_id,
+-- ARGV: 1 the monitor's settings (json object): grace, miss_after (grace
+--         plus the clock skew allowance: when a slot counts as missed),
+--         max_runtime, min_runtime, failure_threshold, recovery_threshold,
+--         rate_count (0: no limit), rate_window (seconds). First: the same
+--         for every check-in of the monitor, so the store sends the
+--         command up to here encoded once (redis_lane.PreparedCall)
+--       2 the check-in (json object): monitor, now, kind, run_id,
 --         exit_code, duration, message, log_truncated, meta (object),
 --         extra (object), plan (see ArrivalPlan), generated_run_id,
 --         annotations (object), probe_code (set only for an active
@@ -17,10 +23,6 @@
 --         monitor's min_runtime: rules.too_short_outcome),
 --         idempotency_key (a client's key for this one check-in);
 --         absent fields are nil
---       2 the monitor's settings (json object): grace, miss_after (grace
---         plus the clock skew allowance: when a slot counts as missed), max_runtime, min_runtime,
---         failure_threshold, recovery_threshold, rate_count (0: no limit),
---         rate_window (seconds)
 --       3 the log body ('' for none), kept apart from the json
 -- Constants (written in by store.record_script): LIMITS, the store's
 --       limits: history, logs, meta_keys, open_runs, closed_runs,
@@ -40,7 +42,7 @@
 -- strings ('1'), times as the strings already made (now_s).
 local state, runs, tmo, closed, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local history, logs, logids, meta, due = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local a, c, lim = cjson.decode(ARGV[1]), cjson.decode(ARGV[2]), LIMITS
+local a, c, lim = cjson.decode(ARGV[2]), cjson.decode(ARGV[1]), LIMITS
 local log_body = ARGV[3]
 local monitor, now, kind, run_id = a.monitor, a.now, a.kind, a.run_id or ''
 local now_s = fmt(now)
@@ -177,8 +179,12 @@ local function arrive()
   end
 end
 
--- The recently closed runs, for telling a retried completion from a new
--- one. Trimmed to closed_cap at every 16th check-in (by seq), not at each
+-- The recently closed runs, for telling a retried completion (or start)
+-- from a new one: those with a client's run id only. An id made here
+-- (a plain ping's, or a start's without one) reaches no client to retry
+-- with (a ping answers "OK"), so remembering it would cost every plain
+-- ping a sorted-set write for nothing (~4% of Redis's instructions a
+-- ping). Trimmed to closed_cap at every 16th check-in (by seq), not at each
 -- (a write, propagated to the AOF): between trims at most 15 more wait,
 -- which only remembers those runs a little longer.
 local function close_recent(id)
@@ -214,9 +220,14 @@ if kind == 'start' then
   result_run = rid
 elseif completes then
   local rid = closing
+  -- Whether the run's id was generated here (no client sent one): such
+  -- an id is not remembered among the closed runs, as no client retries
+  -- with it (see close_recent).
+  local generated = false
   duration = reported_duration
   if rid then
     local run = cjson.decode(redis.call('HGET', runs, rid))
+    generated = run.a == 1
     drop_run(rid)
     if duration == nil then duration = now - run.s end
     entry.started = run.s
@@ -229,8 +240,8 @@ elseif completes then
     arrive()  -- a completion with no start is itself the arrival
   end
   result_run = rid or run_id
-  if result_run == '' then result_run = generated_run_id end
-  close_recent(result_run)
+  if result_run == '' then result_run, generated = generated_run_id, true end
+  if not generated then close_recent(result_run) end
   if duration and duration < 0 then duration = 0 end
   local outcome, bad = a.outcome, a.bad
   -- min_runtime: a success that ran shorter did not do its job. Judged

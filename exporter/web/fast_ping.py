@@ -63,6 +63,7 @@ from aiohttp.tcp_helpers import tcp_keepalive
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from ..core import Core
+from ..model import quick_init
 from ..settings import Settings
 from .healthchecks import ROOT_SLUG_TAIL, ROOT_UUID_TAIL, PingAnswer, answer_ping
 from .keys import CORE, OBSERVE_REQUEST, SETTINGS, ObserveRequest
@@ -107,7 +108,8 @@ def _may_be_a_ping(buffer: bytearray, head_end: int) -> bool:
     return buffer.count(b"\n", 0, head_end) == buffer.count(b"\r\n", 0, head_end)
 
 
-@dataclass(frozen=True, slots=True)
+@quick_init
+@dataclass(frozen=True)
 class _Ping:
     """A plain ping read off a connection, waiting for its answer."""
 
@@ -322,10 +324,12 @@ class PingProtocol(asyncio.Protocol):
         if any(name.startswith("sec-websocket-") for name in names):
             return None
         target = self._url
-        if not target.startswith(b"/") or not target.isascii() or b"%" in target or b"#" in target:
+        # (find, not `in`: for bytes, `in` first tries its operand as an
+        # integer, and makes and drops a TypeError with a formatted message.)
+        if not target.startswith(b"/") or not target.isascii() or target.find(b"%") >= 0 or target.find(b"#") >= 0:
             return None
         path_bytes, _, query_bytes = target.partition(b"?")
-        if b"+" in query_bytes:
+        if query_bytes.find(b"+") >= 0:
             return None  # a space, in a query
         path = path_bytes.decode("ascii")
         if path.startswith("/ping/") and len(path) > 6:
@@ -351,7 +355,8 @@ class PingProtocol(asyncio.Protocol):
         if self.queue and not self.closed:
             self.busy = True
             # Held: the loop keeps only weak references to tasks.
-            self.answering = asyncio.get_running_loop().create_task(self._answer(self.queue.popleft()))
+            # Named: a task without a name formats "Task-<n>" when made.
+            self.answering = asyncio.get_running_loop().create_task(self._answer(self.queue.popleft()), name="ping")
             if "queue" in self.paused:
                 self._resume("queue")
                 self._take_requests()  # what waited in the buffer

@@ -40,7 +40,7 @@ from ..config import SpecError, parse_monitor_spec
 from ..core import Core
 from ..credentials import digest, key_allows, match_ping_key
 from ..errors import MonitorExists, QuotaExceeded, RateLimited, SourceNotAllowed, StoreUnavailable, UnknownMonitor
-from ..model import CheckIn, Kind, Monitor
+from ..model import CheckIn, Kind, Monitor, quick_init
 from ..settings import Settings
 from .client import BodyError, header_text, idempotency_key, read_body, source_address
 from .keys import CORE, SETTINGS
@@ -50,6 +50,7 @@ _DIGITS = re.compile(r"^[0-9]+$")
 _HEADERS = {"Access-Control-Allow-Origin": "*"}
 
 
+@quick_init
 @dataclass(frozen=True)
 class PingPath:
     uuid: str | None
