@@ -9,10 +9,11 @@ update all of them atomically::
     cronmon:{<id>}:state     hash: timestamps, accounting, thresholds, version
     cronmon:{<id>}:runs      hash: open run id -> {"s": start, "a": anonymous, "t": timed out}
     cronmon:{<id>}:tmo       zset: open run id -> instant it passes max_runtime
-    cronmon:{<id>}:closed    zset: recently closed run ids (dedupes retried completions)
+    cronmon:{<id>}:closed    zset: recently closed client run ids (dedupes retried starts, completions)
     cronmon:{<id>}:abandoned zset: timed-out runs given up when the job ran again -> start
     cronmon:{<id>}:idem      zset: idempotency keys of recent check-ins -> when recorded
-    cronmon:{<id>}:counters  hash: check-ins by kind, outcomes, duration histogram
+    cronmon:{<id>}:counters  hash: check-ins by kind (c:<kind>, a completion c:<kind>:<outcome>),
+                             other outcomes (o:<outcome>), duration histogram
     cronmon:{<id>}:history   list: newest-first events, capped
     cronmon:{<id>}:logs      hash: event seq -> log body, capped via :logids
     cronmon:{<id>}:meta      hash: last numeric meta values, capped in count
@@ -1074,10 +1075,13 @@ def _parse_facts(state: dict, runs: dict, counters: dict, meta: dict) -> Facts:
     buckets = [0] * (len(DURATION_BUCKETS) + 1)
     for name, value in counters.items():
         prefix, _, rest = name.partition(":")
-        if prefix == "c":
-            checkins[rest] = int(value)
-        elif prefix == "o":
-            outcomes[rest] = int(value)
+        if prefix == "c":  # c:<kind>, or c:<kind>:<outcome> for completions (record.lua)
+            kind, _, outcome = rest.partition(":")
+            checkins[kind] = checkins.get(kind, 0) + int(value)
+            if outcome:
+                outcomes[outcome] = outcomes.get(outcome, 0) + int(value)
+        elif prefix == "o":  # outcomes of no check-in (missed, timeout), and completions before 2026-12-07
+            outcomes[rest] = outcomes.get(rest, 0) + int(value)
         elif prefix == "b":
             index = len(DURATION_BUCKETS) if rest == "inf" else int(rest) - 1
             buckets[index] = int(value)

@@ -351,6 +351,20 @@ class TestCapsAndMeta:
             await core.record(ci(Kind.LOG, T0 + i))
         assert await core.store.client.llen(core.store.key("job", "history")) <= 22
 
+    async def test_counts_kept_before_the_combined_fields_still_add_up(self, make_core):
+        """A completion is counted once, by kind and outcome together
+        (c:<kind>:<outcome>); stores written before counted it twice
+        (c:<kind> and o:<outcome>). Counts in either form add up."""
+        core = make_core(HOURLY)
+        old = {"c:success": "5", "o:ok": "4", "o:silent_failure": "1", "c:start": "2"}
+        await core.store.client.hset(core.store.key("job", "counters"), mapping=old)
+        await core.record(ci(Kind.SUCCESS, T0))
+        await core.record(ci(Kind.FAIL, T0 + 60))
+        await core.record(ci(Kind.START, T0 + 120))
+        facts = await core.store.facts("job")
+        assert facts.checkins == {"success": 6, "fail": 1, "start": 3}
+        assert facts.outcomes == {"ok": 5, "silent_failure": 1, "error": 1}
+
     async def test_only_run_ids_a_client_sent_are_remembered_as_closed(self, make_core):
         """A retried start or completion is known by its run id, so the
         recently closed runs hold the ids clients sent, also when the

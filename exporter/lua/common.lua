@@ -88,12 +88,17 @@ end
 -- d<day>:<outcome>; `hour` remembers when old buckets were last pruned.
 -- Callers count run outcomes and missed slots (rules.UPTIME_COLUMNS), not
 -- timeouts: a timed-out run still ends in an outcome of its own.
+-- Old buckets are pruned when a new hour's bucket is made (HINCRBY says
+-- the count it made: n for a new field), not looked for on every count:
+-- a new hour always makes one, and pruning is only about memory (readers
+-- look at their window's buckets alone).
 local UPTIME_HOURS, UPTIME_DAYS = 48, 31
 local function count_uptime(uptime, outcome, n, now)
   local hour, day = math.floor(now / 3600), math.floor(now / 86400)
   -- ('%d': a number in a string otherwise goes through printf's float code.)
-  redis.call('HINCRBY', uptime, string.format('h%d:', hour) .. outcome, n)
+  local count = redis.call('HINCRBY', uptime, string.format('h%d:', hour) .. outcome, n)
   redis.call('HINCRBY', uptime, string.format('d%d:', day) .. outcome, n)
+  if count ~= tonumber(n) then return end
   local pruned = tonumber(redis.call('HGET', uptime, 'hour') or '0')
   if hour > pruned then
     -- At most once an hour per monitor, over at most ~200 fields.

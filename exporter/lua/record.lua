@@ -138,7 +138,10 @@ end
 
 local seq = (num(st.seq) or 0) + 1
 put.seq, put.v = seq, (num(st.v) or 0) + 1
-redis.call('HINCRBY', counters, 'c:' .. kind, '1')
+-- Check-ins are counted by kind ('c:<kind>'), a completion's together
+-- with its outcome in one field ('c:<kind>:<outcome>', below): one write
+-- for both counts (store._parse_facts adds them up).
+if not completes then redis.call('HINCRBY', counters, 'c:' .. kind, '1') end
 -- A log event says nothing about the job running (Healthchecks: /log does
 -- not change the status), so it does not end the monitor's "new" state.
 if kind ~= 'log' and not st.first then put.first = now_s end
@@ -268,7 +271,7 @@ elseif completes then
     redis.call('HINCRBYFLOAT', counters, 'dsum', duration)
     redis.call('HINCRBY', counters, 'dcount', '1')
   end
-  redis.call('HINCRBY', counters, 'o:' .. outcome, '1')
+  redis.call('HINCRBY', counters, 'c:' .. kind .. ':' .. outcome, '1')
   for name, value in pairs(outcome_fields(num(st.cbad), num(st.cgood), outcome, 1, bad, fthr, rthr)) do
     put[name] = value
   end
