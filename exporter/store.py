@@ -481,7 +481,9 @@ class Store:
         if checkin.metadata:
             extra["metadata"] = dict(checkin.metadata)
         fields: dict[str, Any] = {
-            "monitor": monitor.id, "now": checkin.received_at, "kind": checkin.kind.value,
+            # (Enum members as they are: a StrEnum is its value in JSON,
+            # and .value is a descriptor call on every ping.)
+            "monitor": monitor.id, "now": checkin.received_at, "kind": checkin.kind,
             "plan": {"anchored": plan.anchored, "first": plan.first, "candidates": plan.candidates},
             "generated_run_id": generated_run_id,
         }
@@ -504,10 +506,10 @@ class Store:
         if checkin.idempotency_key:
             fields["idempotency_key"] = checkin.idempotency_key
         if outcome is not None:
-            fields["outcome"], fields["bad"] = outcome.value, is_bad(outcome)
+            fields["outcome"], fields["bad"] = outcome, is_bad(outcome)
         short = too_short_outcome(outcome) if outcome is not None and monitor.min_runtime else None
         if short is not None:
-            fields["short_outcome"], fields["short_bad"] = short.value, is_bad(short)
+            fields["short_outcome"], fields["short_bad"] = short, is_bad(short)
         if checkin.log_truncated:
             fields["log_truncated"] = True
         constants = self._record_constants(monitor)

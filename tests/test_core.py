@@ -1151,3 +1151,28 @@ def test_checkin_json_is_strict_json_faster():
     with pytest.raises(ValueError):
         _checkin_json({"duration": float("nan")})
     assert json.loads(_checkin_json({"ua": "bad \udcff byte"})) == {"ua": "bad \udcff byte"}
+
+
+async def test_lua_fmt_writes_every_number_back_exactly(redis_server):
+    """common.lua's fmt: the text Redis stores for a number reads back as
+    that same double, and a whole number (0 included) is written as '%d'
+    writes it (no exponent, no '.0'), as Python's '%.17g' would."""
+    from importlib import resources
+
+    import redis.asyncio as redis
+
+    common = resources.files("exporter").joinpath("lua/common.lua").read_text()
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        sha = await client.script_load(common + "\nreturn fmt(tonumber(ARGV[1]))\n")
+        values = [0.0, 1.0, 42.0, 300.0, 1796650800.0, 1e15 - 1, 1e15, 1e17, 0.5, 1e-7,
+                  1796650901.8152668, 1796654501.8152668, 305.25, -3.0, -0.0, -1796650901.5]
+        for value in values:
+            text = await client.evalsha(sha, 0, repr(value))
+            assert float(text) == value, (value, text)
+            if value == int(value) and 0 <= value < 1e15:
+                assert text == "%d" % value
+            else:
+                assert float(text) == float("%.17g" % value)
+    finally:
+        await client.aclose()

@@ -3,11 +3,12 @@
 -- and its shard of the cross-monitor indexes (see exporter/keyspace.py).
 
 -- Full double precision: tostring() keeps only 14 significant digits.
--- A whole number (a count, a sequence number, a cron slot) is written by
--- '%d', the same text as '%.17g' gives it, without printf's float code
--- (~0.5 µs of Redis's CPU each; a check-in formats several).
+-- A whole number (a count, a sequence number, a cron slot, a 0 streak)
+-- is written by '%d', the same text as '%.17g' gives it, without printf's
+-- float code (~0.5 µs of Redis's CPU each; a check-in formats several).
+-- (A -0 becomes '0': the same number.)
 local function fmt(value)
-  if value >= 1 and value < 1e15 and value == math.floor(value) then
+  if value >= 0 and value < 1e15 and value == math.floor(value) then
     return string.format('%d', value)
   end
   return string.format('%.17g', value)

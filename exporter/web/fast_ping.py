@@ -189,6 +189,7 @@ class PingProtocol(asyncio.Protocol):
         self._headers: CIMultiDict[str] = CIMultiDict()
         self._names: set[str] = set()  # the header names, lower-case
         self._repeated = False  # a header name came twice
+        self._websocket = False  # a Sec-WebSocket-* header came
         self._complete = False
         self._keep_alive = False
 
@@ -244,6 +245,8 @@ class PingProtocol(asyncio.Protocol):
         lowered = text.lower()
         if lowered in self._names:
             self._repeated = True
+        elif lowered.startswith("sec-websocket-"):
+            self._websocket = True
         self._names.add(lowered)
 
     def on_headers_complete(self) -> None:
@@ -300,7 +303,7 @@ class PingProtocol(asyncio.Protocol):
     def _read_head(self, head: bytes) -> _Ping | None:
         """The plain ping `head` is, or None if it is aiohttp's."""
         self._url, self._headers, self._complete = b"", CIMultiDict(), False
-        self._names, self._repeated = set(), False
+        self._names, self._repeated, self._websocket = set(), False, False
         parser = self.parser
         assert parser is not None
         try:
@@ -319,9 +322,7 @@ class PingProtocol(asyncio.Protocol):
         # Host or User-Agent, Sec-WebSocket-Key1, too many headers): any
         # of those, and any repeated header, is aiohttp's to judge.
         names = self._names
-        if "host" not in names or self._repeated or len(names) > MAX_HEADERS:
-            return None
-        if any(name.startswith("sec-websocket-") for name in names):
+        if "host" not in names or self._repeated or self._websocket or len(names) > MAX_HEADERS:
             return None
         target = self._url
         # (find, not `in`: for bytes, `in` first tries its operand as an
