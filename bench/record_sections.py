@@ -44,9 +44,9 @@ MONITORS = 1000
 # first line that starts with each (in this order, as they appear).
 CUTS = (
     ("the call and the shared prelude", "local state, runs, tmo"),
-    ("decoding the three JSON arguments", "local log_body"),
+    ("decoding the arguments", "local log_body"),
     ("reading the state (HMGET)", "local expected = num"),
-    ("duplicate checks, run lookup, slot", "local limit = c.rate_count"),
+    ("duplicate checks, run lookup, slot", "local limit = rate_count"),
     ("rate limit, counters, entry", "local function drop_run"),
     ("arrival and completion (counters, uptime, closed runs)", "if result_run ~= ''"),
     ("log, meta, probe, idempotency", "redis.call('HSET', state, unpack"),

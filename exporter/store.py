@@ -44,9 +44,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import json
 import logging
 import math
+import struct
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -405,8 +407,9 @@ class Store:
                 k(m, "idem"),
             ]
             settings = _monitor_settings(monitor)
-            # The check-in and its log follow: record.lua's ARGV 2 and 3.
-            prepared = PreparedCall.of(self._record.sha, keys, [settings], 2) if self._lane_calls else None
+            # The check-in's numbers, the rest of it and its log follow:
+            # record.lua's ARGV 3 to 5.
+            prepared = PreparedCall.of(self._record.sha, keys, [settings, m], 3) if self._lane_calls else None
             cached = self._record_cache[monitor.id] = _RecordConstants(monitor, keys, settings, prepared)
         return cached
 
@@ -480,13 +483,9 @@ class Store:
             extra["environment"] = checkin.environment
         if checkin.metadata:
             extra["metadata"] = dict(checkin.metadata)
-        fields: dict[str, Any] = {
-            # (Enum members as they are: a StrEnum is its value in JSON,
-            # and .value is a descriptor call on every ping.)
-            "monitor": monitor.id, "now": checkin.received_at, "kind": checkin.kind,
-            "plan": {"anchored": plan.anchored, "first": plan.first, "candidates": plan.candidates},
-            "generated_run_id": generated_run_id,
-        }
+        # (Enum members as they are: a StrEnum is its value in JSON, and
+        # .value is a descriptor call on every ping.)
+        fields: dict[str, Any] = {"kind": checkin.kind, "generated_run_id": generated_run_id}
         if checkin.run_id:
             fields["run_id"] = checkin.run_id
         if checkin.exit_code is not None:
@@ -513,14 +512,17 @@ class Store:
         if checkin.log_truncated:
             fields["log_truncated"] = True
         constants = self._record_constants(monitor)
-        # A NaN must never reach the script: _checkin_json refuses it here,
-        # before anything is written.
+        # A NaN must never reach the script: _checkin_json and _doubles
+        # refuse it here, before anything is written.
         encoded = _checkin_json(fields)
+        numbers = _doubles(
+            checkin.received_at, 1.0 if plan.anchored else 0.0, *plan.first, *itertools.chain(*plan.candidates)
+        )
+        log = checkin.log.encode("utf-8") if checkin.log else b""
         if constants.prepared is not None and self._lane_calls is not None:
-            log = checkin.log.encode("utf-8") if checkin.log else b""
-            reply = await self._lane_calls.call_prepared(self._record, constants.prepared, (encoded, log))
+            reply = await self._lane_calls.call_prepared(self._record, constants.prepared, (numbers, encoded, log))
         else:
-            args = [constants.settings, encoded, checkin.log or ""]
+            args = [constants.settings, monitor.id, numbers, encoded, log]
             reply = await self._batch.call(self._record, constants.keys, args)
         status = reply[0]
         if status == "ok":
@@ -1033,25 +1035,32 @@ class _RecordConstants:
 
     monitor: Monitor
     keys: list[str]
-    settings: str
+    settings: bytes
     prepared: PreparedCall | None  # with a lane: EVALSHA up to the check-in
 
 
-def _monitor_settings(monitor: Monitor) -> str:
-    """What record.lua needs of a monitor's config, as its json table."""
-    settings: dict[str, Any] = {
-        "grace": monitor.grace,
-        "miss_after": monitor.miss_after,
-        "failure_threshold": monitor.failure_threshold,
-        "recovery_threshold": monitor.recovery_threshold,
-        "rate_count": monitor.rate_limit[0] if monitor.rate_limit else 0,
-        "rate_window": monitor.rate_limit[1] if monitor.rate_limit else 0,
-    }
-    if _max_runtime(monitor) is not None:
-        settings["max_runtime"] = monitor.max_runtime
-    if monitor.min_runtime:
-        settings["min_runtime"] = monitor.min_runtime
-    return json.dumps(settings)
+def _monitor_settings(monitor: Monitor) -> bytes:
+    """What record.lua needs of a monitor's config: its ARGV 1."""
+    max_runtime = _max_runtime(monitor)
+    return _doubles(
+        monitor.grace,
+        monitor.miss_after,
+        -1.0 if max_runtime is None else max_runtime,
+        monitor.min_runtime or 0.0,
+        monitor.failure_threshold,
+        monitor.recovery_threshold,
+        monitor.rate_limit[0] if monitor.rate_limit else 0,
+        monitor.rate_limit[1] if monitor.rate_limit else 0,
+    )
+
+
+def _doubles(*values: float) -> bytes:
+    """`values` as little-endian doubles, for a script's struct.unpack
+    (no text for cjson to parse with strtod); a NaN or an infinity is
+    refused (ValueError), as _strict_json refuses it."""
+    if not all(map(math.isfinite, values)):
+        raise ValueError(f"not a finite number among {values}")
+    return struct.pack(f"<{len(values)}d", *values)
 
 
 def _max_runtime(monitor: Monitor) -> float | None:

@@ -1171,8 +1171,23 @@ async def test_lua_fmt_writes_every_number_back_exactly(redis_server):
             text = await client.evalsha(sha, 0, repr(value))
             assert float(text) == value, (value, text)
             if value == int(value) and 0 <= value < 1e15:
-                assert text == "%d" % value
+                assert text == str(int(value))
             else:
-                assert float(text) == float("%.17g" % value)
+                assert float(text) == float(f"{value:.17g}")
     finally:
         await client.aclose()
+
+
+def test_record_numbers_are_doubles_and_never_nan():
+    """record.lua's settings and a check-in's numbers go as little-endian
+    doubles (struct.unpack in Lua): exact, and a NaN or an infinity is
+    refused before anything is sent."""
+    import struct
+
+    from exporter.store import _doubles
+
+    values = (1796650901.8152668, 1.0, 0.1 + 0.2, -1.0, 0.0, 86400.0)
+    assert struct.unpack("<6d", _doubles(*values)) == values
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match="not a finite number"):
+            _doubles(1.0, bad)

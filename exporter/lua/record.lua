@@ -6,24 +6,32 @@
 --       run id -> start of a timed-out run with a client run id that was
 --       given up when the job ran again; its late completion still counts),
 --       16 idempotency keys (zset: key -> when its check-in was recorded)
--- ARGV: 1 the monitor's settings (json object): grace, miss_after (grace
---         plus the clock skew allowance: when a slot counts as missed),
---         max_runtime, min_runtime, failure_threshold, recovery_threshold,
---         rate_count (0: no limit), rate_window (seconds). First: the same
---         for every check-in of the monitor, so the store sends the
---         command up to here encoded once (redis_lane.PreparedCall)
---       2 the check-in (json object): monitor, now, kind, run_id,
+-- ARGV: 1 the monitor's settings: 8 little-endian doubles (Python's
+--         struct '<8d'): grace, miss_after (grace plus the clock skew
+--         allowance: when a slot counts as missed), max_runtime (< 0:
+--         none), min_runtime (0: none), failure_threshold,
+--         recovery_threshold, rate_count (0: no limit), rate_window
+--         (seconds)
+--       2 the monitor's id
+--         (1 and 2 are the same on every check-in of the monitor: the
+--         store sends the command up to here encoded once,
+--         redis_lane.PreparedCall)
+--       3 the check-in's numbers, doubles likewise: now, then its plan
+--         (see ArrivalPlan): anchored (1 or 0), the first (slot, next
+--         slot), then the candidate (slot, next slot) pairs
+--       4 the rest of the check-in (json object): kind, run_id,
 --         exit_code, duration, message, log_truncated, meta (object),
---         extra (object), plan (see ArrivalPlan), generated_run_id,
---         annotations (object), probe_code (set only for an active
---         check's result), outcome and bad (for a completion: what it
---         records and whether that is bad for the thresholds, decided by
---         rules.completion_outcome), short_outcome and short_bad
---         (what it records instead when its duration is below the
---         monitor's min_runtime: rules.too_short_outcome),
---         idempotency_key (a client's key for this one check-in);
---         absent fields are nil
---       3 the log body ('' for none), kept apart from the json
+--         extra (object), generated_run_id, annotations (object),
+--         probe_code (set only for an active check's result), outcome
+--         and bad (for a completion: what it records and whether that is
+--         bad for the thresholds, decided by rules.completion_outcome),
+--         short_outcome and short_bad (what it records instead when its
+--         duration is below the monitor's min_runtime:
+--         rules.too_short_outcome), idempotency_key (a client's key for
+--         this one check-in); absent fields are nil
+--       5 the log body ('' for none), kept apart from the json
+--       Numbers as doubles, not json: cjson's strtod and the tables it
+--       builds were most of a check-in's argument decoding.
 -- Constants (written in by store.record_script): LIMITS, the store's
 --       limits: history, logs, meta_keys, open_runs, closed_runs,
 --       idempotency_keys, idempotency_window (seconds); duration_buckets(),
@@ -42,14 +50,20 @@
 -- strings ('1'), times as the strings already made (now_s).
 local state, runs, tmo, closed, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local history, logs, logids, meta, due = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local a, c, lim = cjson.decode(ARGV[2]), cjson.decode(ARGV[1]), LIMITS
-local log_body = ARGV[3]
-local monitor, now, kind, run_id = a.monitor, a.now, a.kind, a.run_id or ''
+local grace, miss_after, max_runtime, min_runtime, fthr, rthr, rate_count, rate_window =
+  struct.unpack('<dddddddd', ARGV[1])
+if max_runtime < 0 then max_runtime = nil end
+if min_runtime <= 0 then min_runtime = nil end
+local monitor, a, lim = ARGV[2], cjson.decode(ARGV[4]), LIMITS
+local numbers = {struct.unpack('<' .. string.rep('d', #ARGV[3] / 8), ARGV[3])}
+local now, plan = numbers[1], {anchored = numbers[2] == 1, first = {numbers[3], numbers[4]}, candidates = {}}
+for i = 5, #numbers - 2, 2 do  -- (the last value struct.unpack returns is where it stopped)
+  plan.candidates[#plan.candidates + 1] = {numbers[i], numbers[i + 1]}
+end
+local log_body = ARGV[5]
+local kind, run_id = a.kind, a.run_id or ''
 local now_s = fmt(now)
 local exit_code, reported_duration = a.exit_code, a.duration
-local plan, grace, miss_after = a.plan, c.grace, c.miss_after
-local max_runtime = c.max_runtime
-local fthr, rthr = c.failure_threshold, c.recovery_threshold
 local history_cap, log_cap = lim.history, lim.logs
 local meta_cap, open_cap, closed_cap = lim.meta_keys, lim.open_runs, lim.closed_runs
 local generated_run_id = a.generated_run_id
@@ -125,13 +139,13 @@ end
 -- Rate limit last among the checks, so a call retried after 'sweep' or
 -- 'slot' is counted once. Fixed window; a refused check-in changes nothing
 -- but the counter.
-local limit = c.rate_count
+local limit = rate_count
 if limit > 0 then
   local used = redis.call('INCR', KEYS[11])
-  if used == 1 then redis.call('PEXPIRE', KEYS[11], math.floor(c.rate_window * 1000)) end
+  if used == 1 then redis.call('PEXPIRE', KEYS[11], math.floor(rate_window * 1000)) end
   if used > limit then
     local ttl = redis.call('PTTL', KEYS[11])
-    if ttl < 0 then redis.call('PEXPIRE', KEYS[11], math.floor(c.rate_window * 1000)); ttl = c.rate_window * 1000 end
+    if ttl < 0 then redis.call('PEXPIRE', KEYS[11], math.floor(rate_window * 1000)); ttl = rate_window * 1000 end
     return {'limited', ttl}
   end
 end
@@ -251,9 +265,9 @@ elseif completes then
   -- here because only the script knows a paired run's duration; what it
   -- becomes (short_outcome, short_bad) is decided in Python
   -- (rules.too_short_outcome). A completion of unknown duration is not judged.
-  if a.short_outcome and c.min_runtime and duration and duration < c.min_runtime then
+  if a.short_outcome and min_runtime and duration and duration < min_runtime then
     outcome, bad = a.short_outcome, a.short_bad
-    entry.too_short = c.min_runtime
+    entry.too_short = min_runtime
   end
   entry.outcome = outcome
   if bad then put.last_failure = now_s else put.last_success = now_s end
