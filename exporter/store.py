@@ -49,7 +49,7 @@ import json
 import logging
 import math
 import struct
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
@@ -244,18 +244,20 @@ class _LaneCalls:
     def __init__(self, client: redis.Redis, lane: ScriptLane):
         self.client, self.lane = client, lane
 
-    async def call(self, script: Any, keys: list, args: list) -> Any:
-        return await self._reply(script, lambda: self.lane.call(script.sha, keys, args))
+    # (call and call_prepared hand back _reply's coroutine rather than
+    # await it: one coroutine frame fewer on every check-in.)
+    def call(self, script: Any, keys: list, args: list) -> Awaitable[Any]:
+        return self._reply(script, lambda: self.lane.call(script.sha, keys, args))
 
-    async def call_prepared(self, script: Any, head: PreparedCall, args: tuple[bytes, ...]) -> Any:
+    def call_prepared(self, script: Any, head: PreparedCall, args: tuple[bytes, ...]) -> Awaitable[Any]:
         """call() of the EVALSHA of `script` that `head` begins (made for
         script.sha), completed by `args`."""
-        return await self._reply(script, lambda: self.lane.call_prepared(head, args))
+        return self._reply(script, lambda: self.lane.call_prepared(head, args))
 
     async def _reply(self, script: Any, send: Callable[[], asyncio.Future]) -> Any:
         try:
             reply = await send()
-            if _is_noscript(reply):  # it did not run: load it, call again
+            if isinstance(reply, Exception) and _is_noscript(reply):  # it did not run: load it, call again
                 await self.client.script_load(script.script)
                 reply = await send()
         except Exception as exc:

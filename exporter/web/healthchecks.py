@@ -37,7 +37,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from ..config import SpecError, parse_monitor_spec
-from ..core import Core
+from ..core import Core, Registry
 from ..credentials import digest, key_allows, match_ping_key
 from ..errors import MonitorExists, QuotaExceeded, RateLimited, SourceNotAllowed, StoreUnavailable, UnknownMonitor
 from ..model import CheckIn, Kind, Monitor, quick_init
@@ -153,7 +153,10 @@ async def answer_ping(
             retry_key = idempotency_key(headers)
         except BodyError as exc:
             raise BadPing(exc.status, exc.reason) from None
-        monitor, created = await _find_monitor(core, settings, path, query)
+        monitor = _find_monitor(core.registry, path)
+        created = False
+        if monitor is None:
+            monitor, created = await _provision_or_refuse(core, settings, path, query)
         body = b""
         if method == "POST" and read_body is not None:
             try:
@@ -198,28 +201,31 @@ _CREATED = PingAnswer(201, "Created")
 _NOT_FOUND = PingAnswer(404, "not found")
 
 
-async def _find_monitor(
+def _find_monitor(registry: Registry, path: PingPath) -> Monitor | None:
+    """The monitor a ping is for, if it exists and the ping may name it.
+    (Not a coroutine: this runs on every ping, and only the rare
+    auto-provisioning, _provision_or_refuse, awaits anything.)"""
+    if path.uuid is not None:
+        return registry.by_uuid_digest(digest(path.uuid))
+    assert path.key is not None and path.slug is not None
+    key_name = match_ping_key(path.key, registry.secrets.ping_keys if registry.secrets else ())
+    monitor = registry.monitors.get(path.slug) if key_name else None
+    if monitor is not None and not key_allows(monitor, key_name):  # type: ignore[arg-type]
+        return None
+    return monitor
+
+
+async def _provision_or_refuse(
     core: Core, settings: Settings, path: PingPath, query: MultiMapping[str]
 ) -> tuple[Monitor, bool]:
-    """The monitor a ping is for, and whether this ping created it."""
+    """For a ping _find_monitor found no monitor for: the one it creates
+    (Healthchecks' ?create=1, a slug ping with a valid key), or 404."""
     registry = core.registry
-    if path.uuid is not None:
-        monitor = registry.by_uuid_digest(digest(path.uuid))
-    else:
-        assert path.key is not None and path.slug is not None
-        keys = registry.secrets.ping_keys if registry.secrets else ()
-        key_name = match_ping_key(path.key, keys)
-        monitor = registry.monitors.get(path.slug) if key_name else None
-        if monitor is not None and not key_allows(monitor, key_name):  # type: ignore[arg-type]
-            monitor = None
-        if (
-            monitor is None and key_name and path.slug not in registry.monitors
-            and query.get("create") == "1" and settings.auto_provision
-        ):
+    if path.slug is not None and path.key is not None and path.slug not in registry.monitors:
+        key_name = match_ping_key(path.key, registry.secrets.ping_keys if registry.secrets else ())
+        if key_name and query.get("create") == "1" and settings.auto_provision:
             return await _provision(core, path.slug, key_name), True
-    if monitor is None:
-        raise BadPing(404, "not found")
-    return monitor, False
+    raise BadPing(404, "not found")
 
 
 async def _provision(core: Core, slug: str, key_name: str) -> Monitor:
