@@ -6,8 +6,9 @@ context per reply, and a task per batch: measured at 70 µs of a worker's
 CPU per ping, more than the script itself costs Redis. This lane keeps one
 connection per process and speaks RESP on a bare asyncio protocol with
 hiredis (the parser redis-py uses): the calls made in one turn of the event
-loop leave in one write, and each reply resolves the next waiting future
-in order (Redis answers a connection's commands in the order sent).
+loop leave together, FLUSH_AT to a write, and each reply resolves the
+next waiting future in order (Redis answers a connection's commands in
+the order sent).
 
 Semantics are those of the batched pipeline it replaces (store._Batcher):
 each script runs atomically on its own and replies on its own; a reply
@@ -38,6 +39,18 @@ from redis._parsers.base import BaseParser
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
+
+# A write leaves as soon as this many calls wait for it, the rest at the
+# end of the loop turn. Why not all of a turn's calls in one write: a
+# burst of pings (a turn's worth of requests from 32 connections) then
+# reached Redis as one batch, and Redis worked through it while the
+# worker had nothing left to do, then the worker through the replies
+# while Redis waited: the machine was 14-18% idle under bench/compare.py's
+# load. In writes of 4, Redis starts on the first while the worker is
+# still parsing the rest: 8-12% idle, and +10% pings/s (seven of nine
+# interleaved pairs of 8 s runs; 1 and 2 were no better than 4, with
+# more writes; 8 in between).
+FLUSH_AT = 4
 
 
 class _Protocol(asyncio.Protocol):
@@ -110,11 +123,13 @@ class ScriptLane:
         password: str | None = None,
         connect_timeout: float = 3.0,
         reply_timeout: float = 5.0,
+        flush_at: int = FLUSH_AT,
     ) -> None:
         if (host is None) == (path is None):
             raise ValueError("give a host or a unix socket path")
         self.host, self.port, self.path = host, port, path
         self.connect_timeout, self.reply_timeout = connect_timeout, reply_timeout
+        self.flush_at = flush_at
         # Sent first on every new connection, their replies checked.
         self._hello: list[tuple[Any, ...]] = []
         if password is not None:
@@ -176,10 +191,16 @@ class ScriptLane:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
+        if len(self._queued) >= self.flush_at and self._protocol is not None:
+            self._write_queued()  # (see FLUSH_AT)
         return future
 
     def _flush(self) -> None:
+        """The end of the loop turn: send what the turn's calls left."""
         self._flush_scheduled = False
+        self._write_queued()
+
+    def _write_queued(self) -> None:
         if not self._queued:
             return
         protocol = self._protocol
@@ -240,7 +261,7 @@ class ScriptLane:
             return
         finally:
             self._connecting = None
-        self._flush()  # what was called meanwhile
+        self._write_queued()  # what was called meanwhile
 
     def _answered(self, protocol: _Protocol, reply: Any) -> None:
         if protocol is not self._protocol or not self._waiting:

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as redis
 from redis import exceptions as redis_errors
 
-from exporter.redis_lane import PreparedCall, ScriptLane
+from exporter.redis_lane import FLUSH_AT, PreparedCall, ScriptLane
 from exporter.store import Store, connect
 
 ECHO = "return ARGV[1]"
@@ -41,15 +41,32 @@ async def lane(redis_server):
     await lane.aclose()
 
 
-async def test_calls_made_together_leave_in_one_write_and_reply_in_order(lane, admin):
+async def test_calls_made_together_leave_together_and_reply_in_order(lane, admin):
+    """A turn's calls leave FLUSH_AT to a write (the first write before the
+    turn ends), the rest at its end; replies come back in call order."""
     echo = await admin.script_load(ECHO)
-    replies = await asyncio.gather(*(lane.call(echo, [], [f"call {i}"]) for i in range(200)))
-    assert replies == [f"call {i}" for i in range(200)]
-    assert lane.writes == 1
+    assert lane.flush_at == FLUSH_AT > 1
+    await lane.call(echo, [], ["connect"])
+    writes = lane.writes
+    calls = [lane.call(echo, [], [f"call {i}"]) for i in range(2 * FLUSH_AT + 1)]
+    assert lane.writes == writes + 2  # two full writes, made as the calls came
+    assert await asyncio.gather(*calls) == [f"call {i}" for i in range(2 * FLUSH_AT + 1)]
+    assert lane.writes == writes + 3  # and the one left over, at the end of the turn
     # Calls of later turns: a write each, on the same connection.
     assert await lane.call(echo, [], ["again"]) == "again"
     assert await lane.call(echo, [], ["and again"]) == "and again"
-    assert lane.writes == 3
+    assert lane.writes == writes + 5
+
+
+async def test_a_lane_can_send_all_of_a_turns_calls_in_one_write(redis_server, admin):
+    lane = ScriptLane(host="127.0.0.1", port=redis_server.port, flush_at=1000)
+    try:
+        echo = await admin.script_load(ECHO)
+        replies = await asyncio.gather(*(lane.call(echo, [], [f"call {i}"]) for i in range(200)))
+        assert replies == [f"call {i}" for i in range(200)]
+        assert lane.writes == 1
+    finally:
+        await lane.aclose()
 
 
 def test_a_prepared_call_is_the_command_hiredis_packs():
