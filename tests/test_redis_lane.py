@@ -11,8 +11,12 @@ import pytest
 import redis.asyncio as redis
 from redis import exceptions as redis_errors
 
+from exporter.core import Core
+from exporter.model import CheckIn, Kind
 from exporter.redis_lane import FLUSH_AT, PreparedCall, ScriptLane
 from exporter.store import Store, connect
+
+from .conftest import T0, registry_from, write_config
 
 ECHO = "return ARGV[1]"
 FAIL = "return redis.error_reply('cronmon test: ' .. ARGV[1])"
@@ -212,7 +216,7 @@ async def test_only_a_plain_server_without_tls_gets_a_lane(tmp_path):
         await client.aclose()
 
 
-async def test_the_store_loads_a_script_redis_forgot_and_calls_it_again(redis_server, admin, prefix):
+async def test_the_store_loads_a_script_redis_forgot_and_calls_it_again(redis_server, admin, prefix, tmp_path):
     """NOSCRIPT (a Redis restarted, or SCRIPT FLUSH): the script did not
     run; the store loads it and sends the call again, through the lane."""
     store = Store(connect(redis_server.url), prefix)
@@ -224,6 +228,15 @@ async def test_the_store_loads_a_script_redis_forgot_and_calls_it_again(redis_se
             facts = await store.facts("lane-test")  # facts.lua, through the lane
             assert facts.first_checkin is None
             assert await admin.script_exists(store._facts.sha) == [True]
+        # record.lua goes as a PreparedCall, made for its SHA: sent again
+        # as it was once the script is loaded.
+        core = Core(store, registry_from(write_config(tmp_path, "monitors:\n  - {id: job, schedule: {interval: 1h}}\n"),
+                                         tmp_path / "data"), lambda: T0)
+        for seq in (1, 2):
+            await admin.script_flush()
+            result = await core.record(CheckIn("job", Kind.SUCCESS, T0 + seq))
+            assert result.status == "ok" and result.seq == seq
+            assert await admin.script_exists(store._record.sha) == [True]
     finally:
         await store.close()
 
