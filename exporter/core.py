@@ -611,7 +611,9 @@ class Core:
         plan = plan_arrival(monitor, checkin.received_at)
         generated_run_id = _random_run_id()
         # A reported success whose numbers break a meta rule did not do its job.
-        silent = checkin.kind is Kind.SUCCESS and any(rule.broken_by(checkin.meta) for rule in monitor.meta_rules)
+        silent = bool(monitor.meta_rules) and checkin.kind is Kind.SUCCESS and any(
+            rule.broken_by(checkin.meta) for rule in monitor.meta_rules
+        )
         outcome = completion_outcome(checkin.kind, silent) if checkin.kind.completes else None
         for _ in range(_CAS_ATTEMPTS):
             result = await self.store.record(monitor, checkin, plan, generated_run_id, outcome)

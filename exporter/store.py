@@ -1062,7 +1062,13 @@ def _doubles(*values: float) -> bytes:
     refused (ValueError), as _strict_json refuses it."""
     if not all(map(math.isfinite, values)):
         raise ValueError(f"not a finite number among {values}")
-    return struct.pack(f"<{len(values)}d", *values)
+    packer = _DOUBLES.get(len(values))
+    if packer is None:
+        packer = _DOUBLES[len(values)] = struct.Struct(f"<{len(values)}d")
+    return packer.pack(*values)
+
+
+_DOUBLES: dict[int, struct.Struct] = {}  # _doubles' packers, by count
 
 
 def _max_runtime(monitor: Monitor) -> float | None:
