@@ -174,7 +174,7 @@ class ScriptLane:
         return self._send(hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args)))
 
     def call_prepared(self, head: PreparedCall, args: tuple[bytes, ...]) -> asyncio.Future:
-        """The EVALSHA `head` begins (see prepare), completed by `args`:
+        """The EVALSHA `head` begins (PreparedCall.of), completed by `args`:
         as call(), without encoding the parts that never change."""
         if len(args) != head.more:
             raise ValueError(f"this call takes {head.more} more arguments, not {len(args)}")

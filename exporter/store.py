@@ -236,8 +236,9 @@ class _Batcher:
 
 class _LaneCalls:
     """_Batcher's contract over the store's fast lane (redis_lane.py), for
-    one server without TLS: the calls of one loop turn leave in one write
-    at a fraction of redis-py's CPU. Never where a batch must WAIT for
+    one server without TLS: the calls of one loop turn leave together (a
+    write per redis_lane.FLUSH_AT calls) at a fraction of redis-py's CPU.
+    Never where a batch must WAIT for
     replicas (ScriptLane.for_client gives no lane for Sentinel or a
     cluster)."""
 
@@ -395,8 +396,8 @@ class Store:
         self._record_cache: dict[str, _RecordConstants] = {}
 
     def _record_constants(self, monitor: Monitor) -> _RecordConstants:
-        """record.lua's keys and monitor table for `monitor` (and with a
-        lane, its EVALSHA up to the check-in, encoded), made once per
+        """record.lua's keys and settings for `monitor` (and with a lane,
+        its EVALSHA up to the check-in, encoded), made once per
         Monitor object (a reload or API change makes a new object, so they
         never go stale): a ping would otherwise format 16 key names anew."""
         cached = self._record_cache.get(monitor.id)

@@ -383,6 +383,13 @@ class TestCapsAndMeta:
         assert (await core.record(ci(Kind.START, T0 + 50, run_id="client-run"))).status == "duplicate"
         assert (await core.record(ci(Kind.SUCCESS, T0 + 50, run_id="client-run"))).status == "duplicate"
         assert (await core.record(ci(Kind.SUCCESS, T0 + 60, run_id=plain.run_id))).status == "ok"
+        # An anonymous start's id that a client then sent (it may have read
+        # it in the events API) is the client's from then on: remembered.
+        await core.record(ci(Kind.START, T0 + 70))
+        (start_event,) = [e for e in await core.store.history("job") if e.get("kind") == "start" and e["t"] == T0 + 70]
+        learned = start_event["run"]
+        assert (await core.record(ci(Kind.SUCCESS, T0 + 80, run_id=learned))).status == "ok"
+        assert (await core.record(ci(Kind.SUCCESS, T0 + 90, run_id=learned))).status == "duplicate"
 
     async def test_closed_runs_are_kept_to_their_cap_with_some_slack(self, make_core):
         """record.lua trims the recently closed runs at every 16th check-in:
@@ -1191,3 +1198,29 @@ def test_record_numbers_are_doubles_and_never_nan():
     for bad in (float("nan"), float("inf"), float("-inf")):
         with pytest.raises(ValueError, match="not a finite number"):
             _doubles(1.0, bad)
+
+
+async def test_record_lua_refuses_binary_arguments_of_the_wrong_size_writing_nothing(redis_server, prefix, tmp_path):
+    """struct.unpack reads a short string as other numbers rather than fail:
+    record.lua checks its binary arguments' sizes before anything else."""
+    import struct
+
+    from redis import exceptions as redis_errors
+
+    store = Store(connect(redis_server.url), prefix)
+    try:
+        config = write_config(tmp_path, "monitors:\n  - {id: job, schedule: {interval: 1h}}\n")
+        registry = registry_from(config, tmp_path / "data")
+        constants = store._record_constants(registry.monitors["job"])
+        numbers = struct.pack("<4d", T0, 1.0, T0, T0 + 3600)
+        checkin = '{"kind": "success", "generated_run_id": "g", "outcome": "ok", "bad": false}'
+        good = [constants.settings, "job", numbers, checkin, ""]
+        for index, bad in ((0, constants.settings[:-8]), (2, numbers[:-8]), (2, numbers + b"\0" * 8), (2, b"")):
+            args = list(good)
+            args[index] = bad
+            with pytest.raises(redis_errors.ResponseError, match="8 doubles of settings"):
+                await store._record(keys=constants.keys, args=args)
+        assert await store.client.keys(f"{prefix}*") == []
+        assert (await store._record(keys=constants.keys, args=good))[0] == "ok"  # the same call, well-formed
+    finally:
+        await store.close()

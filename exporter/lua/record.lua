@@ -50,6 +50,11 @@
 -- strings ('1'), times as the strings already made (now_s).
 local state, runs, tmo, closed, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local history, logs, logids, meta, due = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+-- The binary arguments' sizes, checked before anything is read or written
+-- (struct.unpack would read a short string as other numbers, not fail).
+if #ARGV[1] ~= 64 or #ARGV[3] < 32 or #ARGV[3] % 16 ~= 0 then
+  error('cronmon: record.lua takes 8 doubles of settings and 4 + 2n doubles of check-in numbers')
+end
 local grace, miss_after, max_runtime, min_runtime, fthr, rthr, rate_count, rate_window =
   struct.unpack('<dddddddd', ARGV[1])
 if max_runtime < 0 then max_runtime = nil end
@@ -244,7 +249,7 @@ elseif completes then
   duration = reported_duration
   if rid then
     local run = cjson.decode(redis.call('HGET', runs, rid))
-    generated = run.a == 1
+    generated = run_id == '' and run.a == 1  -- (a client that sent the id may retry with it)
     drop_run(rid)
     if duration == nil then duration = now - run.s end
     entry.started = run.s
