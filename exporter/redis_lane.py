@@ -213,6 +213,10 @@ class ScriptLane:
             if self._connecting is None:
                 self._connecting = asyncio.ensure_future(self._connect())
             return  # sent once connected
+        if self._connecting is not None:
+            # Connected, AUTH and SELECT sent, their replies not in yet: a
+            # call must not run if SELECT fails (it would use db 0).
+            return  # sent once they are (the end of _connect)
         out, futures = self._outgoing, self._queued
         self._outgoing, self._queued = [], []
         loop = asyncio.get_running_loop()

@@ -184,6 +184,18 @@ async def test_auth_and_select_come_first_on_every_connection(redis_server, admi
         with pytest.raises(redis_errors.ConnectionError, match="Redis refused AUTH"):
             await refused.call(setter, [key], ["x"])
         await refused.aclose()
+        # A SELECT Redis refuses: the calls made while its reply is awaited
+        # (more than one write's worth) are not sent behind it; they fail,
+        # and none ran on db 0.
+        no_such_db = ScriptLane(host="127.0.0.1", port=redis_server.port, db=100_000)
+        first = no_such_db.call(setter, [key], ["0"])
+        while no_such_db._protocol is None:  # connected, AUTH/SELECT sent, no reply yet
+            await asyncio.sleep(0)
+        meanwhile = [no_such_db.call(setter, [key], ["0"]) for _ in range(3 * FLUSH_AT)]
+        results = await asyncio.gather(first, *meanwhile, return_exceptions=True)
+        assert all(isinstance(r, redis_errors.ConnectionError) and "refused SELECT" in str(r) for r in results)
+        assert await admin.get(key) is None
+        await no_such_db.aclose()
     finally:
         await lane.aclose()
         await admin.acl_deluser(user)
