@@ -82,6 +82,20 @@ async def ping_load(port: int, pings: int, first: int) -> None:
     await asyncio.gather(*(connection() for _ in range(CONNECTIONS)))
 
 
+def start_serve(root: Path, tmp: Path, config: Path, port: int, children: compare.Children,
+                wrapper: tuple[str, ...] = (), env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`cronmon serve --workers 1` of the checkout at `root` on `config`,
+    its data in tmp/data, run under `wrapper` (valgrind's command, or none)."""
+    args = [*wrapper, sys.executable, "-m", "exporter.cli", "serve", "--config", str(config),
+            "--listen", f"{compare.HOST}:{port}", "--data-dir", str(tmp / "data"),
+            "--log-level", "warning", "--workers", "1"]
+    return compare.start_session(
+        children, args, cwd=root,
+        env={**os.environ, "CRONMON_PING_KEY": compare.KEY, "PYTHONPATH": str(root), **(env or {})},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
 def prefill(root: Path, tmp: Path, config: Path, seconds: int, children: compare.Children) -> None:
     """Bring the store in tmp/data to a steady state: `seconds` of
     compare.py's wrk ping load on a cronmon run without valgrind, then a
@@ -89,12 +103,7 @@ def prefill(root: Path, tmp: Path, config: Path, seconds: int, children: compare
     pings old: its history, recently closed runs and uptime buckets are
     small, and their cost a ping is not what a long-running server pays."""
     port = compare.free_port()
-    args = [sys.executable, "-m", "exporter.cli", "serve", "--config", str(config),
-            "--listen", f"{compare.HOST}:{port}", "--data-dir", str(tmp / "data"),
-            "--log-level", "warning", "--workers", "1"]
-    env = {**os.environ, "CRONMON_PING_KEY": compare.KEY, "PYTHONPATH": str(root)}
-    serve = compare.start_session(children, args, cwd=root, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serve = start_serve(root, tmp, config, port, children)
     base = f"http://{compare.HOST}:{port}"
     try:
         compare.wait_until(lambda: compare.ready(base + "/-/ready"), 120, "cronmon", serve)
@@ -135,14 +144,9 @@ def measure(root: Path, pings: int, children: compare.Children, prefill_seconds:
         )
         wrapper.chmod(0o755)
         port = compare.free_port()
-        args = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={worker_out}",
-                sys.executable, "-m", "exporter.cli", "serve", "--config", str(config),
-                "--listen", f"{compare.HOST}:{port}", "--data-dir", str(tmp / "data"),
-                "--log-level", "warning", "--workers", "1"]
-        env = {**os.environ, "CRONMON_PING_KEY": compare.KEY, "CRONMON_REDIS_SERVER": str(wrapper),
-               "PYTHONPATH": str(root)}
-        serve = compare.start_session(children, args, cwd=root, env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        serve = start_serve(root, tmp, config, port, children,
+                            ("valgrind", "--tool=callgrind", f"--callgrind-out-file={worker_out}"),
+                            {"CRONMON_REDIS_SERVER": str(wrapper)})
         base = f"http://{compare.HOST}:{port}"
         try:
             compare.wait_until(lambda: compare.ready(base + "/-/ready"), 300, "cronmon under valgrind", serve)

@@ -178,10 +178,7 @@ class ScriptLane:
         as call(), without encoding the parts that never change."""
         if len(args) != head.more:
             raise ValueError(f"this call takes {head.more} more arguments, not {len(args)}")
-        parts = [head.encoded]
-        for arg in args:
-            parts += (b"$%d\r\n" % len(arg), arg, b"\r\n")
-        return self._send(b"".join(parts))
+        return self._send(head.encoded + b"".join(map(_bulk, args)))
 
     def _send(self, command: bytes) -> asyncio.Future:
         loop = asyncio.get_running_loop()
@@ -239,8 +236,9 @@ class ScriptLane:
                         lambda: _Protocol(self), self.host or "localhost", self.port
                     )
                 self._protocol = protocol
-                # All at once, before any call can be flushed behind them
-                # (a call sent between AUTH and SELECT would use db 0).
+                # Both in one write; calls wait for their replies
+                # (_write_queued): one run after a refused SELECT would
+                # use db 0.
                 hellos = [loop.create_future() for _ in self._hello]
                 if hellos:
                     self._waiting.extend(hellos)

@@ -208,11 +208,16 @@ def _find_monitor(registry: Registry, path: PingPath) -> Monitor | None:
     if path.uuid is not None:
         return registry.by_uuid_digest(digest(path.uuid))
     assert path.key is not None and path.slug is not None
-    key_name = match_ping_key(path.key, registry.secrets.ping_keys if registry.secrets else ())
+    key_name = _ping_key_name(registry, path.key)
     monitor = registry.monitors.get(path.slug) if key_name else None
     if monitor is not None and not key_allows(monitor, key_name):  # type: ignore[arg-type]
         return None
     return monitor
+
+
+def _ping_key_name(registry: Registry, presented: str) -> str | None:
+    """The name of the configured ping key `presented` is, if any."""
+    return match_ping_key(presented, registry.secrets.ping_keys if registry.secrets else ())
 
 
 async def _provision_or_refuse(
@@ -222,7 +227,7 @@ async def _provision_or_refuse(
     (Healthchecks' ?create=1, a slug ping with a valid key), or 404."""
     registry = core.registry
     if path.slug is not None and path.key is not None and path.slug not in registry.monitors:
-        key_name = match_ping_key(path.key, registry.secrets.ping_keys if registry.secrets else ())
+        key_name = _ping_key_name(registry, path.key)
         if key_name and query.get("create") == "1" and settings.auto_provision:
             return await _provision(core, path.slug, key_name), True
     raise BadPing(404, "not found")
