@@ -28,6 +28,8 @@ class Settings:
     redis_url: str | None = None
     data_dir: Path = Path("cronmon-data")
     redis_server_binary: str | None = None
+    # The embedded redis-server's allocator (embedded.ALLOCATORS).
+    redis_allocator: str = "auto"
     key_prefix: str = "cronmon"
     # Base of the URLs printed at start-up; defaults to the listen address.
     public_url: str | None = None

@@ -52,20 +52,21 @@ def ask_parent_to_reload() -> None:
         os.kill(os.getppid(), signal.SIGHUP)
 
 
-def supervise(argv: list[str], workers: int, redis_url: str | None, data_dir: Path, redis_binary: str | None) -> int:
+def supervise(argv: list[str], workers: int, redis_url: str | None, data_dir: Path, redis_binary: str | None,
+              redis_allocator: str = "auto") -> int:
     """Run `workers` copies of `cronmon serve <argv>` until SIGTERM/SIGINT."""
-    return asyncio.run(_supervise(argv, workers, redis_url, data_dir, redis_binary))
+    return asyncio.run(_supervise(argv, workers, redis_url, data_dir, redis_binary, redis_allocator))
 
 
 async def _supervise(argv: list[str], workers: int, redis_url: str | None, data_dir: Path,
-                     redis_binary: str | None) -> int:
+                     redis_binary: str | None, redis_allocator: str) -> int:
     loop = asyncio.get_running_loop()
     # First: a SIGTERM while the embedded Redis starts stops it again (with
     # its final save) instead of killing the supervisor mid-way.
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
-    embedded = None if redis_url else EmbeddedRedis(data_dir, redis_binary)
+    embedded = None if redis_url else EmbeddedRedis(data_dir, redis_binary, allocator=redis_allocator)
     if embedded is not None:
         try:
             redis_url = await embedded.start()

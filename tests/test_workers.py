@@ -155,3 +155,25 @@ def test_serve_runs_as_many_workers_as_the_environment_or_the_default_says(tmp_p
         output = server.stop()
     said = f"serving with {expected} worker processes" if expected > 1 else "serving with 1 process"
     assert said in output
+
+
+@pytest.mark.parametrize(("workers", "env", "preloaded"), [
+    ("1", {}, True), ("2", {}, True), ("2", {"CRONMON_REDIS_ALLOCATOR": "builtin"}, False),
+], ids=["1 worker", "2 workers", "2 workers, builtin allocator"])
+def test_the_embedded_redis_gets_the_allocator_serve_was_given(tmp_path, workers, env, preloaded):
+    """One process starts the embedded Redis itself; with N workers the
+    supervisor does: both pass --redis-allocator (env) on."""
+    from exporter.embedded import mimalloc_library
+
+    library = mimalloc_library()
+    assert library is not None  # a dependency on Linux
+    environment = {"CRONMON_PING_KEY": KEY, "CRONMON_WORKERS": workers, **env}
+    server = Server(write_config(tmp_path, CONFIG), tmp_path / "data", environment)
+    try:
+        server.wait_ready()
+        redis_pid = int((tmp_path / "data" / "redis.pid").read_text())
+        assert (str(library) in open(f"/proc/{redis_pid}/maps").read()) is preloaded
+        assert httpx.get(f"{server.base}/ping/{KEY}/job0").status_code == 200
+    finally:
+        server.stop()
+

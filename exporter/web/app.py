@@ -52,7 +52,9 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     reloader = Reloader(settings, clock)
     registry = reloader.load_initial()  # ConfigError propagates: refuse to start
 
-    embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir, settings.redis_server_binary)
+    embedded = None if settings.redis_url else EmbeddedRedis(
+        settings.data_dir, settings.redis_server_binary, allocator=settings.redis_allocator
+    )
     url = settings.redis_url or embedded.url  # type: ignore[union-attr]
     store = Store(connect(url), settings.key_prefix, settings.limits)
     core = Core(
