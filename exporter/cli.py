@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="{" + ",".join(ALLOCATORS) + "}",
         help=(
             "the embedded redis-server's memory allocator: auto runs a binary built with glibc's malloc (as the "
-            "shipped one is) with mimalloc preloaded, 10-18% less of Redis's CPU a check-in; builtin runs it "
+            "shipped one is) with mimalloc preloaded, 10-18%% less of Redis's CPU a check-in; builtin runs it "
             "as built (default auto; env CRONMON_REDIS_ALLOCATOR)"
         ),
     )

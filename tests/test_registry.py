@@ -102,3 +102,19 @@ def test_incremental_registry_equals_a_full_rebuild(tmp_path_factory, batches):
     for monitor_id, monitor in registry.monitors.items():
         if monitor.group == "backups":
             assert "duration_histogram" in monitor.metrics, monitor_id
+
+
+def test_a_ping_key_is_matched_by_its_whole_text_and_only_matches_are_remembered(tmp_path):
+    registry = registry_from(
+        write_config(tmp_path, "ping_keys:\n  - {name: ops, env: OPS_KEY}\n  - {name: ci, env: CI_KEY}\n"
+                               "monitors:\n  - {id: job, schedule: {interval: 1h}}\n"),
+        tmp_path / "data", {"OPS_KEY": "ops-key-0123456789abcdef", "CI_KEY": "ci-key-0123456789abcdefg"},
+    )
+    secrets = registry.secrets
+    assert secrets is not None
+    for _ in range(2):  # the second time from what the first remembered
+        assert secrets.ping_key_name("ops-key-0123456789abcdef") == "ops"
+        assert secrets.ping_key_name("ci-key-0123456789abcdefg") == "ci"
+    for wrong in ("ops-key-0123456789abcdeF", "ops-key-0123456789abcde", "", "ci-key-0123456789abcdefg "):
+        assert secrets.ping_key_name(wrong) is None
+    assert sorted(secrets._matched.values()) == ["ci", "ops"]  # never a wrong key

@@ -38,7 +38,7 @@ from multidict import MultiMapping
 
 from ..config import SpecError, parse_monitor_spec
 from ..core import Core, Registry
-from ..credentials import digest, key_allows, match_ping_key
+from ..credentials import digest, key_allows
 from ..errors import MonitorExists, QuotaExceeded, RateLimited, SourceNotAllowed, StoreUnavailable, UnknownMonitor
 from ..model import CheckIn, Kind, Monitor, quick_init
 from ..settings import Settings
@@ -217,7 +217,7 @@ def _find_monitor(registry: Registry, path: PingPath) -> Monitor | None:
 
 def _ping_key_name(registry: Registry, presented: str) -> str | None:
     """The name of the configured ping key `presented` is, if any."""
-    return match_ping_key(presented, registry.secrets.ping_keys if registry.secrets else ())
+    return registry.secrets.ping_key_name(presented) if registry.secrets else None
 
 
 async def _provision_or_refuse(
