@@ -118,6 +118,8 @@ def find_redis_server(explicit: str | None = None) -> str:
 # allocator_preload says it applies; "builtin" runs the binary as built.
 ALLOCATORS = ("auto", "builtin")
 _MALLOC = re.compile(rb"\bmalloc=(\S+)")
+# How long `redis-server --version` may take (it answers at once).
+VERSION_TIMEOUT = 5.0
 
 
 def mimalloc_library() -> Path | None:
@@ -141,9 +143,16 @@ async def built_with_malloc(binary: str) -> str | None:
             binary, "--version", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
         )
-        out, _ = await asyncio.wait_for(process.communicate(), timeout=10)
-    except (OSError, TimeoutError):
+    except OSError:
         return None  # start() reports a binary that does not run
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), timeout=VERSION_TIMEOUT)
+    except TimeoutError:
+        # Not a redis-server that answers --version (a wrapper that ignores
+        # its arguments and serves, say): stop it, and leave it as built.
+        process.kill()
+        await process.wait()
+        return None
     match = _MALLOC.search(out)
     return match.group(1).decode(errors="replace") if match else None
 

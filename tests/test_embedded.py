@@ -146,3 +146,20 @@ async def test_only_a_libc_malloc_build_gets_the_preload(tmp_path, monkeypatch):
     # The operator's own LD_PRELOAD stands.
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libsomething.so")
     assert await allocator_preload(shipped) is None
+
+
+async def test_a_binary_that_serves_instead_of_answering_version_is_stopped(tmp_path, monkeypatch):
+    """A wrapper that ignores its arguments and runs a server: asked for
+    --version it never answers. It is stopped, not left running, and
+    the embedded server then runs as built."""
+    from exporter import embedded
+
+    monkeypatch.setattr(embedded, "VERSION_TIMEOUT", 0.5)
+    pid_file = tmp_path / "pid"
+    serving = tmp_path / "redis-server"
+    serving.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 60\n")
+    serving.chmod(0o755)
+    assert await built_with_malloc(str(serving)) is None
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
