@@ -34,6 +34,22 @@ from exporter.web import fast_ping
 # A fixed, ordinary instant (2026-06-15 12:00:00 UTC) for tests that inject `now`.
 T0 = 1781524800.0
 
+# The ping fast path, the listener and the store's lane are protocols on
+# the event loop, which `cronmon serve` runs on uvloop (--event-loop auto)
+# or on asyncio's own loop (--event-loop asyncio): their tests run on both.
+# (The rest run on asyncio's in-process, and on uvloop wherever they start
+# `cronmon serve`.)
+BOTH_LOOPS = {"test_fast_ping.py", "test_redis_lane.py", "test_acceptor.py"}
+
+
+def pytest_asyncio_loop_factories(config, item):
+    # (pytest-asyncio asks about every async test, and wants a mapping.)
+    if item.path.name not in BOTH_LOOPS:
+        return {"asyncio": asyncio.new_event_loop}
+    import uvloop
+
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
 
 def free_port() -> int:
     with socket.socket() as sock:

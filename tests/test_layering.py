@@ -11,7 +11,8 @@ EXPORTER = Path(__file__).resolve().parent.parent / "exporter"
 # Modules of the web package that every adapter may use.
 KIT = {"client", "keys", "logs"}
 # Modules that belong to one API and may import each other.
-API_PACKAGES = [{"crosscheck", "crosscheck_checkin"}, {"healthchecks", "fast_ping"}]  # fast_ping: its pings' front
+# fast_ping: the pings' front; acceptor: the accept loop of its listener.
+API_PACKAGES = [{"crosscheck", "crosscheck_checkin"}, {"healthchecks", "fast_ping", "acceptor"}]
 
 
 def imports(path: Path) -> list[tuple[int, str]]:

@@ -177,3 +177,19 @@ def test_the_embedded_redis_gets_the_allocator_serve_was_given(tmp_path, workers
     finally:
         server.stop()
 
+
+
+@pytest.mark.parametrize(("env", "loop"), [({}, "uvloop"), ({"CRONMON_EVENT_LOOP": "asyncio"}, "asyncio")],
+                         ids=["default", "CRONMON_EVENT_LOOP=asyncio"])
+def test_serve_runs_on_the_event_loop_it_was_given(tmp_path, env, loop):
+    server = Server(write_config(tmp_path, CONFIG), tmp_path / "data",
+                    {"CRONMON_PING_KEY": KEY, "CRONMON_WORKERS": "2", **env})
+    try:
+        server.wait_ready()
+        wait_until(lambda: len(children(server.process.pid)) == 2, timeout=20)
+        for _ in range(4):
+            assert httpx.get(f"{server.base}/ping/{KEY}/job0").status_code == 200
+    finally:
+        output = server.stop()
+    # Each worker says which loop it serves on.
+    assert output.count(f"serving on {loop}'s event loop") == 2, output

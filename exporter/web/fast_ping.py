@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import re
 import ssl
@@ -65,6 +66,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from ..core import Core
 from ..model import quick_init
 from ..settings import Settings
+from .acceptor import Acceptor, listening_sockets
 from .healthchecks import ROOT_SLUG_TAIL, ROOT_UUID_TAIL, PingAnswer, answer_ping
 from .keys import CORE, OBSERVE_REQUEST, SETTINGS, ObserveRequest
 
@@ -535,21 +537,21 @@ def front(app: web.Application, server: web_server.Server) -> FastPing | None:
 
 @dataclass
 class Listener:
-    """A listening socket serving an app: connections start on the fast
+    """Listening sockets serving an app: connections start on the fast
     path where it may be used (`fast`), else on aiohttp's protocol."""
 
-    server: asyncio.Server
+    acceptor: Acceptor
     fast: FastPing | None
 
     @property
     def port(self) -> int:
-        return int(self.server.sockets[0].getsockname()[1])
+        return self.acceptor.port()
 
     async def close(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
         """Stop listening and end the fast path's connections (answers in
         progress get `timeout` seconds). Those handed to aiohttp are the
         runner's: call runner.cleanup() after this."""
-        self.server.close()
+        self.acceptor.close()
         if self.fast is not None:
             await self.fast.shutdown(timeout)
 
@@ -563,13 +565,14 @@ async def listen(
     ssl_context: ssl.SSLContext | None = None,
     reuse_port: bool = False,
 ) -> Listener:
-    """Listen on host:port for `app`, whose `runner` is set up. (What
-    aiohttp's TCPSite does, with the fast path in front; backlog 128 is
-    TCPSite's.)"""
+    """Listen on host:port for `app`, whose `runner` is set up: what
+    aiohttp's TCPSite does, with the fast path in front, and connections
+    accepted in batches on either event loop (acceptor.py)."""
     assert runner.server is not None, "call runner.setup() first"
     fast = front(app, runner.server)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        fast or runner.server, host, port, ssl=ssl_context, backlog=128, reuse_port=reuse_port
-    )
-    return Listener(server, fast)
+    # (getaddrinfo may block: off the loop, as asyncio's create_server does.)
+    sockets = await loop.run_in_executor(None, functools.partial(listening_sockets, host, port, reuse_port=reuse_port))
+    acceptor = Acceptor(sockets, fast or runner.server, ssl_context)
+    acceptor.start()
+    return Listener(acceptor, fast)
