@@ -90,16 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
             "env CRONMON_REDIS_SERVER)"
         ),
     )
-    serve.add_argument(
-        "--redis-allocator",
-        type=_allocator,  # (argparse applies it to a string default too, so the env's value is checked)
-        default=os.environ.get("CRONMON_REDIS_ALLOCATOR", "auto"),
-        metavar="{" + ",".join(ALLOCATORS) + "}",
-        help=(
-            "the embedded redis-server's memory allocator: auto runs a binary built with glibc's malloc (as the "
-            "shipped one is) with mimalloc preloaded, 10-18%% less of Redis's CPU a check-in; builtin runs it "
-            "as built (default auto; env CRONMON_REDIS_ALLOCATOR)"
-        ),
+    _add_choice(
+        serve, "--redis-allocator", "CRONMON_REDIS_ALLOCATOR", ALLOCATORS, "an allocator choice",
+        "the embedded redis-server's memory allocator: auto runs a binary built with glibc's malloc (as the "
+        "shipped one is) with mimalloc preloaded, 10-18%% less of Redis's CPU a check-in; builtin runs it "
+        "as built",
     )
     _add_public_url(serve)
     serve.add_argument(
@@ -228,16 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
             "default: one per CPU core, less one for the embedded Redis (at least 1); env CRONMON_WORKERS"
         ),
     )
-    serve.add_argument(
-        "--event-loop",
-        type=_event_loop,
-        default=os.environ.get("CRONMON_EVENT_LOOP", "auto"),
-        metavar="{" + ",".join(EVENT_LOOPS) + "}",
-        help=(
-            "auto serves on uvloop where it is installed (a dependency but on Windows): about a tenth fewer "
-            "instructions a ping for a worker; asyncio on the standard library's loop (default auto; env "
-            "CRONMON_EVENT_LOOP)"
-        ),
+    _add_choice(
+        serve, "--event-loop", "CRONMON_EVENT_LOOP", EVENT_LOOPS, "an event loop choice",
+        "auto serves on uvloop where it is installed (a dependency but on Windows): about a tenth fewer "
+        "instructions a ping for a worker; asyncio on the standard library's loop",
     )
     serve.add_argument(
         "--log-level",
@@ -336,12 +325,6 @@ def _workers(text: str) -> int:
     return int(text)
 
 
-def _event_loop(text: str) -> str:
-    if text not in EVENT_LOOPS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an event loop choice: use one of {', '.join(EVENT_LOOPS)}")
-    return text
-
-
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """What `cronmon serve` runs its event loop with: uvloop's (for "auto",
     when installed), or None for asyncio's default.
@@ -362,10 +345,22 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     return uvloop.new_event_loop
 
 
-def _allocator(text: str) -> str:
-    if text not in ALLOCATORS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an allocator choice: use one of {', '.join(ALLOCATORS)}")
-    return text
+def _add_choice(
+    parser: argparse.ArgumentParser, flag: str, env: str, choices: tuple[str, ...], what: str, description: str
+) -> None:
+    """A flag taking one of `choices` (the first is the default), or the
+    value of the environment variable `env`, which is checked as the flag's
+    is (argparse applies `type` to a string default too)."""
+
+    def check(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}: use one of {', '.join(choices)}")
+        return text
+
+    parser.add_argument(
+        flag, type=check, default=os.environ.get(env, choices[0]), metavar="{" + ",".join(choices) + "}",
+        help=f"{description} (default {choices[0]}; env {env})",
+    )
 
 
 def _network(text: str):

@@ -37,6 +37,14 @@ def recorder_factory():
     return factory, made
 
 
+def close_all(acceptor: Acceptor, made: list[asyncio.Transport], clients: list[socket.socket]) -> None:
+    acceptor.close()
+    for transport in made:
+        transport.close()
+    for client in clients:
+        client.close()
+
+
 async def test_a_burst_of_connections_is_accepted_in_batches_with_nodelay():
     sockets = listening_sockets("127.0.0.1", 0)
     factory, made = recorder_factory()
@@ -67,11 +75,7 @@ async def test_a_burst_of_connections_is_accepted_in_batches_with_nodelay():
             assert transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
             assert transport.get_extra_info("peername")[0] == "127.0.0.1"
     finally:
-        acceptor.close()
-        for transport in made:
-            transport.close()
-        for client in clients:
-            client.close()
+        close_all(acceptor, made, clients)
     with pytest.raises(ConnectionRefusedError):  # closed: no longer listening
         socket.create_connection(("127.0.0.1", port))
 
@@ -95,11 +99,7 @@ async def test_every_address_of_the_host_listens():
             clients.append(socket.create_connection(("::1", port)))
         await wait_for(lambda: len(made) == len(clients))
     finally:
-        acceptor.close()
-        for transport in made:
-            transport.close()
-        for client in clients:
-            client.close()
+        close_all(acceptor, made, clients)
 
 
 async def test_an_address_in_use_is_named():
@@ -147,7 +147,4 @@ async def test_running_out_of_descriptors_pauses_accepting(monkeypatch, caplog):
         listener.exhausted = False  # descriptors are free again
         await wait_for(lambda: len(made) == 1)
     finally:
-        acceptor.close()
-        for transport in made:
-            transport.close()
-        client.close()
+        close_all(acceptor, made, [client])
