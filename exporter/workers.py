@@ -53,7 +53,7 @@ def ask_parent_to_reload() -> None:
 
 
 def supervise(argv: list[str], workers: int, redis_url: str | None, data_dir: Path, redis_binary: str | None,
-              redis_allocator: str = "auto") -> int:
+              redis_allocator: str) -> int:
     """Run `workers` copies of `cronmon serve <argv>` until SIGTERM/SIGINT."""
     return asyncio.run(_supervise(argv, workers, redis_url, data_dir, redis_binary, redis_allocator))
 
