@@ -31,31 +31,40 @@ local function num(value)
 end
 
 -- The threshold state after `n` outcomes of one kind: the state fields to
--- set, given the stored streaks (cbad, cgood; nil when absent). Whether the
--- outcome is bad is the caller's to say (rules.BAD_OUTCOMES, passed by the
--- store); the flips mirror rules.after_outcomes, and tests/test_rules.py
--- checks that they agree.
-local function outcome_fields(cbad, cgood, outcome, n, bad, fthr, rthr)
-  local set = {last_outcome = outcome}
+-- set, given the stored streaks (cbad, cgood; nil when absent), put in
+-- `into` (a table of other fields to set) or a new table, and returned.
+-- Whether the outcome is bad is the caller's to say (rules.BAD_OUTCOMES,
+-- passed by the store); the flips mirror rules.after_outcomes, and
+-- tests/test_rules.py checks that they agree.
+local function outcome_fields(cbad, cgood, outcome, n, bad, fthr, rthr, into)
+  local set = into or {}
+  set.last_outcome = outcome
+  -- (Constant values as their texts: flatten formats a number.)
   if bad then
-    set.cbad, set.cgood, set.last_bad = (cbad or 0) + n, 0, outcome
-    if set.cbad >= fthr then set.alerting = 1 end
+    set.cbad, set.cgood, set.last_bad = (cbad or 0) + n, '0', outcome
+    if set.cbad >= fthr then set.alerting = '1' end
   else
-    set.cgood, set.cbad = (cgood or 0) + n, 0
-    if set.cgood >= rthr then set.alerting = 0 end
+    set.cgood, set.cbad = (cgood or 0) + n, '0'
+    if set.cgood >= rthr then set.alerting = '0' end
   end
   return set
 end
 
--- A table's fields as HSET's field, value list (numbers formatted by
--- fmt: Redis would format them with printf's float code).
+-- A table's fields as HSET's field, value list, and its length (numbers
+-- formatted by fmt: Redis would format them with printf's float code).
+-- For unpack(list, 1, n). The list is made with room for 16 fields (Lua
+-- 5.1 has no table.new; a list filled one by one is resized at every
+-- power of two); more still fit, in a resized list.
 local function flatten(fields)
-  local list = {}
+  local list, n = {false, false, false, false, false, false, false, false, false, false, false, false, false,
+                   false, false, false, false, false, false, false, false, false, false, false, false, false,
+                   false, false, false, false, false, false}, 0
   for name, value in pairs(fields) do
-    list[#list + 1] = name
-    list[#list + 1] = type(value) == 'number' and fmt(value) or value
+    list[n + 1] = name
+    list[n + 2] = type(value) == 'number' and fmt(value) or value
+    n = n + 2
   end
-  return list
+  return list, n
 end
 
 -- Apply `n` outcomes of one kind to the counters and the threshold state.
@@ -63,7 +72,8 @@ local function apply_outcome(state, counters, outcome, n, bad, fthr, rthr)
   redis.call('HINCRBY', counters, 'o:' .. outcome, n)
   local streaks = redis.call('HMGET', state, 'cbad', 'cgood')
   local set = outcome_fields(num(streaks[1]), num(streaks[2]), outcome, n, bad, fthr, rthr)
-  redis.call('HSET', state, unpack(flatten(set)))
+  local list, n = flatten(set)
+  redis.call('HSET', state, unpack(list, 1, n))
 end
 
 -- Keep the sweeper's deadline index exact: the monitor is due at the
@@ -75,8 +85,8 @@ local function update_due(state, tmo, due, monitor, miss_after, upcoming, no_run
   local at = nil
   if upcoming == nil then upcoming = num(redis.call('HGET', state, 'next')) end
   if upcoming then at = upcoming + miss_after end
-  local first = no_runs and {} or redis.call('ZRANGE', tmo, 0, 0, 'WITHSCORES')
-  if first[2] then
+  local first = not no_runs and redis.call('ZRANGE', tmo, 0, 0, 'WITHSCORES')
+  if first and first[2] then
     local t = tonumber(first[2])
     if at == nil or t < at then at = t end
   end

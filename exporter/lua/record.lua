@@ -60,11 +60,13 @@ local grace, miss_after, max_runtime, min_runtime, fthr, rthr, rate_count, rate_
 if max_runtime < 0 then max_runtime = nil end
 if min_runtime <= 0 then min_runtime = nil end
 local monitor, a, lim = ARGV[2], cjson.decode(ARGV[4]), LIMITS
+-- The plan is read where it lies in `numbers`: now, anchored, the first
+-- (slot, next slot), then the candidates' pairs from index 5 on (no table
+-- per pair: every table a check-in makes is also work for Lua's collector).
 local numbers = {struct.unpack('<' .. string.rep('d', #ARGV[3] / 8), ARGV[3])}
-local now, plan = numbers[1], {anchored = numbers[2] == 1, first = {numbers[3], numbers[4]}, candidates = {}}
-for i = 5, #numbers - 2, 2 do  -- (the last value struct.unpack returns is where it stopped)
-  plan.candidates[#plan.candidates + 1] = {numbers[i], numbers[i + 1]}
-end
+local now, anchored = numbers[1], numbers[2] == 1
+-- (The last value struct.unpack returns is where it stopped, not a number of the plan.)
+local last_candidate = #numbers - 2
 local log_body = ARGV[5]
 local kind, run_id = a.kind, a.run_id or ''
 local now_s = fmt(now)
@@ -73,11 +75,13 @@ local history_cap, log_cap = lim.history, lim.logs
 local meta_cap, open_cap, closed_cap = lim.meta_keys, lim.open_runs, lim.closed_runs
 local generated_run_id = a.generated_run_id
 
-local STATE_FIELDS = {'next', 'acc', 'seq', 'v', 'first', 'cbad', 'cgood', 'last_exit'}
-local st, put = {}, {}
+-- (Tables made by a constructor are made at their size; one filled field
+-- by field is rehashed at every power of two it passes.)
+local st
 do
-  local stored = redis.call('HMGET', state, unpack(STATE_FIELDS))
-  for i, name in ipairs(STATE_FIELDS) do st[name] = stored[i] end
+  local stored = redis.call('HMGET', state, 'next', 'acc', 'seq', 'v', 'first', 'cbad', 'cgood', 'last_exit')
+  st = {next = stored[1], acc = stored[2], seq = stored[3], v = stored[4], first = stored[5], cbad = stored[6],
+        cgood = stored[7], last_exit = stored[8]}
 end
 
 -- Outcomes are applied in time order: a deadline that passed before this
@@ -131,11 +135,11 @@ local arrival = (kind == 'start') or (completes and closing == nil and abandoned
 -- nothing); before the first arrival, the plan's best guess.
 local target, target_next = nil, nil
 if arrival then
-  if plan.anchored or expected == nil then
-    target, target_next = plan.first[1], plan.first[2]
+  if anchored or expected == nil then
+    target, target_next = numbers[3], numbers[4]
   elseif expected <= now + grace then
-    for _, candidate in ipairs(plan.candidates) do
-      if math.abs(candidate[1] - expected) < 0.5 then target, target_next = candidate[1], candidate[2] end
+    for i = 5, last_candidate, 2 do
+      if math.abs(numbers[i] - expected) < 0.5 then target, target_next = numbers[i], numbers[i + 1] end
     end
     if target == nil then return {'slot', fmt(expected)} end
   end
@@ -156,7 +160,11 @@ if limit > 0 then
 end
 
 local seq = (num(st.seq) or 0) + 1
-put.seq, put.v = seq, (num(st.v) or 0) + 1
+-- What the state hash gets, written once at the end. Made at the size a
+-- completion fills (the fields named nil are set below, when they are).
+local put = {seq = seq, v = (num(st.v) or 0) + 1, last = now_s, first = nil, acc = nil, next = nil,
+             last_success = nil, last_failure = nil, last_outcome = nil, cbad = nil, cgood = nil,
+             alerting = nil, last_bad = nil, last_exit = nil, last_duration = nil}
 -- Check-ins are counted by kind ('c:<kind>'), a completion's together
 -- with its outcome in one field ('c:<kind>:<outcome>', below): one write
 -- for both counts (store._parse_facts adds them up).
@@ -164,11 +172,11 @@ if not completes then redis.call('HINCRBY', counters, 'c:' .. kind, '1') end
 -- A log event says nothing about the job running (Healthchecks: /log does
 -- not change the status), so it does not end the monitor's "new" state.
 if kind ~= 'log' and not st.first then put.first = now_s end
-put.last = now_s
-local entry = {seq = seq, t = now, kind = kind}
-local extra = a.extra or {}
+local entry = {seq = seq, t = now, kind = kind, run = nil, outcome = nil, ip = nil, ua = nil, duration = nil}
 if a.annotations then entry.ann = a.annotations end
-for k, v in pairs(extra) do entry[k] = v end
+if a.extra then
+  for k, v in pairs(a.extra) do entry[k] = v end
+end
 if a.message then entry.message = a.message end
 if exit_code then entry.exit_code = exit_code end
 
@@ -291,9 +299,7 @@ elseif completes then
     redis.call('HINCRBY', counters, 'dcount', '1')
   end
   redis.call('HINCRBY', counters, 'c:' .. kind .. ':' .. outcome, '1')
-  for name, value in pairs(outcome_fields(num(st.cbad), num(st.cgood), outcome, 1, bad, fthr, rthr)) do
-    put[name] = value
-  end
+  outcome_fields(num(st.cbad), num(st.cgood), outcome, 1, bad, fthr, rthr, put)
   count_uptime(KEYS[12], outcome, '1', now)
 else
   result_run = run_id
@@ -310,12 +316,13 @@ if log_body ~= '' then
   if a.log_truncated then entry.log_truncated = true end
 end
 
-local values = a.meta or {}
-for k, v in pairs(values) do
-  if redis.call('HEXISTS', meta, k) == 1 or redis.call('HLEN', meta) < meta_cap then
-    redis.call('HSET', meta, k, fmt(v))
-  else
-    entry.meta_dropped = true
+if a.meta then
+  for k, v in pairs(a.meta) do
+    if redis.call('HEXISTS', meta, k) == 1 or redis.call('HLEN', meta) < meta_cap then
+      redis.call('HSET', meta, k, fmt(v))
+    else
+      entry.meta_dropped = true
+    end
   end
 end
 
@@ -332,7 +339,10 @@ if idempotency_key then
   redis.call('ZREMRANGEBYRANK', KEYS[16], 0, -lim.idempotency_keys - 1)
 end
 
-redis.call('HSET', state, unpack(flatten(put)))
+do
+  local list, n = flatten(put)
+  redis.call('HSET', state, unpack(list, 1, n))
+end
 push_history(history, entry, history_cap)
 -- open_runs, if still held, is the runs hash as it is now (every change
 -- to it drops the copy): empty means no run timeout to look up.
