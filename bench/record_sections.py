@@ -49,10 +49,10 @@ CUTS = (
     ("duplicate checks, run lookup, slot", "local limit = rate_count"),
     ("rate limit, counters, entry", "local function drop_run"),
     ("arrival and completion (counters, uptime, closed runs)", "if result_run ~= ''"),
-    ("log, meta, probe, idempotency", "redis.call('HSET', state, unpack"),
+    ("log, meta, probe, idempotency", "local state_fields, n_state_fields = flatten(put)"),
     ("writing the state (HSET)", "push_history(history"),
     ("history (LPUSH, LTRIM)", "-- open_runs, if still held"),
-    ("deadline index and change feed", "return {'ok'"),
+    ("deadline index and change feed", "return 'ok"),
 )
 
 

@@ -137,6 +137,10 @@ class ScriptLane:
         if db:
             self._hello.append(("SELECT", db))
         self._protocol: _Protocol | None = None
+        # The connection's event loop while there is one: on Python 3.11
+        # every asyncio.get_running_loop() is a getpid() system call (its
+        # check for a fork), and a call used three.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Task | None = None
         self._waiting: collections.deque[asyncio.Future] = collections.deque()
         self._outgoing: list[bytes] = []
@@ -181,7 +185,7 @@ class ScriptLane:
         return self._send(head.encoded + b"".join(map(_bulk, args)))
 
     def _send(self, command: bytes) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         future = loop.create_future()
         self._outgoing.append(command)
         self._queued.append(future)
@@ -216,7 +220,7 @@ class ScriptLane:
             return  # sent once they are (the end of _connect)
         out, futures = self._outgoing, self._queued
         self._outgoing, self._queued = [], []
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         if not self._waiting:
             self._progress = loop.time()
         self._waiting.extend(futures)
@@ -235,7 +239,7 @@ class ScriptLane:
                     transport, protocol = await loop.create_connection(
                         lambda: _Protocol(self), self.host or "localhost", self.port
                     )
-                self._protocol = protocol
+                self._protocol, self._loop = protocol, loop
                 # Both in one write; calls wait for their replies
                 # (_write_queued): one run after a refused SELECT would
                 # use db 0.
@@ -268,7 +272,7 @@ class ScriptLane:
     def _answered(self, protocol: _Protocol, reply: Any) -> None:
         if protocol is not self._protocol or not self._waiting:
             return  # an old connection's, or a reply nobody asked for
-        self._progress = asyncio.get_running_loop().time()
+        self._progress = (self._loop or asyncio.get_running_loop()).time()
         future = self._waiting.popleft()
         if not future.done():  # its caller may have given up (cancelled)
             future.set_result(reply)
@@ -290,7 +294,7 @@ class ScriptLane:
 
     def _close(self, error: Exception) -> None:
         """Fail every call in flight with `error` and drop the connection."""
-        protocol, self._protocol = self._protocol, None
+        protocol, self._protocol, self._loop = self._protocol, None, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.abort()
         if self._timer is not None:

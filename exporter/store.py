@@ -527,15 +527,17 @@ class Store:
         else:
             args = [constants.settings, monitor.id, numbers, encoded, log]
             reply = await self._batch.call(self._record, constants.keys, args)
-        status = reply[0]
+        # One text, its fields on lines, the run id last (see record.lua).
+        status, _, rest = reply.partition("\n")
         if status == "ok":
-            return RecordResult("ok", int(reply[1]), reply[2] or None, float(reply[3]) if reply[3] else None)
+            seq, duration, run_id = rest.split("\n", 2)
+            return RecordResult("ok", int(seq), run_id or None, float(duration) if duration else None)
         if status == "duplicate":
-            return RecordResult("duplicate", run_id=reply[1])
+            return RecordResult("duplicate", run_id=rest)
         if status == "slot":
-            return RecordResult("slot", slot=float(reply[1]))
+            return RecordResult("slot", slot=float(rest))
         if status == "limited":
-            return RecordResult("limited", retry_after=max(1, math.ceil(int(reply[1]) / 1000)))
+            return RecordResult("limited", retry_after=max(1, math.ceil(int(rest) / 1000)))
         return RecordResult("sweep")
 
     async def facts(self, monitor_id: str) -> Facts:
