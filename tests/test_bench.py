@@ -53,3 +53,37 @@ def test_instructions_reads_the_newest_callgrind_dump(tmp_path):
     dump.write_text("# callgrind format\nevents: Ir\n")  # no totals: an error that says so
     with pytest.raises(RuntimeError, match="no totals"):
         instructions.total_instructions(prefix)
+
+
+def test_compare_alternates_ingest_rounds_and_checks_the_median_round(monkeypatch):
+    """bench/compare.py's phase 1: a warm-up of each server, then rounds
+    that alternate which server goes first; the goal is judged on the
+    median round's ratio (not the best round's) and the p99 on the worst
+    round's (checks() reads those two figures). wrk is replaced by canned results: this tests the harness's
+    bookkeeping, not a server."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import compare
+    finally:
+        sys.path.remove(str(BENCH))
+    # (cronmon req/s, p99) and the Pushgateway's req/s, per round: ratios 0.60, 0.45, 0.52.
+    pings = iter([(1.0, 1.0), (600.0, 5.0), (450.0, 25.0), (520.0, 6.0)])
+    pushes = iter([1.0, 1000.0, 1000.0, 1000.0])
+    order = []
+
+    def fake_pings(children, base, n, seconds, conns):
+        order.append("cronmon")
+        rps, p99 = next(pings)
+        return {"rps": rps, "p99_ms": p99, "seconds": seconds}
+
+    def fake_pushes(children, base, n, seconds, conns):
+        order.append("pushgateway")
+        return {"rps": next(pushes), "p99_ms": 30.0, "seconds": seconds}
+
+    monkeypatch.setattr(compare, "wrk_pings", fake_pings)
+    monkeypatch.setattr(compare, "wrk_pushes", fake_pushes)
+    ingest = compare.ingest_rounds(None, "c", "p", 1000, 10, 3)
+    assert order == ["cronmon", "pushgateway"] * 2 + ["pushgateway", "cronmon"] + ["cronmon", "pushgateway"]
+    assert [round(r["ratio"], 2) for r in ingest["rounds"]] == [0.60, 0.45, 0.52]
+    assert ingest["ratio"] == pytest.approx(0.52) and ingest["cronmon"]["rps"] == 520.0
+    assert ingest["worst_cronmon_p99_ms"] == 25.0
