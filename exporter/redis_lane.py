@@ -139,7 +139,7 @@ class ScriptLane:
         self._protocol: _Protocol | None = None
         # The connection's event loop while there is one: on Python 3.11
         # every asyncio.get_running_loop() is a getpid() system call (its
-        # check for a fork), and a call used three.
+        # check for a fork), and a call made three of them before this.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Task | None = None
         self._waiting: collections.deque[asyncio.Future] = collections.deque()
