@@ -109,6 +109,19 @@ class TestRuns:
         history = await core.store.history("job")
         assert "replaced" in history[1]
 
+    async def test_a_run_id_of_any_text_comes_back_whole(self, make_core):
+        """record.lua answers one text with the run id last: an id with
+        line breaks and spaces (adapters pass clients' ids through) comes
+        back as it went in, in an answer and in a duplicate's."""
+        core = make_core(HOURLY)
+        odd = "run 1\nok\n7\n"
+        started = await core.record(ci(Kind.START, T0, run_id=odd))
+        assert (started.status, started.run_id) == ("ok", odd)
+        again = await core.record(ci(Kind.START, T0 + 1, run_id=odd))
+        assert (again.status, again.run_id) == ("duplicate", odd)
+        done = await core.record(ci(Kind.SUCCESS, T0 + 5, run_id=odd))
+        assert (done.status, done.run_id, done.duration) == ("ok", odd, pytest.approx(5))
+
     async def test_retried_start_and_completion_change_nothing(self, make_core):
         core = make_core(HOURLY)
         await core.record(ci(Kind.START, T0, run_id="r"))
