@@ -178,7 +178,6 @@ def test_the_embedded_redis_gets_the_allocator_serve_was_given(tmp_path, workers
         server.stop()
 
 
-
 @pytest.mark.parametrize(("env", "loop"), [({}, "uvloop"), ({"CRONMON_EVENT_LOOP": "asyncio"}, "asyncio")],
                          ids=["default", "CRONMON_EVENT_LOOP=asyncio"])
 def test_serve_runs_on_the_event_loop_it_was_given(tmp_path, env, loop):

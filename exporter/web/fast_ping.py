@@ -166,10 +166,10 @@ class PingProtocol(asyncio.Protocol):
 
     def __init__(self, front: FastPing) -> None:
         self.front = front
-        # The connection's event loop, kept from connection_made: on Python
-        # 3.11 every asyncio.get_running_loop() is a getpid() system call
-        # (its check for a fork), four of them a ping before this.
-        self.loop: asyncio.AbstractEventLoop | None = None
+        # The connection's event loop (the factory is called on it), kept:
+        # on Python 3.11 every asyncio.get_running_loop() is a getpid()
+        # system call (its check for a fork), four of them a ping before this.
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
         self.buffer = bytearray()  # received, not yet taken as a request
@@ -202,7 +202,6 @@ class PingProtocol(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.loop = asyncio.get_running_loop()
         self.transport = cast(asyncio.Transport, transport)  # (uvloop's are not subclasses)
         tcp_keepalive(self.transport)  # as aiohttp does for its connections
         peername = transport.get_extra_info("peername")
@@ -364,7 +363,6 @@ class PingProtocol(asyncio.Protocol):
             self.busy = True
             # Held: the loop keeps only weak references to tasks.
             # Named: a task without a name formats "Task-<n>" when made.
-            assert self.loop is not None  # (queued requests came through connection_made)
             self.answering = self.loop.create_task(self._answer(self.queue.popleft()), name="ping")
             if "queue" in self.paused:
                 self._resume("queue")
@@ -473,7 +471,6 @@ class PingProtocol(asyncio.Protocol):
         fires and, if the connection was busy since, waits out the rest
         (a TimerHandle made and cancelled per ping cost ~2 µs of it)."""
         loop = self.loop
-        assert loop is not None  # (armed from connection_made on)
         self.idle_since = loop.time()
         if self.idle_timer is None:
             self.idle_timer = loop.call_at(self.idle_since + self.front.settings.idle_timeout, self._idle_check)
@@ -483,7 +480,6 @@ class PingProtocol(asyncio.Protocol):
         if self.idle_since is None or self.closed:
             return  # busy: the answer's end arms it again
         loop = self.loop
-        assert loop is not None
         due = self.idle_since + self.front.settings.idle_timeout
         if loop.time() >= due:
             self.close()
